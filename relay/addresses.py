@@ -1,0 +1,59 @@
+"""Envelope address checks: what may travel in MAIL FROM and RCPT TO.
+
+aiosmtpd accepts addresses containing CR, NUL or other controls, and SMTP client libraries
+write them upstream verbatim (command injection). Every envelope address is therefore
+checked here before it reaches the queue. SES has no SMTPUTF8, so local parts must be
+ASCII; internationalised domains are converted to their ASCII (punycode) form.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# RFC 5321 dot-string local part (atext and dots), or a quoted string of printable ASCII.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_STRING = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
+_LOCAL = re.compile(rf"^(?:{_DOT_STRING}|{_QUOTED})$")
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_ADDRESS_LITERAL = re.compile(r"^\[[\x21-\x5a\x5e-\x7e]+\]$")
+
+
+@dataclass(frozen=True)
+class AddressError(Exception):
+    """Why an address is refused; ``non_ascii`` marks the SMTPUTF8 case (553 5.6.7)."""
+
+    reason: str
+    non_ascii: bool = False
+
+
+def normalize(address: str) -> str:
+    """Return the address as it will be sent upstream, or raise AddressError."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in address):
+        raise AddressError("control character in address")
+    if len(address) > 254:
+        raise AddressError("address longer than 254 characters")
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise AddressError("address must be local-part@domain")
+    if not local.isascii():
+        raise AddressError("non-ASCII local part needs SMTPUTF8, which SES does not support",
+                           non_ascii=True)
+    if len(local) > 64 or not _LOCAL.match(local):
+        raise AddressError("malformed local part")
+    return f"{local}@{_domain(domain)}"
+
+
+def _domain(domain: str) -> str:
+    if _ADDRESS_LITERAL.match(domain):
+        return domain
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise AddressError("domain cannot be converted to punycode") from None
+    labels = domain.split(".")
+    if len(domain) > 253 or len(labels) < 2 or not all(_LABEL.match(x) for x in labels):
+        raise AddressError("malformed domain")
+    return domain

@@ -1,0 +1,101 @@
+"""The composition root: the only module that knows every part and wires them together.
+
+It owns start-up order (queue before listeners, so nothing is accepted that cannot be
+stored), signals, and shutdown order (listeners first, then delivery, then the transport).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+
+from relay import log, users
+from relay.config import Config
+from relay.delivery import Scheduler
+from relay.smtp import listeners
+from relay.smtp.handler import Handler
+from relay.smtp.server import server_tls_context
+from relay.spool import Spool
+from relay.transports import Transport, build
+
+_log = log.get("app")
+
+
+@dataclass
+class Relay:
+    config: Config
+    transport: Transport | None = None
+    spool: Spool | None = None
+    scheduler: Scheduler | None = None
+    servers: list[asyncio.Server] = field(default_factory=list)
+    _users: users.UserDB | None = None
+
+    @property
+    def message_size_limit(self) -> int:
+        """The limit advertised in EHLO SIZE: ours, capped by what the transport accepts."""
+        assert self.transport is not None
+        return min(self.config.limits.max_message_size, self.transport.max_message_size)
+
+    def bound_ports(self) -> dict[str, int]:
+        ports = {}
+        for listener, server in zip(self.config.listeners, self.servers, strict=True):
+            ports[listener.name] = server.sockets[0].getsockname()[1]
+        return ports
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._users = users.load(cfg.users_file)
+        self.spool = Spool(cfg.queue.directory)
+        backlog = await asyncio.to_thread(self.spool.open)
+        self.transport = build(cfg.delivery)
+        await self.transport.start()
+        self.scheduler = Scheduler(self.spool, self.transport, cfg.queue,
+                                   concurrency=cfg.delivery.concurrency)
+        self.scheduler.load_backlog(backlog)
+        self.scheduler.start()
+        tls = (server_tls_context(str(cfg.tls.cert), str(cfg.tls.key))
+               if cfg.tls.cert and cfg.tls.key else None)
+        for listener in cfg.listeners:
+            handler = Handler(listener=listener, users=self._current_users, spool=self.spool,
+                              on_queued=self.scheduler.enqueue)
+            server = await listeners.start(
+                listener, handler, hostname=cfg.hostname, tls=tls,
+                data_size_limit=self.message_size_limit,
+                idle_timeout=cfg.limits.idle_timeout)
+            self.servers.append(server)
+        _log.info("started", listeners=self.bound_ports(), transport=self.transport.name,
+                  queued=len(backlog), users=len(list(self._users)),
+                  max_message_size=self.message_size_limit)
+
+    def _current_users(self) -> users.UserDB:
+        assert self._users is not None
+        return self._users
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self.transport is not None:
+            await self.transport.aclose()
+        _log.info("stopped")
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT; return the process exit code."""
+    relay = Relay(config)
+    await relay.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await relay.stop()
+    return 0

@@ -1,0 +1,218 @@
+"""The ``ses-relay`` command line.
+
+Exit codes: 0 success, 1 the operation failed, 2 the configuration or the command line is
+wrong (systemd's RestartPreventExitStatus=2 keeps a bad config from restart-looping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+from relay import __version__, config, log, users
+from relay.addresses import AddressError, normalize
+from relay.errors import ConfigError, DeliveryError, UsersFileError
+from relay.spool import Envelope
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _config_path(value: str | None) -> Path:
+    return Path(value or os.environ.get("SES_RELAY_CONFIG") or config.DEFAULT_CONFIG_PATH)
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="PATH",
+                   help="configuration file (default: $SES_RELAY_CONFIG or "
+                        f"{config.DEFAULT_CONFIG_PATH})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ses-relay",
+                                     description="A durable SMTP relay to Amazon SES.")
+    parser.add_argument("--version", action="version", version=f"ses-relay {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the relay")
+    _add_config(p)
+    p = sub.add_parser("check-config", help="validate the configuration; exit 2 if invalid")
+    _add_config(p)
+
+    p = sub.add_parser("user", help="manage SMTP users")
+    usub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    a = usub.add_parser("add", help="add a user, or set a user's password "
+                                    "(read from stdin when it is not a terminal)")
+    a.add_argument("name")
+    _add_config(a)
+    r = usub.add_parser("remove", help="remove a user")
+    r.add_argument("name")
+    _add_config(r)
+    ls = usub.add_parser("list", help="list users")
+    _add_config(ls)
+
+    p = sub.add_parser("send-test", help="send a test message through the configured "
+                                         "transport (not through SMTP)")
+    _add_config(p)
+    p.add_argument("--from", dest="sender", required=True, metavar="ADDRESS")
+    p.add_argument("--to", dest="recipients", required=True, action="append",
+                   metavar="ADDRESS")
+    p.add_argument("--subject", default="ses-relay test message")
+
+    p = sub.add_parser("dev-init", help="write a development setup (used by make run)")
+    p.add_argument("directory", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"ses-relay: invalid configuration ({len(e.problems)} problem"
+              f"{'s' if len(e.problems) != 1 else ''}):", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsersFileError as e:
+        print(f"ses-relay: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+
+
+def _load(args: argparse.Namespace) -> config.Config:
+    return config.load(_config_path(args.config))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from relay import app
+
+    cfg = _load(args)
+    log.configure(cfg.log.format, cfg.log.level)
+    return asyncio.run(app.serve(cfg))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    cfg = config.load(path)
+    db = users.load(cfg.users_file)
+    print(f"{path}: ok ({len(cfg.listeners)} listeners, transport {cfg.delivery.transport}, "
+          f"{len(list(db))} users)")
+    return EXIT_OK
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    path = cfg.users_file
+    db = users.load(path)
+    if args.user_command == "list":
+        for name in db:
+            print(name)
+        return EXIT_OK
+    name = args.name
+    if args.user_command == "remove":
+        if name not in db:
+            print(f"ses-relay: no user {name!r}", file=sys.stderr)
+            return EXIT_FAIL
+        users.save(path, db.without(name))
+        print(f"removed {name}")
+        return EXIT_OK
+    if not users.valid_name(name):
+        print("ses-relay: user names use letters, digits and . _ @ + - (at most 128)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    password = _read_password()
+    if password is None:
+        return EXIT_USAGE
+    old = db.get(name)
+    senders = old.allowed_senders if old else ()
+    users.save(path, db.with_user(users.User(name, users.hash_password(password), senders)))
+    print(f"{'updated' if old else 'added'} {name}")
+    return EXIT_OK
+
+
+def _read_password() -> str | None:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Password again: "):
+            print("ses-relay: passwords do not match", file=sys.stderr)
+            return None
+        password = first
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        print("ses-relay: the password must have at least 8 characters", file=sys.stderr)
+        return None
+    return password
+
+
+def cmd_send_test(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    log.configure("console" if sys.stderr.isatty() else "json", "warning", stream=sys.stderr)
+    try:
+        sender = normalize(args.sender)
+        recipients = tuple(normalize(r) for r in args.recipients)
+    except AddressError as e:
+        print(f"ses-relay: bad address: {e.reason}", file=sys.stderr)
+        return EXIT_USAGE
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = ", ".join(recipients)
+    msg["Subject"] = args.subject
+    msg["Date"] = formatdate(localtime=False, usegmt=True)
+    msg["Message-ID"] = make_msgid(domain=cfg.hostname)
+    msg.set_content(f"This is a test message from ses-relay on {cfg.hostname}, sent with "
+                    f"transport {cfg.delivery.transport}.\n")
+    data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    try:
+        message_id = asyncio.run(_send_once(cfg, Envelope(sender, recipients), data))
+    except DeliveryError as e:
+        kind = "permanent" if e.permanent else "temporary"
+        print(f"ses-relay: send failed ({kind}): {e.code}: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return EXIT_FAIL
+    print(message_id)
+    return EXIT_OK
+
+
+async def _send_once(cfg: config.Config, envelope: Envelope, data: bytes) -> str:
+    from relay.transports import build
+
+    transport = build(cfg.delivery)
+    await transport.start()
+    try:
+        return await transport.send(envelope, data)
+    finally:
+        await transport.aclose()
+
+
+def cmd_dev_init(args: argparse.Namespace) -> int:
+    from relay import devsetup
+
+    password = devsetup.init(args.directory)
+    cfg = config.load(args.directory / "ses-relay.yaml")
+    ports = ", ".join(f"{lst.address}:{lst.port} ({lst.tls})" for lst in cfg.listeners)
+    print(f"ses-relay development setup in {args.directory}/\n"
+          f"  listeners: {ports}\n"
+          f"  user:      {devsetup.DEV_USER}\n"
+          f"  password:  {password}\n"
+          f"  CA/cert:   {cfg.tls.cert}\n"
+          f"  outbox:    {cfg.delivery.outbox_dir}  (delivered mail lands here as .eml)")
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "serve": cmd_serve,
+    "check-config": cmd_check_config,
+    "user": cmd_user,
+    "send-test": cmd_send_test,
+    "dev-init": cmd_dev_init,
+}

@@ -1,0 +1,449 @@
+"""Configuration: YAML in, frozen typed objects out.
+
+Every default lives in this module, and every problem is reported with the key path that
+caused it (``delivery.region: required for transport sesv2``), all of them at once, so an
+operator fixes a file in one pass instead of one error per restart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from relay.errors import ConfigError
+
+TlsMode = Literal["starttls", "implicit", "none"]
+AuthMode = Literal["required", "optional", "none"]
+Transport = Literal["sesv2", "outbox"]
+LogFormat = Literal["auto", "json", "console"]
+
+TRANSPORTS: tuple[str, ...] = ("sesv2", "outbox")
+# Transports that talk to AWS and therefore need a region.
+AWS_TRANSPORTS: tuple[str, ...] = ("sesv2",)
+
+DEFAULT_CONFIG_PATH = Path("/etc/ses-relay/ses-relay.yaml")
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    address: str
+    port: int
+    tls: TlsMode = "starttls"
+    auth: AuthMode = "required"
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    directory: Path = Path("/var/lib/ses-relay/queue")
+    max_age: float = 5 * 86400.0
+    # Retry delays grow with a message's age, between these bounds (Postfix: 300-4000 s;
+    # SES's SMTP guidance starts at 5 s). Short first retries suit SES throttling.
+    min_backoff: float = 5.0
+    max_backoff: float = 1200.0
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    transport: Transport = "sesv2"
+    region: str | None = None
+    endpoint_url: str | None = None
+    profile: str | None = None
+    outbox_dir: Path = Path("/var/lib/ses-relay/outbox")
+    concurrency: int = 10
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: LogFormat = "auto"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Limits:
+    # Postfix's message_size_limit is 10,240,000; SES itself allows more (see transports).
+    max_message_size: int = 10 * 1024 * 1024
+    # Seconds of silence before a session is dropped (Postfix smtpd_timeout).
+    idle_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class Config:
+    hostname: str
+    listeners: tuple[Listener, ...]
+    tls: TlsFiles = field(default_factory=TlsFiles)
+    users_file: Path = Path("/etc/ses-relay/users.yaml")
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    limits: Limits = field(default_factory=Limits)
+    source: Path | None = None
+
+
+DEFAULT_LISTENERS: tuple[Listener, ...] = (
+    Listener(name="submission", address="0.0.0.0", port=587, tls="starttls"),  # noqa: S104
+    Listener(name="submissions", address="0.0.0.0", port=465, tls="implicit"),  # noqa: S104
+)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the configuration at *path*; raise ConfigError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read ({e.strerror})"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML ({_yaml_problem(e)})"]) from None
+    if raw is None:
+        raw = {}
+    return parse(raw, base=path.parent, environ=os.environ if environ is None else environ,
+                 source=path)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or "syntax error"
+    if mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(problem)
+
+
+def parse(raw: object, *, base: Path, environ: Mapping[str, str],
+          source: Path | None = None) -> Config:
+    """Validate an already-parsed YAML document. Relative paths resolve against *base*."""
+    r = _Reader(base=base, environ=environ)
+    config = r.config(raw)
+    if r.problems or config is None:
+        raise ConfigError(r.problems)
+    return replace(config, source=source)
+
+
+# --- the reader: walks the document, converting and collecting problems -----------------
+
+T = TypeVar("T")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|k|mb|m|gb|g|kib|mib|gib)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE_UNITS = {"b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+               "kib": 1024, "mib": 1024**2, "gib": 1024**3, None: 1}
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_MISSING = object()
+
+
+class _Reader:
+    def __init__(self, *, base: Path, environ: Mapping[str, str]) -> None:
+        self.base = base
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    # -- generic helpers
+
+    def section(self, raw: object, path: str, known: set[str]) -> dict[str, Any] | None:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.problem(path, "must be a mapping")
+            return None
+        for key in raw:
+            if key not in known:
+                self.problem(f"{path}.{key}" if path else str(key), "unknown key")
+        return raw
+
+    def expand(self, value: object, path: str) -> object:
+        if not isinstance(value, str):
+            return value
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in self.environ:
+                return self.environ[name]
+            if default is not None:
+                return default
+            self.problem(path, f"environment variable {name} is not set")
+            return ""
+
+        return _ENV_REF.sub(sub, value)
+
+    def get(self, d: dict[str, Any], key: str, path: str, conv: Callable[[object, str], T],
+            default: T) -> T:
+        if key not in d or d[key] is None:
+            return default
+        p = f"{path}.{key}" if path else key
+        value = self.expand(d[key], p)
+        try:
+            return conv(value, p)
+        except _Invalid as e:
+            self.problem(p, str(e))
+            return default
+
+    # -- converters (raise _Invalid with a message)
+
+    def string(self, v: object, _p: str) -> str:
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            raise _Invalid("must be a string")
+        s = str(v)
+        if not s:
+            raise _Invalid("must not be empty")
+        return s
+
+    def path(self, v: object, p: str) -> Path:
+        s = Path(self.string(v, p)).expanduser()
+        return s if s.is_absolute() else (self.base / s)
+
+    def integer(self, v: object, _p: str) -> int:
+        if isinstance(v, bool):
+            raise _Invalid("must be an integer")
+        if isinstance(v, str) and v.strip().isdigit():
+            return int(v)
+        if not isinstance(v, int):
+            raise _Invalid("must be an integer")
+        return v
+
+    def port(self, v: object, p: str) -> int:
+        n = self.integer(v, p)
+        if not 0 <= n <= 65535:
+            raise _Invalid("must be between 0 and 65535")
+        return n
+
+    def positive_int(self, v: object, p: str) -> int:
+        n = self.integer(v, p)
+        if n < 1:
+            raise _Invalid("must be at least 1")
+        return n
+
+    def duration(self, v: object, _p: str) -> float:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            seconds = float(v)
+        elif isinstance(v, str) and (m := _DURATION.match(v)):
+            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        else:
+            raise _Invalid("must be a duration such as 30s, 10m, 5d")
+        if seconds <= 0:
+            raise _Invalid("must be positive")
+        return seconds
+
+    def size(self, v: object, _p: str) -> int:
+        if isinstance(v, int) and not isinstance(v, bool):
+            n = v
+        elif isinstance(v, str) and (m := _SIZE.match(v)):
+            unit = m.group(2).lower() if m.group(2) else None
+            n = int(float(m.group(1)) * _SIZE_UNITS[unit])
+        else:
+            raise _Invalid("must be a size in bytes, or such as 10MB, 512KiB")
+        if n < 1:
+            raise _Invalid("must be positive")
+        return n
+
+    def choice(self, options: tuple[str, ...]) -> Callable[[object, str], str]:
+        def conv(v: object, p: str) -> str:
+            s = self.string(v, p)
+            if s not in options:
+                raise _Invalid(f"must be one of {', '.join(options)}")
+            return s
+
+        return conv
+
+    def network(self, v: object, p: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        try:
+            return ipaddress.ip_network(self.string(v, p), strict=False)
+        except ValueError:
+            raise _Invalid("must be an IP network in CIDR notation (10.0.0.0/8)") from None
+
+    # -- sections
+
+    def config(self, raw: object) -> Config | None:
+        top = self.section(raw, "", {"hostname", "listeners", "tls", "users_file", "queue",
+                                     "delivery", "log", "limits"})
+        if top is None:
+            self.problem("(top)", "the configuration must be a mapping of keys")
+            return None
+        hostname = self.get(top, "hostname", "", self.hostname, "")
+        if not hostname:
+            self.problem("hostname", "required (the name used in the SMTP banner and EHLO)")
+        listeners = self.listeners(top.get("listeners", _MISSING))
+        tls = self.tls(top.get("tls"), listeners)
+        return Config(
+            hostname=hostname,
+            listeners=listeners,
+            tls=tls,
+            users_file=self.get(top, "users_file", "", self.path, Config.users_file),
+            queue=self.queue(top.get("queue")),
+            delivery=self.delivery(top.get("delivery")),
+            log=self.log(top.get("log")),
+            limits=self.limits(top.get("limits")),
+        )
+
+    def hostname(self, v: object, p: str) -> str:
+        s = self.string(v, p)
+        if not _HOSTNAME.match(s):
+            raise _Invalid("must be a host name such as relay.example.com")
+        return s
+
+    def listeners(self, raw: object) -> tuple[Listener, ...]:
+        if raw is _MISSING:
+            return DEFAULT_LISTENERS
+        if not isinstance(raw, list) or not raw:
+            self.problem("listeners", "must be a non-empty list")
+            return ()
+        out: list[Listener] = []
+        seen: set[str] = set()
+        for i, item in enumerate(raw):
+            listener = self.listener(item, f"listeners[{i}]", f"listener{i}")
+            if listener is None:
+                continue
+            if listener.name in seen:
+                self.problem(f"listeners[{i}].name", f"duplicate listener name {listener.name}")
+            seen.add(listener.name)
+            out.append(listener)
+        return tuple(out)
+
+    def listener(self, raw: object, path: str, default_name: str) -> Listener | None:
+        d = self.section(raw, path, {"name", "address", "port", "tls", "auth",
+                                     "trusted_networks"})
+        if d is None:
+            return None
+        for key in ("address", "port"):
+            if key not in d:
+                self.problem(f"{path}.{key}", "required")
+        tls = self.get(d, "tls", path, self.choice(("starttls", "implicit", "none")), "starttls")
+        auth = self.get(d, "auth", path, self.choice(("required", "optional", "none")),
+                        "required")
+        networks = self.networks(d.get("trusted_networks"), f"{path}.trusted_networks")
+        if auth == "none" and not networks:
+            self.problem(f"{path}.auth", "auth: none needs trusted_networks (no open relay)")
+        if tls == "none" and auth != "none":
+            self.problem(f"{path}.tls", "tls: none would send passwords in clear; "
+                                        "use starttls or implicit, or auth: none")
+        return Listener(
+            name=self.get(d, "name", path, self.string, default_name),
+            address=self.get(d, "address", path, self.string, "127.0.0.1"),
+            port=self.get(d, "port", path, self.port, 0),
+            tls=tls,  # type: ignore[arg-type]  # checked by choice()
+            auth=auth,  # type: ignore[arg-type]
+            trusted_networks=networks,
+        )
+
+    def networks(self, raw: object, path: str
+                 ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            self.problem(path, "must be a list of CIDR networks")
+            return ()
+        out = []
+        for i, item in enumerate(raw):
+            try:
+                out.append(self.network(self.expand(item, f"{path}[{i}]"), f"{path}[{i}]"))
+            except _Invalid as e:
+                self.problem(f"{path}[{i}]", str(e))
+        return tuple(out)
+
+    def tls(self, raw: object, listeners: tuple[Listener, ...]) -> TlsFiles:
+        d = self.section(raw, "tls", {"cert", "key"})
+        if d is None:
+            return TlsFiles()
+        files = TlsFiles(cert=self.get(d, "cert", "tls", self.path, None),
+                         key=self.get(d, "key", "tls", self.path, None))
+        if any(lst.tls != "none" for lst in listeners):
+            for key in ("cert", "key"):
+                value = getattr(files, key)
+                if value is None:
+                    self.problem(f"tls.{key}", "required by listeners that use TLS")
+                elif not value.is_file():
+                    self.problem(f"tls.{key}", f"file not found: {value}")
+        return files
+
+    def queue(self, raw: object) -> QueueConfig:
+        d = self.section(raw, "queue", {"directory", "max_age", "min_backoff", "max_backoff"})
+        if d is None:
+            return QueueConfig()
+        q = QueueConfig(
+            directory=self.get(d, "directory", "queue", self.path, QueueConfig.directory),
+            max_age=self.get(d, "max_age", "queue", self.duration, QueueConfig.max_age),
+            min_backoff=self.get(d, "min_backoff", "queue", self.duration,
+                                 QueueConfig.min_backoff),
+            max_backoff=self.get(d, "max_backoff", "queue", self.duration,
+                                 QueueConfig.max_backoff),
+        )
+        if q.min_backoff > q.max_backoff:
+            self.problem("queue.min_backoff", "must not be larger than queue.max_backoff")
+        return q
+
+    def delivery(self, raw: object) -> DeliveryConfig:
+        path = "delivery"
+        d = self.section(raw, path, {"transport", "region", "endpoint_url", "profile",
+                                     "outbox_dir", "concurrency", "timeout"})
+        if d is None:
+            return DeliveryConfig()
+        dc = DeliveryConfig(
+            transport=self.get(d, "transport", path, self.choice(TRANSPORTS),  # type: ignore[arg-type]
+                               "sesv2"),
+            region=self.get(d, "region", path, self.string, None),
+            endpoint_url=self.get(d, "endpoint_url", path, self.url, None),
+            profile=self.get(d, "profile", path, self.string, None),
+            outbox_dir=self.get(d, "outbox_dir", path, self.path, DeliveryConfig.outbox_dir),
+            concurrency=self.get(d, "concurrency", path, self.positive_int, 10),
+            timeout=self.get(d, "timeout", path, self.duration, DeliveryConfig.timeout),
+        )
+        if dc.transport in AWS_TRANSPORTS and not dc.region:
+            self.problem("delivery.region", f"required for transport {dc.transport}")
+        return dc
+
+    def url(self, v: object, p: str) -> str:
+        s = self.string(v, p)
+        if not re.match(r"^https?://[^/\s]+", s):
+            raise _Invalid("must be an http:// or https:// URL")
+        return s
+
+    def log(self, raw: object) -> LogConfig:
+        d = self.section(raw, "log", {"format", "level"})
+        if d is None:
+            return LogConfig()
+        return LogConfig(
+            format=self.get(d, "format", "log", self.choice(("auto", "json", "console")),  # type: ignore[arg-type]
+                            "auto"),
+            level=self.get(d, "level", "log",
+                           self.choice(("debug", "info", "warning", "error")), "info"),
+        )
+
+    def limits(self, raw: object) -> Limits:
+        d = self.section(raw, "limits", {"max_message_size", "idle_timeout"})
+        if d is None:
+            return Limits()
+        return Limits(
+            max_message_size=self.get(d, "max_message_size", "limits", self.size,
+                                      Limits.max_message_size),
+            idle_timeout=self.get(d, "idle_timeout", "limits", self.duration,
+                                  Limits.idle_timeout),
+        )
+
+
+class _Invalid(Exception):
+    """A value that cannot be converted; its message becomes the problem text."""
+
+

@@ -1,0 +1,44 @@
+"""The relay's own exceptions: one flat hierarchy that every foreign error is mapped into."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class RelayError(Exception):
+    """Base class of every error the relay raises on purpose."""
+
+
+class ConfigError(RelayError):
+    """The configuration is invalid; ``problems`` lists each one as ``key.path: message``."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems) or ["invalid configuration"]
+        super().__init__("; ".join(self.problems))
+
+
+class SpoolError(RelayError):
+    """The queue could not store or read a message (disk full, I/O error, permissions)."""
+
+
+class CorruptEntry(SpoolError):
+    """A queue entry is unreadable or incomplete; it is moved aside, never delivered."""
+
+
+class UsersFileError(RelayError):
+    """The users file cannot be read, parsed or written."""
+
+
+class DeliveryError(RelayError):
+    """A transport could not deliver a message.
+
+    ``permanent`` says whether retrying can help; ``code`` is the upstream error code
+    (``MessageRejected``, ``Throttling``, ``ConnectionError``...), ``hint`` a sentence an
+    operator can act on. The message text is the upstream's own, for the log only.
+    """
+
+    def __init__(self, message: str, *, permanent: bool, code: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.code = code
+        self.hint = hint

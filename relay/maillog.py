@@ -1,0 +1,73 @@
+"""The mail log: one function per event in a message's life, like chasquid's maillog.
+
+These lines are the relay's contract with operators (grep, fail2ban, log pipelines): the
+event names and keys are stable. Bodies, passwords and AUTH data never appear here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from relay import log
+
+_log = log.get("mail")
+
+
+def _peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer)
+
+
+def connected(peer: Any, listener: str, tls: bool) -> None:
+    _log.info("connect", peer=_peer(peer), listener=listener, tls=tls)
+
+
+def auth(peer: Any, user: str, ok: bool, mechanism: str) -> None:
+    if ok:
+        _log.info("auth_ok", peer=_peer(peer), user=user, mechanism=mechanism)
+    else:
+        # fail2ban matches on this line: keep "auth_failed" and "peer=<ip>:port" stable.
+        _log.warning("auth_failed", peer=_peer(peer), user=user, mechanism=mechanism)
+
+
+def rejected(peer: Any, step: str, reply: str, reason: str, **kw: Any) -> None:
+    _log.info("rejected", peer=_peer(peer), step=step, reply=reply, reason=reason, **kw)
+
+
+def received(peer: Any, user: str | None, mail_from: str, rcpts: Sequence[str],
+             size: int) -> None:
+    _log.info("received", peer=_peer(peer), user=user, mail_from=mail_from,
+              rcpt_count=len(rcpts), size=size)
+
+
+def queued(queue_id: str, mail_from: str, rcpts: Sequence[str], size: int) -> None:
+    _log.info("queued", queue_id=queue_id, mail_from=mail_from, rcpts=list(rcpts), size=size)
+
+
+def queue_failed(peer: Any, error: str) -> None:
+    _log.error("queue_write_failed", peer=_peer(peer), error=error)
+
+
+def delivered(queue_id: str, transport: str, message_id: str, rcpts: Sequence[str],
+              latency: float, attempt: int) -> None:
+    _log.info("delivered", queue_id=queue_id, transport=transport, ses_message_id=message_id,
+              rcpts=list(rcpts), latency=round(latency, 3), attempt=attempt)
+
+
+def deferred(queue_id: str, transport: str, code: str, error: str, hint: str,
+             attempt: int, next_attempt_in: float) -> None:
+    _log.warning("deferred", queue_id=queue_id, transport=transport, code=code, error=error,
+                 hint=hint, attempt=attempt, next_attempt_in=round(next_attempt_in, 1))
+
+
+def failed(queue_id: str, transport: str, code: str, error: str, hint: str,
+           attempt: int) -> None:
+    _log.error("failed", queue_id=queue_id, transport=transport, code=code, error=error,
+               hint=hint, attempt=attempt)
+
+
+def quarantined(queue_id: str, reason: str) -> None:
+    _log.error("quarantined", queue_id=queue_id, reason=reason)

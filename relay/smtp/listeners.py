@@ -1,0 +1,53 @@
+"""Binding listeners: one asyncio server per configured address, port and TLS mode."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import warnings
+
+from relay.config import Listener
+from relay.smtp.handler import Handler
+from relay.smtp.server import RelaySMTP
+
+
+async def start(listener: Listener, handler: Handler, *, hostname: str,
+                tls: ssl.SSLContext | None, data_size_limit: int,
+                idle_timeout: float) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    implicit = listener.tls == "implicit"
+
+    def factory() -> RelaySMTP:
+        with warnings.catch_warnings():
+            # aiosmtpd warns that AUTH is allowed without TLS; on implicit TLS it cannot see
+            # that TLS is on, which is the very reason auth_require_tls is off there.
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            return _session(handler, hostname, tls, data_size_limit, idle_timeout, listener,
+                            loop)
+
+    return await loop.create_server(factory, host=listener.address, port=listener.port,
+                                    ssl=tls if implicit else None, reuse_address=True)
+
+
+def _session(handler: Handler, hostname: str, tls: ssl.SSLContext | None,
+             data_size_limit: int, idle_timeout: float, listener: Listener,
+             loop: asyncio.AbstractEventLoop) -> RelaySMTP:
+    implicit = listener.tls == "implicit"
+    starttls = listener.tls == "starttls"
+    return RelaySMTP(
+        handler,
+        starttls_required=starttls,
+        implicit_tls=implicit,
+        hostname=hostname,  # never socket.getfqdn(): it can block for seconds
+        ident="ESMTP",
+        data_size_limit=data_size_limit,
+        enable_SMTPUTF8=False,  # SES has no SMTPUTF8
+        tls_context=tls if starttls else None,
+        require_starttls=False,  # enforced by RelaySMTP, see its docstring
+        timeout=idle_timeout,
+        auth_required=listener.auth == "required",
+        # On implicit TLS aiosmtpd cannot see the TLS layer and would refuse AUTH
+        # with 538; TLS is always on there. On STARTTLS, AUTH waits for TLS.
+        auth_require_tls=not implicit,
+        loop=loop,
+    )

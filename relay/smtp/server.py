@@ -1,0 +1,203 @@
+"""The SMTP protocol, adapted from aiosmtpd where its defaults do not hold up for a relay.
+
+What changes, and why (each measured on aiosmtpd 1.4.6, see docs/architecture.md):
+
+- DATA is streamed to a queue draft line by line instead of being buffered whole (aiosmtpd
+  holds ~4x the message size in memory), and is checked as it arrives: bare LF, bare CR,
+  NUL, over-long lines and size. A bare LF makes the framing ambiguous (smuggling), so the
+  relay answers and closes the connection instead of guessing where the message ends.
+- Replies that aiosmtpd composes without an enhanced status code get one.
+- STARTTLS is enforced here instead of by aiosmtpd's ``require_starttls``, so that HTTP
+  requests sent to the SMTP port are recognised and dropped even before TLS.
+- On implicit-TLS listeners aiosmtpd does not know TLS is on (``session.ssl`` stays None),
+  so TLS state is read from the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from enum import Enum
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+from relay.smtp import replies
+from relay.spool import Draft
+
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+# SMTP forbids lines over 998 characters plus CRLF; SES refuses them too.
+MAX_LINE = 998
+
+
+class DataProblem(Enum):
+    TOO_BIG = replies.TOO_BIG
+    LINE_TOO_LONG = replies.LINE_TOO_LONG
+    BARE_CR = replies.BARE_CR
+    NUL = replies.NUL_BYTE
+
+
+class RelaySMTP(SMTP):
+    """One SMTP session. Decisions are the handler's; this class only speaks the protocol."""
+
+    def __init__(self, handler: Any, *, starttls_required: bool, implicit_tls: bool,
+                 **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._starttls_required = starttls_required
+        self._implicit_tls = implicit_tls
+        self._greeted = False
+        self._in_ehlo = False
+
+    # -- TLS state
+
+    @property
+    def tls_active(self) -> bool:
+        return self._implicit_tls or self._tls_protocol is not None
+
+    def check_starttls_needed(self) -> bool:
+        return self._starttls_required and not self.tls_active
+
+    async def check_auth_needed(self, caller_method: str) -> bool:
+        if self.check_starttls_needed():
+            await self.push(replies.STARTTLS_FIRST)
+            return True
+        return bool(await super().check_auth_needed(caller_method))
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if self.check_starttls_needed():
+            # Never advertised before TLS; refuse it the same way as MAIL.
+            await self.push(replies.STARTTLS_FIRST)
+            return
+        await super().smtp_AUTH(arg)
+
+    # -- replies
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str):
+            await super().push(self._with_enhanced_code(status))
+        else:
+            await super().push(status)
+
+    def _with_enhanced_code(self, status: str) -> str:
+        if not self._greeted:  # RFC 2034: the greeting carries no enhanced code
+            self._greeted = True
+            return status
+        code = status[:3]
+        if (self._in_ehlo and code == "250") or _HAS_ENHANCED.match(status):
+            return status
+        enhanced = replies.ENHANCED_BY_CODE.get(code)
+        if not enhanced or len(status) < 4:
+            return status
+        return f"{status[:4]}{enhanced} {status[4:]}"
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._in_ehlo = True  # the EHLO keyword lines carry no enhanced codes
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    # -- HTTP on the SMTP port: a browser, a proxy probe or a cross-protocol attack
+
+    async def _not_smtp(self, arg: str | None) -> None:
+        await self.push(replies.NOT_SMTP)
+        self._close()
+
+    smtp_GET = smtp_POST = smtp_HEAD = smtp_PUT = smtp_CONNECT = smtp_OPTIONS = _not_smtp
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- DATA
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        handler = self.event_handler
+        draft = await handler.open_draft(self, self.session, self.envelope)
+        if isinstance(draft, str):
+            await self.push(draft)
+            return
+        try:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            outcome = await self._receive_data(draft)
+            if outcome is _BARE_LF:
+                await self.push(replies.BARE_LF)
+                self._close()
+                return
+            assert not isinstance(outcome, _Marker)
+            status = await handler.close_draft(self, self.session, self.envelope, draft,
+                                               outcome)
+        finally:
+            # Idempotent: after a commit the draft is gone from tmp/ and this is a no-op.
+            draft.abort()
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(status)
+
+    async def _receive_data(self, draft: Draft) -> DataProblem | _Marker | None:
+        """Read DATA up to the terminating dot into *draft*; say what, if anything, is wrong.
+
+        The reader's limit (aiosmtpd sets it to 1001 bytes) bounds each line in memory.
+        """
+        limit = self.data_size_limit
+        size = 0
+        problem: DataProblem | None = None
+        tail_of_long_line = False
+        reader = self._reader
+        while True:
+            try:
+                line: bytes = await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as e:
+                await reader.readexactly(e.consumed)
+                problem = problem or DataProblem.LINE_TOO_LONG
+                tail_of_long_line = True
+                continue
+            if tail_of_long_line:
+                tail_of_long_line = False
+                continue
+            if line == b".\r\n":
+                return problem
+            if len(line) < 2 or line[-2] != 0x0D:  # ends in LF without CR
+                return _BARE_LF
+            if problem is not None:
+                continue  # keep reading to the end, keep nothing
+            if line.find(b"\r", 0, len(line) - 2) != -1:
+                problem = DataProblem.BARE_CR
+            elif b"\x00" in line:
+                problem = DataProblem.NUL
+            elif len(line) - 2 > MAX_LINE:
+                problem = DataProblem.LINE_TOO_LONG
+            else:
+                if line[0] == 0x2E:  # dot-stuffing, RFC 5321 4.5.2
+                    line = line[1:]
+                size += len(line)
+                if limit and size > limit:
+                    problem = DataProblem.TOO_BIG
+                else:
+                    draft.write(line)
+
+
+class _Marker:
+    pass
+
+
+_BARE_LF = _Marker()
+
+
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """TLS for our listeners: TLS 1.2 minimum, the system's default ciphers."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx

@@ -1,0 +1,263 @@
+"""The durable queue: a message is ours only once it is fsynced in ``active/``.
+
+Layout under the queue directory (Postfix's split, in one process)::
+
+    tmp/      drafts being received; anything here at start-up was never acknowledged
+    active/   committed messages waiting for delivery, one file each, named by queue id
+    state/    delivery bookkeeping (attempts, last error) beside each active message
+    failed/   messages that failed permanently, with a ``.json`` record of why
+    corrupt/  entries that could not be read, moved aside so the rest keeps flowing
+
+A queue file is the raw message followed by a JSON envelope and a fixed-size trailer that
+names the envelope's length. The trailer is written last and doubles as the "complete"
+marker: a file without a valid trailer was never committed (Postfix does the same with its
+end-of-record marker). Streaming the message first lets DATA go to disk as it arrives, so
+memory per upload stays bounded no matter the message size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from relay.errors import CorruptEntry, SpoolError
+
+_TRAILER_MAGIC = b"\nSESRELAY1 "
+_TRAILER_LEN = len(_TRAILER_MAGIC) + 10 + 1  # magic, 10 digits of envelope length, "\n"
+_WRITE_BUFFER = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What SMTP said about a message, beyond its bytes."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    user: str | None = None
+    peer: str | None = None
+    listener: str | None = None
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["rcpt_tos"] = list(self.rcpt_tos)
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Envelope:
+        d = json.loads(raw)
+        if not isinstance(d, dict) or not isinstance(d.get("mail_from"), str):
+            raise ValueError("envelope is not an object with mail_from")
+        rcpts = d.get("rcpt_tos")
+        if not isinstance(rcpts, list) or not rcpts or not all(isinstance(r, str) for r in rcpts):
+            raise ValueError("envelope has no recipients")
+        return cls(mail_from=d["mail_from"], rcpt_tos=tuple(rcpts), user=d.get("user"),
+                   peer=d.get("peer"), listener=d.get("listener"))
+
+
+@dataclass
+class DeliveryState:
+    """Bookkeeping of delivery attempts; losing it costs at most an early retry."""
+
+    attempts: int = 0
+    last_error: str = ""
+    last_attempt: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def new_queue_id(now: float | None = None) -> str:
+    """A sortable id: 13 hex digits of microseconds since the epoch, then 5 random ones.
+
+    The arrival time is recoverable from the id alone (``queue_id_time``), so start-up and
+    the scheduler need not open a file to know a message's age.
+    """
+    micros = int((time.time() if now is None else now) * 1_000_000)
+    return f"{micros:013X}{secrets.randbelow(16**5):05X}"
+
+
+def queue_id_time(queue_id: str) -> float:
+    return int(queue_id[:13], 16) / 1_000_000
+
+
+def _is_queue_id(name: str) -> bool:
+    return len(name) == 18 and all(c in "0123456789ABCDEF" for c in name)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Draft:
+    """A message being received. Write to it, then ``Spool.commit`` it or ``abort`` it."""
+
+    def __init__(self, path: Path, queue_id: str) -> None:
+        self.queue_id = queue_id
+        self.path = path
+        self.size = 0
+        self._file: BinaryIO | None = open(path, "xb", buffering=_WRITE_BUFFER)  # noqa: SIM115
+
+    def write(self, data: bytes) -> None:
+        # A buffered write to the page cache costs microseconds; the expensive part (fsync)
+        # happens once, off the event loop, in commit.
+        assert self._file is not None
+        self._file.write(data)
+        self.size += len(data)
+
+    def _finish(self, envelope: Envelope, active: Path) -> None:
+        assert self._file is not None
+        meta = envelope.to_json()
+        self._file.write(meta + _TRAILER_MAGIC + b"%010d\n" % len(meta))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        os.rename(self.path, active / self.queue_id)
+        _fsync_dir(active)
+
+    def abort(self) -> None:
+        """Throw the draft away; safe to call more than once and after a failed commit."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class Spool:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.tmp = directory / "tmp"
+        self.active = directory / "active"
+        self.state = directory / "state"
+        self.failed = directory / "failed"
+        self.corrupt = directory / "corrupt"
+
+    # -- start-up
+
+    def open(self) -> list[str]:
+        """Create the layout, drop unacknowledged drafts, and list the committed ids."""
+        try:
+            for d in (self.tmp, self.active, self.state, self.failed, self.corrupt):
+                d.mkdir(parents=True, exist_ok=True)
+            for leftover in self.tmp.iterdir():
+                leftover.unlink()
+        except OSError as e:
+            raise SpoolError(f"cannot prepare queue directory {self.directory}: {e}") from e
+        ids = []
+        for name in os.listdir(self.active):
+            if _is_queue_id(name):
+                ids.append(name)
+            else:
+                self._move(self.active / name, self.corrupt / name)
+        self._drop_orphan_states(set(ids))
+        return sorted(ids)
+
+    def _drop_orphan_states(self, ids: set[str]) -> None:
+        for p in self.state.glob("*.json"):
+            if p.stem not in ids:
+                p.unlink(missing_ok=True)
+
+    # -- receiving
+
+    def draft(self) -> Draft:
+        queue_id = new_queue_id()
+        try:
+            return Draft(self.tmp / queue_id, queue_id)
+        except OSError as e:
+            raise SpoolError(f"cannot create draft: {e}") from e
+
+    async def commit(self, draft: Draft, envelope: Envelope) -> str:
+        """Make the draft durable, then return its queue id.
+
+        Runs in a thread and is shielded: a client that disconnects while we fsync cancels
+        our caller, but the commit still completes (or fails) as a whole. A commit that
+        completes for a vanished client may be delivered once more if the client resends;
+        that is the at-least-once half of the bargain.
+        """
+        task = asyncio.ensure_future(asyncio.to_thread(self._commit_sync, draft, envelope))
+        return await asyncio.shield(task)
+
+    def _commit_sync(self, draft: Draft, envelope: Envelope) -> str:
+        try:
+            draft._finish(envelope, self.active)
+        except OSError as e:
+            draft.abort()
+            raise SpoolError(f"cannot commit {draft.queue_id}: {e}") from e
+        return draft.queue_id
+
+    # -- delivery side
+
+    def load(self, queue_id: str) -> tuple[Envelope, bytes]:
+        """Read a committed message; raise CorruptEntry if it is incomplete or garbled."""
+        path = self.active / queue_id
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise SpoolError(f"cannot read {queue_id}: {e}") from e
+        return _split(blob, queue_id)
+
+    def load_state(self, queue_id: str) -> DeliveryState:
+        try:
+            d = json.loads((self.state / f"{queue_id}.json").read_bytes())
+            return DeliveryState(**d)
+        except (OSError, ValueError, TypeError):
+            return DeliveryState()
+
+    def save_state(self, queue_id: str, state: DeliveryState) -> None:
+        """Write bookkeeping atomically (rename) but without fsync: it is advisory."""
+        final = self.state / f"{queue_id}.json"
+        tmp = self.state / f".{queue_id}.tmp"
+        tmp.write_bytes(json.dumps(asdict(state)).encode())
+        os.replace(tmp, final)
+
+    def remove(self, queue_id: str) -> None:
+        """Forget a delivered message. Not fsynced: a crash here re-sends, never loses."""
+        (self.active / queue_id).unlink(missing_ok=True)
+        (self.state / f"{queue_id}.json").unlink(missing_ok=True)
+
+    def fail(self, queue_id: str, record: dict[str, Any]) -> None:
+        """Keep a permanently failed message in ``failed/`` with why it failed."""
+        (self.failed / f"{queue_id}.json").write_bytes(json.dumps(record, indent=1).encode())
+        self._move(self.active / queue_id, self.failed / queue_id)
+        (self.state / f"{queue_id}.json").unlink(missing_ok=True)
+
+    def quarantine(self, queue_id: str) -> None:
+        self._move(self.active / queue_id, self.corrupt / queue_id)
+        (self.state / f"{queue_id}.json").unlink(missing_ok=True)
+
+    def _move(self, src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+        _fsync_dir(dst.parent)
+
+    def active_ids(self) -> Iterator[str]:
+        return (n for n in os.listdir(self.active) if _is_queue_id(n))
+
+
+def _split(blob: bytes, queue_id: str) -> tuple[Envelope, bytes]:
+    trailer = blob[-_TRAILER_LEN:]
+    if len(blob) < _TRAILER_LEN or not trailer.startswith(_TRAILER_MAGIC) \
+            or not trailer.endswith(b"\n") or not trailer[len(_TRAILER_MAGIC):-1].isdigit():
+        raise CorruptEntry(f"{queue_id}: no end-of-entry marker (incomplete write?)")
+    meta_len = int(trailer[len(_TRAILER_MAGIC):-1])
+    meta_start = len(blob) - _TRAILER_LEN - meta_len
+    if meta_start < 0:
+        raise CorruptEntry(f"{queue_id}: envelope length out of range")
+    try:
+        envelope = Envelope.from_json(blob[meta_start:len(blob) - _TRAILER_LEN])
+    except ValueError as e:
+        raise CorruptEntry(f"{queue_id}: bad envelope ({e})") from None
+    return envelope, blob[:meta_start]

@@ -1,0 +1,7 @@
+"""Transports: the one seam between the queue and the world (SES, or a local outbox)."""
+
+from __future__ import annotations
+
+from relay.transports.base import Transport, build
+
+__all__ = ["Transport", "build"]

@@ -1,0 +1,53 @@
+"""The embedded default transport: each message becomes an .eml file in a local folder.
+
+It writes exactly the bytes SES would have received, plus a .json with the envelope (which
+is where Bcc recipients live), so the relay can be tried and tested without an AWS account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from pathlib import Path
+
+from relay.errors import DeliveryError
+from relay.spool import Envelope
+
+# Mirrors SESv2's limit so that trying the relay on the outbox behaves like production.
+_SES_RAW_LIMIT = 40 * 1000 * 1000 * 3 // 4
+
+
+class OutboxTransport:
+    name = "outbox"
+    max_message_size = _SES_RAW_LIMIT
+    max_recipients = 50
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
+
+    async def send(self, envelope: Envelope, data: bytes) -> str:
+        message_id = f"outbox-{uuid.uuid4()}"
+        try:
+            await asyncio.to_thread(self._write, message_id, envelope, data)
+        except OSError as e:
+            raise DeliveryError(str(e), permanent=False, code="OutboxWriteError",
+                                hint=f"check that {self.directory} is writable and not full"
+                                ) from e
+        return message_id
+
+    def _write(self, message_id: str, envelope: Envelope, data: bytes) -> None:
+        meta = {"message_id": message_id, "mail_from": envelope.mail_from,
+                "rcpt_tos": list(envelope.rcpt_tos)}
+        # Envelope first, message last: a reader that sees the .eml sees its .json too.
+        for suffix, blob in ((".json", json.dumps(meta).encode()), (".eml", data)):
+            tmp = self.directory / f".{message_id}{suffix}.tmp"
+            tmp.write_bytes(blob)
+            os.replace(tmp, self.directory / f"{message_id}{suffix}")
+
+    async def aclose(self) -> None:
+        return None
