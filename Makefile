@@ -1,0 +1,38 @@
+# ses-relay: `make run` to try it, `make test` to check everything.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEV    := .dev
+
+.PHONY: run test lint typecheck unit peers clean
+
+# The virtualenv is rebuilt when the project's dependencies change.
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+## run: start the relay on 127.0.0.1:2587 (STARTTLS) and :2465 (TLS), delivering to .dev/outbox
+run: $(BIN)/.installed
+	$(BIN)/ses-relay dev-init $(DEV)
+	$(BIN)/ses-relay serve --config $(DEV)/ses-relay.yaml
+
+## test: lint, type-check, then the whole suite against real peers
+test: $(BIN)/.installed peers lint typecheck unit
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check relay tests
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy --strict relay
+
+unit: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+## peers: install the real SMTP clients the tests drive (Debian packages), if missing
+peers:
+	@scripts/install-peers
+
+clean:
+	rm -rf $(VENV) $(DEV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

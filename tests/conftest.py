@@ -1,0 +1,337 @@
+"""Shared fixtures: certificates, a real moto_server, and the relay in-process or as a process.
+
+Every network peer listens on loopback only, on a free port, and is stopped by its fixture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import trustme
+import yaml
+
+from relay import config as config_mod
+from relay import users
+from relay.app import Relay
+
+USER = "app"
+PASSWORD = "correct horse battery"  # test credential
+SENDER = "sender@example.com"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+# --- skips are failures in CI: a skipped test hides a missing install step ---------------
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped and os.environ.get("CI"):
+        reporter.write_line(f"CI: {len(skipped)} test(s) skipped; every test must run in CI",
+                            red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, Any]]]:
+    """Every structured event the in-process relay logs during the test."""
+    with structlog.testing.capture_logs() as captured:
+        yield captured
+
+
+# --- TLS -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Certs:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    d = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    server.private_key_pem.write_to_path(str(d / "key.pem"))
+    server.cert_chain_pems[0].write_to_path(str(d / "cert.pem"))
+    for pem in server.cert_chain_pems[1:]:
+        pem.write_to_path(str(d / "cert.pem"), append=True)
+    return Certs(ca=d / "ca.pem", cert=d / "cert.pem", key=d / "key.pem")
+
+
+@pytest.fixture(scope="session")
+def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("users") / "users.yaml"
+    db = users.UserDB({}).with_user(users.User(USER, users.hash_password(PASSWORD)))
+    users.save(path, db)
+    return path
+
+
+# --- moto_server as SES ------------------------------------------------------------------
+
+
+class Moto:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def reset(self) -> None:
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset",
+                                                      method="POST"), timeout=10).read()
+
+    def verify(self, *identities: str) -> None:
+        import boto3
+
+        ses = boto3.client("ses", region_name="us-east-1", endpoint_url=self.url,
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        for identity in identities:
+            if "@" in identity:
+                ses.verify_email_identity(EmailAddress=identity)
+            else:
+                ses.verify_domain_identity(Domain=identity)
+
+    def sent(self) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=10) as r:
+            return list(json.load(r)["ses"]["RawMessage"])
+
+    def wait_sent(self, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            sent = self.sent()
+            if len(sent) >= count or time.monotonic() > deadline:
+                return sent
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) \
+        or shutil.which("moto_server")
+    assert exe, "moto_server not installed: pip install 'moto[server]' (make test does)"
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, proc=proc)
+        yield Moto(f"http://127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+@pytest.fixture
+def moto(moto_server: Moto) -> Moto:
+    moto_server.reset()
+    moto_server.verify(SENDER)
+    return moto_server
+
+
+@pytest.fixture(autouse=True)
+def _aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Fake credentials and no shared config: nothing here may reach real AWS.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """A relay configuration in a temporary folder, with its ports chosen up front."""
+
+    path: Path
+    doc: dict[str, Any]
+    starttls_port: int
+    implicit_port: int
+    certs: Certs
+
+    @property
+    def queue_dir(self) -> Path:
+        return Path(self.doc["queue"]["directory"])
+
+    @property
+    def outbox_dir(self) -> Path:
+        return Path(self.doc["delivery"]["outbox_dir"])
+
+    def load(self) -> config_mod.Config:
+        return config_mod.load(self.path)
+
+    def write(self) -> None:
+        self.path.write_text(yaml.safe_dump(self.doc))
+
+
+@pytest.fixture
+def make_setup(tmp_path: Path, certs: Certs, users_file: Path) -> Callable[..., Setup]:
+    def make(transport: str = "outbox", **delivery: Any) -> Setup:
+        starttls, implicit = free_port(), free_port()
+        doc: dict[str, Any] = {
+            "hostname": "relay.test",
+            "listeners": [
+                {"name": "submission", "address": "127.0.0.1", "port": starttls,
+                 "tls": "starttls", "auth": "required"},
+                {"name": "submissions", "address": "127.0.0.1", "port": implicit,
+                 "tls": "implicit", "auth": "required"},
+            ],
+            "tls": {"cert": str(certs.cert), "key": str(certs.key)},
+            "users_file": str(users_file),
+            "queue": {"directory": str(tmp_path / "queue"), "max_age": "1h",
+                      "min_backoff": "0.2s", "max_backoff": "1s"},
+            "delivery": {"transport": transport, "outbox_dir": str(tmp_path / "outbox"),
+                         "timeout": "5s", **delivery},
+            "log": {"format": "json", "level": "info"},
+        }
+        setup = Setup(tmp_path / "ses-relay.yaml", doc, starttls, implicit, certs)
+        setup.write()
+        return setup
+
+    return make
+
+
+@pytest.fixture
+def setup(make_setup: Callable[..., Setup]) -> Setup:
+    return make_setup()
+
+
+# --- the relay, in-process (a server object on its own loop in a thread) -----------------
+
+
+@dataclass
+class InProcess:
+    relay: Relay
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    stopped: bool = field(default=False)
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.call(self.relay.stop())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+@pytest.fixture
+def start_relay() -> Iterator[Callable[[Setup], InProcess]]:
+    running: list[InProcess] = []
+
+    def start(setup: Setup) -> InProcess:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        inproc = InProcess(Relay(setup.load()), loop, thread)
+        running.append(inproc)
+        inproc.call(inproc.relay.start())
+        return inproc
+
+    yield start
+    for r in running:
+        r.stop()
+        r.loop.close()
+
+
+# --- the relay as a real process ---------------------------------------------------------
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
+        return out
+
+    def wait_event(self, name: str, timeout: float = 15.0, **match: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.events():
+                if e.get("event") == name and all(e.get(k) == v for k, v in match.items()):
+                    return e
+            time.sleep(0.05)
+        raise AssertionError(f"no {name} event {match} in log:\n{self.log_path.read_text()}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def terminate(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            return self.proc.wait(15)
+        return int(self.proc.returncode)
+
+
+def ses_relay_exe() -> str:
+    exe = Path(sys.executable).parent / "ses-relay"
+    assert exe.exists(), "the ses-relay command is not installed (pip install -e .)"
+    return str(exe)
+
+
+@pytest.fixture
+def start_process(tmp_path: Path) -> Iterator[Callable[[Setup], Process]]:
+    running: list[Process] = []
+
+    def start(setup: Setup) -> Process:
+        log_path = tmp_path / f"relay-{len(running)}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen([ses_relay_exe(), "serve", "--config", str(setup.path)],
+                                    stdout=log, stderr=subprocess.STDOUT)
+        p = Process(proc, log_path)
+        running.append(p)
+        wait_port(setup.starttls_port, proc=proc)
+        wait_port(setup.implicit_port, proc=proc)
+        return p
+
+    yield start
+    for p in running:
+        p.kill()

@@ -1,0 +1,79 @@
+"""A tiny SESv2-compatible HTTP endpoint for the cases moto_server cannot produce:
+throttling, 5xx, chosen error codes, latency. It records what it accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Failure:
+    status: int
+    code: str
+    message: str = "scripted failure"
+
+
+class FakeSES:
+    def __init__(self) -> None:
+        self.script: deque[Failure] = deque()
+        self.accepted: list[dict[str, Any]] = []
+        self.calls = 0
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                fake._handle(self, body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> FakeSES:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def fail_next(self, *failures: Failure) -> None:
+        with self._lock:
+            self.script.extend(failures)
+
+    def _handle(self, req: BaseHTTPRequestHandler, body: bytes) -> None:
+        with self._lock:
+            self.calls += 1
+            failure = self.script.popleft() if self.script else None
+        if failure is not None:
+            payload = json.dumps({"message": failure.message}).encode()
+            req.send_response(failure.status)
+            req.send_header("x-amzn-ErrorType", failure.code)
+        else:
+            request = json.loads(body)
+            raw = base64.b64decode(request["Content"]["Raw"]["Data"])
+            message_id = f"fake-{uuid.uuid4()}"
+            with self._lock:
+                self.accepted.append({"id": message_id, "from": request["FromEmailAddress"],
+                                      "to": request["Destination"]["ToAddresses"], "raw": raw})
+            payload = json.dumps({"MessageId": message_id}).encode()
+            req.send_response(200)
+        req.send_header("Content-Type", "application/json")
+        req.send_header("Content-Length", str(len(payload)))
+        req.end_headers()
+        req.wfile.write(payload)

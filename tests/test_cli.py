@@ -1,0 +1,121 @@
+"""The ses-relay command: users, send-test, and the development setup behind `make run`."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+from clients import implicit, starttls
+from conftest import SENDER, Moto, Setup, free_port, ses_relay_exe, wait_port
+
+from relay import users
+
+
+def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ses_relay_exe(), *args], input=stdin, capture_output=True,
+                          text=True, timeout=60)
+
+
+def own_users_file(setup: Setup, tmp_path: Path) -> Path:
+    path = tmp_path / "own-users.yaml"
+    setup.doc["users_file"] = str(path)
+    setup.write()
+    return path
+
+
+def test_user_add_stores_only_a_salted_hash_and_the_relay_accepts_it(
+        setup: Setup, tmp_path: Path, start_relay) -> None:
+    path = own_users_file(setup, tmp_path)
+    result = run("user", "add", "wordpress", "--config", str(setup.path),
+                 stdin="s3cret-passw0rd\n")
+    assert result.returncode == 0, result.stderr
+    text = path.read_text()
+    assert "s3cret-passw0rd" not in text
+    assert re.search(r"password_hash: scrypt\$16384\$8\$1\$\S+\$\S+", text)
+    start_relay(setup)
+    with implicit(setup.implicit_port, setup.certs.ca, "wordpress", "s3cret-passw0rd") as s:
+        assert s.noop()[0] == 250
+
+
+def test_user_add_twice_changes_the_password_and_list_and_remove_work(
+        setup: Setup, tmp_path: Path) -> None:
+    path = own_users_file(setup, tmp_path)
+    cfg = ["--config", str(setup.path)]
+    assert run("user", "add", "app1", *cfg, stdin="first-password\n").returncode == 0
+    first = users.load(path).get("app1")
+    assert run("user", "add", "app2", *cfg, stdin="other-password\n").returncode == 0
+    result = run("user", "add", "app1", *cfg, stdin="second-password\n")
+    assert "updated app1" in result.stdout
+    second = users.load(path).get("app1")
+    assert first and second and first.password_hash != second.password_hash
+    assert users.verify_password("second-password", second.password_hash)
+    assert run("user", "list", *cfg).stdout.split() == ["app1", "app2"]
+    assert run("user", "remove", "app1", *cfg).returncode == 0
+    assert run("user", "list", *cfg).stdout.split() == ["app2"]
+    missing = run("user", "remove", "app1", *cfg)
+    assert missing.returncode == 1 and "no user" in missing.stderr
+
+
+def test_user_add_refuses_short_passwords_and_odd_names(setup: Setup, tmp_path: Path) -> None:
+    path = own_users_file(setup, tmp_path)
+    cfg = ["--config", str(setup.path)]
+    assert run("user", "add", "app", *cfg, stdin="short\n").returncode == 2
+    assert run("user", "add", "bad name", *cfg, stdin="long-enough-pw\n").returncode == 2
+    assert not path.exists()
+
+
+def test_send_test_prints_the_ses_message_id(make_setup, moto: Moto) -> None:
+    setup = make_setup("sesv2", region="us-east-1", endpoint_url=moto.url)
+    result = run("send-test", "--config", str(setup.path), "--from", SENDER,
+                 "--to", "someone@example.net")
+    assert result.returncode == 0, result.stderr
+    [sent] = moto.sent()
+    assert result.stdout.strip() == sent["id"]
+    assert "Subject: ses-relay test message" in sent["raw_data"]
+
+
+def test_send_test_explains_a_failure_with_a_hint(make_setup, moto: Moto) -> None:
+    setup = make_setup("sesv2", region="us-east-1", endpoint_url=moto.url)
+    result = run("send-test", "--config", str(setup.path), "--from", "stranger@example.org",
+                 "--to", "someone@example.net")
+    assert result.returncode == 1
+    assert "MessageRejected" in result.stderr
+    assert "hint:" in result.stderr and "us-east-1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_dev_init_and_serve_work_without_aws(tmp_path: Path) -> None:
+    # What `make run` does, on free ports so it cannot collide with a developer's relay.
+    dev = tmp_path / "dev"
+    out = run("dev-init", str(dev)).stdout
+    password = re.search(r"password:\s+(\S+)", out)
+    assert password, out
+    doc = yaml.safe_load((dev / "ses-relay.yaml").read_text())
+    assert doc["delivery"]["transport"] == "outbox"
+    ports = [free_port(), free_port()]
+    for listener, port in zip(doc["listeners"], ports, strict=True):
+        listener["port"] = port
+    (dev / "ses-relay.yaml").write_text(yaml.safe_dump(doc))
+    assert run("dev-init", str(dev)).stdout.count(password.group(1)) == 1  # kept, not renewed
+    proc = subprocess.Popen([ses_relay_exe(), "serve", "--config", str(dev / "ses-relay.yaml")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_port(ports[0], proc=proc)
+        wait_port(ports[1], proc=proc)
+        with starttls(ports[0], dev / "tls" / "cert.pem", "dev", password.group(1)) as s:
+            s.sendmail(SENDER, ["someone@example.net"], b"Subject: dev\r\n\r\nhello\r\n")
+        deadline = time.monotonic() + 10
+        while not list((dev / "outbox").glob("*.eml")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [eml] = (dev / "outbox").glob("*.eml")
+        assert eml.read_bytes() == b"Subject: dev\r\n\r\nhello\r\n"
+        assert json.loads(eml.with_suffix(".json").read_text())["mail_from"] == SENDER
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()

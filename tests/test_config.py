@@ -1,0 +1,102 @@
+"""Configuration loading and `ses-relay check-config`."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, ses_relay_exe
+
+from relay import config
+from relay.errors import ConfigError
+
+
+def check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ses_relay_exe(), "check-config", "--config", str(path)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_the_documented_example_lists_every_key_and_loads(tmp_path: Path) -> None:
+    doc = yaml.safe_load((REPO / "config" / "ses-relay.yaml").read_text())
+    # Point the TLS files at something that exists; everything else is as documented.
+    (tmp_path / "c.pem").write_text("x")
+    doc["tls"] = {"cert": str(tmp_path / "c.pem"), "key": str(tmp_path / "c.pem")}
+    cfg = config.parse(doc, base=tmp_path, environ={})
+    assert cfg.delivery.transport == "sesv2"
+    assert cfg.queue.max_age == 5 * 86400
+    assert cfg.limits.max_message_size == 10 * 1024 * 1024
+    assert [lst.port for lst in cfg.listeners] == [587, 465]
+
+
+def test_check_config_accepts_a_valid_file(setup) -> None:
+    result = check(setup.path)
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_check_config_lists_every_problem_with_its_key_path(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({
+        "hostname": "relay.example.com",
+        "listeners": [{"name": "a", "address": "127.0.0.1", "port": 99999, "tls": "maybe"}],
+        "tls": {"cert": str(tmp_path / "missing.pem"), "key": str(tmp_path / "missing.pem")},
+        "queue": {"max_age": "soon"},
+        "delivery": {"transport": "sesv2"},
+        "colour": "blue",
+    }))
+    result = check(path)
+    assert result.returncode == 2
+    for expected in ["listeners[0].port: must be between 0 and 65535",
+                     "listeners[0].tls: must be one of starttls, implicit, none",
+                     "tls.cert: file not found",
+                     "queue.max_age: must be a duration",
+                     "delivery.region: required for transport sesv2",
+                     "colour: unknown key"]:
+        assert expected in result.stderr
+    assert result.stdout == ""
+
+
+def test_unreadable_yaml_is_reported_not_raised(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("hostname: [unclosed\n")
+    result = check(path)
+    assert result.returncode == 2
+    assert "not valid YAML" in result.stderr and "line" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_values_expand_environment_variables(tmp_path: Path) -> None:
+    raw = {"hostname": "${RELAY_HOST}", "listeners": [
+        {"name": "l", "address": "127.0.0.1", "port": 2525, "tls": "none", "auth": "none",
+         "trusted_networks": ["127.0.0.0/8"]}],
+        "delivery": {"transport": "sesv2", "region": "${REGION:-eu-west-1}"}}
+    cfg = config.parse(raw, base=tmp_path, environ={"RELAY_HOST": "mx.example.org"})
+    assert cfg.hostname == "mx.example.org"
+    assert cfg.delivery.region == "eu-west-1"
+    with pytest.raises(ConfigError) as e:
+        config.parse(raw, base=tmp_path, environ={})
+    assert "hostname: environment variable RELAY_HOST is not set" in e.value.problems
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    raw = {"hostname": "relay.test", "listeners": [
+        {"name": "l", "address": "127.0.0.1", "port": 2525, "tls": "none", "auth": "none",
+         "trusted_networks": ["127.0.0.1/32"]}],
+        "queue": {"directory": "q"}, "delivery": {"transport": "outbox"}}
+    cfg = config.parse(raw, base=tmp_path, environ={})
+    assert cfg.queue.directory == tmp_path / "q"
+
+
+@pytest.mark.parametrize(("listener", "problem"), [
+    ({"tls": "none", "auth": "required"}, "listeners[0].tls: tls: none would send passwords"),
+    ({"tls": "starttls", "auth": "none"}, "listeners[0].auth: auth: none needs trusted_networks"),
+])
+def test_listener_settings_that_would_open_the_relay_are_refused(
+        tmp_path: Path, listener: dict[str, str], problem: str) -> None:
+    raw = {"hostname": "relay.test", "delivery": {"transport": "outbox"},
+           "listeners": [{"name": "l", "address": "127.0.0.1", "port": 2525, **listener}]}
+    with pytest.raises(ConfigError) as e:
+        config.parse(raw, base=tmp_path, environ={})
+    assert any(p.startswith(problem) for p in e.value.problems), e.value.problems

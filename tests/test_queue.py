@@ -1,0 +1,102 @@
+"""The durable queue: commit, recovery after a crash, corrupt entries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SENDER, Setup
+
+from relay.errors import CorruptEntry
+from relay.spool import Envelope, Spool, new_queue_id, queue_id_time
+
+ENVELOPE = Envelope(mail_from=SENDER, rcpt_tos=("a@example.net", "b@example.net"), user="app")
+
+
+def commit(spool: Spool, data: bytes, envelope: Envelope = ENVELOPE) -> str:
+    draft = spool.draft()
+    draft.write(data)
+    return asyncio.run(spool.commit(draft, envelope))
+
+
+def test_a_committed_message_reads_back_exactly(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    data = b"Subject: x\r\n\r\n" + bytes(range(256)) * 10 + b"\r\n"
+    qid = commit(spool, data)
+    assert (tmp_path / "active" / qid).exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert spool.load(qid) == (ENVELOPE, data)
+
+
+def test_drafts_never_committed_are_dropped_at_start(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    draft = spool.draft()
+    draft.write(b"half a message")
+    draft._file.flush()  # type: ignore[union-attr]  # as if the process died here
+    kept = commit(spool, b"Subject: kept\r\n\r\n")
+    assert Spool(tmp_path).open() == [kept]  # as after a crash: a new process opens it
+    draft._file.close()  # type: ignore[union-attr]
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "bad_envelope"])
+def test_incomplete_or_garbled_entries_are_detected(tmp_path: Path, damage: str) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    qid = commit(spool, b"Subject: x\r\n\r\nbody\r\n")
+    path = tmp_path / "active" / qid
+    blob = path.read_bytes()
+    path.write_bytes({"truncated": blob[:-5], "garbage": b"\x00" * 40,
+                      "bad_envelope": blob.replace(b'"mail_from"', b'"mail_frum"')}[damage])
+    with pytest.raises(CorruptEntry):
+        spool.load(qid)
+
+
+def test_queue_ids_sort_by_arrival_and_carry_their_time() -> None:
+    t = 1_790_000_000.25
+    first, second = new_queue_id(t), new_queue_id(t + 1)
+    assert first < second
+    assert queue_id_time(first) == pytest.approx(t)
+
+
+def test_messages_queued_before_start_are_delivered(setup: Setup, start_relay, logs) -> None:
+    # chasquid's t-03: an item in the queue before start is delivered after start.
+    spool = Spool(setup.queue_dir)
+    spool.open()
+    qid = commit(spool, b"Subject: from a previous life\r\n\r\nbody\r\n")
+    start_relay(setup)
+    deadline = time.monotonic() + 10
+    while not list(setup.outbox_dir.glob("*.eml")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    [eml] = setup.outbox_dir.glob("*.eml")
+    assert eml.read_bytes() == b"Subject: from a previous life\r\n\r\nbody\r\n"
+    assert json.loads(eml.with_suffix(".json").read_text())["rcpt_tos"] == list(ENVELOPE.rcpt_tos)
+    assert any(e["event"] == "delivered" and e["queue_id"] == qid for e in logs)
+    assert list((setup.queue_dir / "active").iterdir()) == []
+
+
+def test_a_corrupt_entry_is_quarantined_and_the_rest_delivered(
+        setup: Setup, start_relay, logs) -> None:
+    spool = Spool(setup.queue_dir)
+    spool.open()
+    good = commit(spool, b"Subject: good\r\n\r\nbody\r\n")
+    bad = commit(spool, b"Subject: bad\r\n\r\nbody\r\n")
+    (setup.queue_dir / "active" / bad).write_bytes(b"Subject: bad\r\n\r\nbo")  # torn write
+    stray = setup.queue_dir / "active" / "not-a-queue-file"
+    stray.write_bytes(b"?")
+    start_relay(setup)
+    deadline = time.monotonic() + 10
+    while not (setup.queue_dir / "corrupt" / bad).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (setup.queue_dir / "corrupt" / bad).exists()
+    assert (setup.queue_dir / "corrupt" / "not-a-queue-file").exists()
+    deadline = time.monotonic() + 10
+    while not any(e["event"] == "delivered" for e in logs) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [e["queue_id"] for e in logs if e["event"] == "delivered"] == [good]
+    assert [e["queue_id"] for e in logs if e["event"] == "quarantined"] == [bad]

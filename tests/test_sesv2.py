@@ -1,0 +1,113 @@
+"""Delivery through SESv2: the relay process against moto_server and a scripted endpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from clients import implicit, starttls
+from conftest import PASSWORD, SENDER, USER, Moto, Setup, free_port
+from fakeses import Failure, FakeSES
+
+MESSAGE = (b"From: sender@example.com\r\nTo: to@example.net\r\nCc: cc@example.net\r\n"
+           b"Subject: via SES\r\nMessage-ID: <1@example.com>\r\n\r\nHello SES.\r\n")
+
+
+def test_message_reaches_ses_byte_for_byte_with_bcc_kept_in_the_envelope(
+        make_setup, start_process, moto: Moto) -> None:
+    setup: Setup = make_setup("sesv2", region="us-east-1", endpoint_url=moto.url)
+    relay = start_process(setup)
+    rcpts = ["to@example.net", "cc@example.net", "blind@example.org"]
+    with starttls(setup.starttls_port, setup.certs.ca, USER, PASSWORD) as s:
+        s.sendmail(SENDER, rcpts, MESSAGE)
+    [sent] = moto.wait_sent(1)
+    assert sent["raw_data"].encode() == MESSAGE
+    assert sent["source"] == SENDER
+    # moto appends header recipients to the destinations; the envelope ones come first.
+    assert sent["destinations"][:3] == rcpts
+    delivered = relay.wait_event("delivered")
+    assert delivered["ses_message_id"] == sent["id"]
+    assert delivered["transport"] == "sesv2"
+
+
+def test_a_permanent_ses_error_fails_the_message_with_a_hint(
+        make_setup, start_process, moto: Moto) -> None:
+    setup: Setup = make_setup("sesv2", region="us-east-1", endpoint_url=moto.url)
+    relay = start_process(setup)
+    with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
+        s.sendmail("unverified@example.org", ["to@example.net"], MESSAGE)
+    failed = relay.wait_event("failed")
+    assert failed["code"] == "MessageRejected"
+    assert "verified" in failed["hint"] and "us-east-1" in failed["hint"]
+    assert failed["attempt"] == 1
+    [record] = (setup.queue_dir / "failed").glob("*.json")
+    assert json.loads(record.read_text())["code"] == "MessageRejected"
+    assert (setup.queue_dir / "failed" / record.stem).exists()
+    assert list((setup.queue_dir / "active").iterdir()) == []
+    assert moto.sent() == []
+
+
+@pytest.mark.parametrize(("status", "code"), [
+    (429, "TooManyRequestsException"),
+    (500, "InternalFailure"),
+    (503, "ServiceUnavailable"),
+    (400, "LimitExceededException"),
+])
+def test_transient_ses_errors_are_retried_until_delivered(
+        make_setup, start_relay, logs, status: int, code: str) -> None:
+    with FakeSES() as ses:
+        ses.fail_next(Failure(status, code), Failure(status, code))
+        setup: Setup = make_setup("sesv2", region="us-east-1", endpoint_url=ses.url)
+        start_relay(setup)
+        with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
+            s.sendmail(SENDER, ["to@example.net"], MESSAGE)
+        deadline = time.monotonic() + 15
+        while not ses.accepted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [m["raw"] for m in ses.accepted] == [MESSAGE]
+        assert ses.calls == 3
+    deferred = [e for e in logs if e["event"] == "deferred"]
+    assert [(e["code"], e["attempt"]) for e in deferred] == [(code, 1), (code, 2)]
+    assert all(e["next_attempt_in"] > 0 for e in deferred)
+    [delivered] = [e for e in logs if e["event"] == "delivered"]
+    assert delivered["attempt"] == 3
+
+
+def test_an_unreachable_endpoint_defers_and_keeps_the_message(
+        make_setup, start_relay, logs) -> None:
+    setup: Setup = make_setup("sesv2", region="us-east-1",
+                              endpoint_url=f"http://127.0.0.1:{free_port()}")
+    start_relay(setup)
+    with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
+        assert s.sendmail(SENDER, ["to@example.net"], MESSAGE) == {}
+    deadline = time.monotonic() + 10
+    while not any(e["event"] == "deferred" for e in logs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    deferred = next(e for e in logs if e["event"] == "deferred")
+    assert deferred["code"] == "ConnectionError"
+    assert "endpoint" in deferred["hint"]
+    assert len(list((setup.queue_dir / "active").iterdir())) == 1
+
+
+def test_a_message_that_got_250_survives_kill_9_and_is_delivered_after_restart(
+        make_setup, start_process, moto: Moto) -> None:
+    # First life: SES unreachable, so the message can only be in the queue when we kill.
+    setup: Setup = make_setup("sesv2", region="us-east-1",
+                              endpoint_url=f"http://127.0.0.1:{free_port()}")
+    relay = start_process(setup)
+    with starttls(setup.starttls_port, setup.certs.ca, USER, PASSWORD) as s:
+        s.mail(SENDER)
+        s.rcpt("to@example.net")
+        code, text = s.data(MESSAGE)
+    assert code == 250
+    queue_id = text.split()[-1].decode()
+    relay.kill()  # SIGKILL right after the 250: no shutdown code runs
+    # Second life: SES is back.
+    setup.doc["delivery"]["endpoint_url"] = moto.url
+    setup.write()
+    relay = start_process(setup)
+    [sent] = moto.wait_sent(1)
+    assert sent["raw_data"].encode() == MESSAGE
+    relay.wait_event("delivered", queue_id=queue_id, ses_message_id=sent["id"])
+    assert relay.terminate() == 0
