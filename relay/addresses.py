@@ -57,3 +57,24 @@ def _domain(domain: str) -> str:
     if len(domain) > 253 or len(labels) < 2 or not all(_LABEL.match(x) for x in labels):
         raise AddressError("malformed domain")
     return domain
+
+
+def normalize_pattern(pattern: str) -> str:
+    """An address, or ``@domain`` for a whole domain; lower-cased domain, as stored."""
+    if pattern.startswith("@"):
+        return "@" + _domain(pattern[1:]).lower()
+    local, _, domain = normalize(pattern).rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+def matches(address: str, patterns: tuple[str, ...] | frozenset[str]) -> bool:
+    """Whether *address* is one of *patterns* (exact address, or its ``@domain``).
+
+    Domains compare case-insensitively, local parts exactly (RFC 5321 leaves local-part
+    case to the receiving host), except that a pattern written in lower case also matches
+    an address in another case, which is what people mean in practice.
+    """
+    local, _, domain = address.rpartition("@")
+    domain = domain.lower()
+    return (f"{local}@{domain}" in patterns or f"{local.lower()}@{domain}" in patterns
+            or f"@{domain}" in patterns)

@@ -17,7 +17,9 @@ from relay.delivery import Scheduler
 from relay.smtp import listeners
 from relay.smtp.handler import Handler
 from relay.smtp.server import server_tls_context
+from relay.policy import Policy
 from relay.spool import Spool
+from relay.suppression import SuppressionList
 from relay.transports import Transport, build
 
 _log = log.get("app")
@@ -30,6 +32,7 @@ class Relay:
     spool: Spool | None = None
     scheduler: Scheduler | None = None
     servers: list[asyncio.Server] = field(default_factory=list)
+    suppression: SuppressionList | None = None
     _users: users.UserDB | None = None
 
     @property
@@ -47,6 +50,8 @@ class Relay:
     async def start(self) -> None:
         cfg = self.config
         self._users = users.load(cfg.users_file)
+        self.suppression = await asyncio.to_thread(SuppressionList, cfg.suppression.database)
+        policy = Policy(cfg, self.suppression)
         self.spool = Spool(cfg.queue.directory)
         backlog = await asyncio.to_thread(self.spool.open)
         self.transport = build(cfg.delivery)
@@ -59,6 +64,7 @@ class Relay:
                if cfg.tls.cert and cfg.tls.key else None)
         for listener in cfg.listeners:
             handler = Handler(listener=listener, users=self._current_users, spool=self.spool,
+                              policy=policy, limits=cfg.limits, hostname=cfg.hostname,
                               on_queued=self.scheduler.enqueue)
             server = await listeners.start(
                 listener, handler, hostname=cfg.hostname, tls=tls,
@@ -83,6 +89,8 @@ class Relay:
             await self.scheduler.stop()
         if self.transport is not None:
             await self.transport.aclose()
+        if self.suppression is not None:
+            self.suppression.close()
         _log.info("stopped")
 
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import yaml
 
@@ -23,6 +23,10 @@ TlsMode = Literal["starttls", "implicit", "none"]
 AuthMode = Literal["required", "optional", "none"]
 Transport = Literal["sesv2", "outbox"]
 LogFormat = Literal["auto", "json", "console"]
+LineEndings = Literal["strict", "normalize"]
+SuppressionAction = Literal["reject", "drop"]
+LINE_ENDINGS: tuple[str, ...] = ("strict", "normalize")
+SUPPRESSION_ACTIONS: tuple[str, ...] = ("reject", "drop")
 
 TRANSPORTS: tuple[str, ...] = ("sesv2", "outbox")
 # Transports that talk to AWS and therefore need a region.
@@ -80,6 +84,36 @@ class Limits:
     max_message_size: int = 10 * 1024 * 1024
     # Seconds of silence before a session is dropped (Postfix smtpd_timeout).
     idle_timeout: float = 300.0
+    # Envelope recipients per message (Postfix smtpd_recipient_limit is 1000; SES takes 50
+    # per call, so a message is split into several calls).
+    max_recipients: int = 100
+    # strict: a bare LF in DATA is refused; normalize: LF line ends become CRLF (as Postfix's
+    # smtpd_forbid_bare_newline = normalize). Either way only CRLF.CRLF ends DATA.
+    line_endings: LineEndings = "strict"
+    # The header section is held in memory while it is checked and rewritten.
+    max_header_size: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    # SES refuses MAIL FROM:<>; rewrite it to this address, or refuse it (550 5.1.7).
+    null_sender_rewrite: str | None = None
+    # Check the From: header against the user's allowed_senders too (550 5.7.1 at DATA).
+    check_header_from: bool = False
+    # Staging safety: accept only these recipients (addresses and @domain entries)...
+    allowed_recipients: tuple[str, ...] = ()
+    # ...or deliver every message to this one address instead of its recipients.
+    redirect_all_to: str | None = None
+    # Defaults for SES's ConfigurationSetName and EmailTags (per user ones override).
+    configuration_set: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class SuppressionConfig:
+    database: Path = Path("/var/lib/ses-relay/suppression.sqlite3")
+    # reject: 550 5.1.1 at RCPT; drop: accept the RCPT but leave it out of the envelope.
+    action: SuppressionAction = "reject"
 
 
 @dataclass(frozen=True)
@@ -92,6 +126,8 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     log: LogConfig = field(default_factory=LogConfig)
     limits: Limits = field(default_factory=Limits)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     source: Path | None = None
 
 
@@ -150,6 +186,8 @@ _SIZE_UNITS = {"b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _MISSING = object()
+_SES_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TAG = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 
 
 class _Reader:
@@ -278,7 +316,7 @@ class _Reader:
 
     def config(self, raw: object) -> Config | None:
         top = self.section(raw, "", {"hostname", "listeners", "tls", "users_file", "queue",
-                                     "delivery", "log", "limits"})
+                                     "delivery", "log", "limits", "policy", "suppression"})
         if top is None:
             self.problem("(top)", "the configuration must be a mapping of keys")
             return None
@@ -296,6 +334,8 @@ class _Reader:
             delivery=self.delivery(top.get("delivery")),
             log=self.log(top.get("log")),
             limits=self.limits(top.get("limits")),
+            policy=self.policy(top.get("policy")),
+            suppression=self.suppression(top.get("suppression")),
         )
 
     def hostname(self, v: object, p: str) -> str:
@@ -432,7 +472,8 @@ class _Reader:
         )
 
     def limits(self, raw: object) -> Limits:
-        d = self.section(raw, "limits", {"max_message_size", "idle_timeout"})
+        d = self.section(raw, "limits", {"max_message_size", "idle_timeout", "max_recipients",
+                                         "line_endings", "max_header_size"})
         if d is None:
             return Limits()
         return Limits(
@@ -440,7 +481,87 @@ class _Reader:
                                       Limits.max_message_size),
             idle_timeout=self.get(d, "idle_timeout", "limits", self.duration,
                                   Limits.idle_timeout),
+            max_recipients=self.get(d, "max_recipients", "limits", self.positive_int,
+                                    Limits.max_recipients),
+            line_endings=cast(LineEndings, self.get(d, "line_endings", "limits",
+                                                    self.choice(LINE_ENDINGS), "strict")),
+            max_header_size=self.get(d, "max_header_size", "limits", self.size,
+                                     Limits.max_header_size),
         )
+
+    def policy(self, raw: object) -> PolicyConfig:
+        path = "policy"
+        d = self.section(raw, path, {"null_sender_rewrite", "check_header_from",
+                                     "allowed_recipients", "redirect_all_to",
+                                     "configuration_set", "tags"})
+        if d is None:
+            return PolicyConfig()
+        return PolicyConfig(
+            null_sender_rewrite=self.get(d, "null_sender_rewrite", path, self.address, None),
+            check_header_from=self.get(d, "check_header_from", path, self.boolean, False),
+            allowed_recipients=self.address_patterns(d.get("allowed_recipients"),
+                                                     f"{path}.allowed_recipients"),
+            redirect_all_to=self.get(d, "redirect_all_to", path, self.address, None),
+            configuration_set=self.get(d, "configuration_set", path, self.ses_name, None),
+            tags=self.get(d, "tags", path, self.tags, ()),
+        )
+
+    def suppression(self, raw: object) -> SuppressionConfig:
+        path = "suppression"
+        d = self.section(raw, path, {"database", "action"})
+        if d is None:
+            return SuppressionConfig()
+        return SuppressionConfig(
+            database=self.get(d, "database", path, self.path, SuppressionConfig.database),
+            action=cast(SuppressionAction, self.get(d, "action", path,
+                                                    self.choice(SUPPRESSION_ACTIONS), "reject")),
+        )
+
+    def boolean(self, v: object, _p: str) -> bool:
+        if not isinstance(v, bool):
+            raise _Invalid("must be true or false")
+        return v
+
+    def address(self, v: object, p: str) -> str:
+        from relay.addresses import AddressError, normalize
+
+        try:
+            return normalize(self.string(v, p))
+        except AddressError as e:
+            raise _Invalid(f"not a valid address ({e.reason})") from None
+
+    def address_patterns(self, raw: object, path: str) -> tuple[str, ...]:
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            self.problem(path, "must be a list of addresses and @domain entries")
+            return ()
+        out = []
+        for i, item in enumerate(raw):
+            from relay.addresses import AddressError, normalize_pattern
+
+            try:
+                out.append(normalize_pattern(self.string(self.expand(item, path), path)))
+            except (AddressError, _Invalid) as e:
+                self.problem(f"{path}[{i}]", getattr(e, "reason", str(e)))
+        return tuple(out)
+
+    def ses_name(self, v: object, p: str) -> str:
+        s = self.string(v, p)
+        if not _SES_NAME.match(s):
+            raise _Invalid("must be 1-64 characters of letters, digits, _ and -")
+        return s
+
+    def tags(self, v: object, p: str) -> tuple[tuple[str, str], ...]:
+        if not isinstance(v, dict):
+            raise _Invalid("must be a mapping of tag names to values")
+        out = []
+        for name, value in v.items():
+            if not _TAG.match(str(name)) or not _TAG.match(str(value)):
+                raise _Invalid(f"tag {name}: names and values use letters, digits, _ and - "
+                               "(at most 255)")
+            out.append((str(name), str(value)))
+        return tuple(out)
 
 
 class _Invalid(Exception):

@@ -37,6 +37,15 @@ def rejected(peer: Any, step: str, reply: str, reason: str, **kw: Any) -> None:
     _log.info("rejected", peer=_peer(peer), step=step, reply=reply, reason=reason, **kw)
 
 
+def dropped(peer: Any, rcpt: str, reason: str) -> None:
+    _log.info("rcpt_dropped", peer=_peer(peer), rcpt=rcpt, reason=reason)
+
+
+def discarded(peer: Any, mail_from: str, rcpts: Sequence[str]) -> None:
+    _log.info("discarded", peer=_peer(peer), mail_from=mail_from, dropped=list(rcpts),
+              reason="no recipients left after policy")
+
+
 def received(peer: Any, user: str | None, mail_from: str, rcpts: Sequence[str],
              size: int) -> None:
     _log.info("received", peer=_peer(peer), user=user, mail_from=mail_from,

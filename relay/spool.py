@@ -44,10 +44,13 @@ class Envelope:
     user: str | None = None
     peer: str | None = None
     listener: str | None = None
+    configuration_set: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> bytes:
         d = asdict(self)
         d["rcpt_tos"] = list(self.rcpt_tos)
+        d["tags"] = [list(t) for t in self.tags]
         return json.dumps(d, separators=(",", ":")).encode()
 
     @classmethod
@@ -58,8 +61,14 @@ class Envelope:
         rcpts = d.get("rcpt_tos")
         if not isinstance(rcpts, list) or not rcpts or not all(isinstance(r, str) for r in rcpts):
             raise ValueError("envelope has no recipients")
+        tags = d.get("tags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, list) and len(t) == 2
+                                                 for t in tags):
+            raise ValueError("envelope tags are not name/value pairs")
         return cls(mail_from=d["mail_from"], rcpt_tos=tuple(rcpts), user=d.get("user"),
-                   peer=d.get("peer"), listener=d.get("listener"))
+                   peer=d.get("peer"), listener=d.get("listener"),
+                   configuration_set=d.get("configuration_set"),
+                   tags=tuple((str(n), str(v)) for n, v in tags))
 
 
 @dataclass

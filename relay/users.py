@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from relay.addresses import AddressError, normalize_pattern
 from relay.errors import UsersFileError
 
 # n=2**14, r=8 uses 16 MiB and ~40 ms per check on this class of machine: slow for an
@@ -30,7 +31,11 @@ _SCHEME = "scrypt"
 class User:
     name: str
     password_hash: str
+    # Exact addresses and @domain entries this user may send as; empty means any.
     allowed_senders: tuple[str, ...] = field(default_factory=tuple)
+    # SES configuration set and message tags for this user's mail (override the defaults).
+    configuration_set: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 def hash_password(password: str, *, n: int = _N, r: int = _R, p: int = _P) -> str:
@@ -101,15 +106,27 @@ def load(path: Path) -> UserDB:
     entries = raw.get("users") if isinstance(raw, dict) else None
     if not isinstance(entries, dict):
         raise UsersFileError(f"{path}: expected a mapping under 'users'")
-    users = {}
-    for name, entry in entries.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("password_hash"), str):
-            raise UsersFileError(f"{path}: users.{name}: needs password_hash")
-        senders = entry.get("allowed_senders") or []
-        if not isinstance(senders, list) or not all(isinstance(s, str) for s in senders):
-            raise UsersFileError(f"{path}: users.{name}.allowed_senders: must be a list")
-        users[str(name)] = User(str(name), entry["password_hash"], tuple(senders))
-    return UserDB(users)
+    return UserDB({str(name): _user(path, str(name), entry) for name, entry in entries.items()})
+
+
+def _user(path: Path, name: str, entry: object) -> User:
+    if not isinstance(entry, dict) or not isinstance(entry.get("password_hash"), str):
+        raise UsersFileError(f"{path}: users.{name}: needs password_hash")
+    senders = entry.get("allowed_senders") or []
+    if not isinstance(senders, list) or not all(isinstance(s, str) for s in senders):
+        raise UsersFileError(f"{path}: users.{name}.allowed_senders: must be a list")
+    try:
+        senders = [normalize_pattern(s) for s in senders]
+    except AddressError as e:
+        raise UsersFileError(f"{path}: users.{name}.allowed_senders: {e.reason}") from None
+    config_set = entry.get("configuration_set")
+    if config_set is not None and not isinstance(config_set, str):
+        raise UsersFileError(f"{path}: users.{name}.configuration_set: must be a string")
+    tags = entry.get("tags") or {}
+    if not isinstance(tags, dict):
+        raise UsersFileError(f"{path}: users.{name}.tags: must be a mapping")
+    return User(name, entry["password_hash"], tuple(senders), config_set,
+                tuple((str(k), str(v)) for k, v in tags.items()))
 
 
 def save(path: Path, db: UserDB) -> None:
@@ -120,6 +137,10 @@ def save(path: Path, db: UserDB) -> None:
         entry: dict[str, object] = {"password_hash": user.password_hash}
         if user.allowed_senders:
             entry["allowed_senders"] = list(user.allowed_senders)
+        if user.configuration_set:
+            entry["configuration_set"] = user.configuration_set
+        if user.tags:
+            entry["tags"] = dict(user.tags)
         entries[name] = entry
     text = ("# ses-relay users: managed with `ses-relay user add|remove`.\n"
             + yaml.safe_dump({"users": entries}, sort_keys=True))

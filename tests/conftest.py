@@ -54,6 +54,19 @@ def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[Any] | No
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
 
 
+def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll *condition* until it is true; fail the test after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {condition}")
+        time.sleep(0.02)
+
+
+def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e.get("event") == name]
+
+
 # --- skips are failures in CI: a skipped test hides a missing install step ---------------
 
 
@@ -222,6 +235,7 @@ def make_setup(tmp_path: Path, certs: Certs, users_file: Path) -> Callable[..., 
             "delivery": {"transport": transport, "outbox_dir": str(tmp_path / "outbox"),
                          "timeout": "5s", **delivery},
             "log": {"format": "json", "level": "info"},
+            "suppression": {"database": str(tmp_path / "suppression.sqlite3")},
         }
         setup = Setup(tmp_path / "ses-relay.yaml", doc, starttls, implicit, certs)
         setup.write()

@@ -15,6 +15,10 @@ from conftest import SENDER, Moto, Setup, free_port, ses_relay_exe, wait_port
 from relay import users
 
 
+DEV_MESSAGE = (b"Subject: dev\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
+               b"Message-ID: <dev@example.com>\r\n\r\nhello\r\n")
+
+
 def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([ses_relay_exe(), *args], input=stdin, capture_output=True,
                           text=True, timeout=60)
@@ -107,12 +111,12 @@ def test_dev_init_and_serve_work_without_aws(tmp_path: Path) -> None:
         wait_port(ports[0], proc=proc)
         wait_port(ports[1], proc=proc)
         with starttls(ports[0], dev / "tls" / "cert.pem", "dev", password.group(1)) as s:
-            s.sendmail(SENDER, ["someone@example.net"], b"Subject: dev\r\n\r\nhello\r\n")
+            s.sendmail(SENDER, ["someone@example.net"], DEV_MESSAGE)
         deadline = time.monotonic() + 10
         while not list((dev / "outbox").glob("*.eml")) and time.monotonic() < deadline:
             time.sleep(0.05)
         [eml] = (dev / "outbox").glob("*.eml")
-        assert eml.read_bytes() == b"Subject: dev\r\n\r\nhello\r\n"
+        assert eml.read_bytes() == DEV_MESSAGE
         assert json.loads(eml.with_suffix(".json").read_text())["mail_from"] == SENDER
     finally:
         proc.terminate()

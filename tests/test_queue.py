@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SENDER, Setup
+from conftest import SENDER, Setup, events, wait_until
 
 from relay.errors import CorruptEntry
 from relay.spool import Envelope, Spool, new_queue_id, queue_id_time
@@ -76,7 +76,8 @@ def test_messages_queued_before_start_are_delivered(setup: Setup, start_relay, l
     [eml] = setup.outbox_dir.glob("*.eml")
     assert eml.read_bytes() == b"Subject: from a previous life\r\n\r\nbody\r\n"
     assert json.loads(eml.with_suffix(".json").read_text())["rcpt_tos"] == list(ENVELOPE.rcpt_tos)
-    assert any(e["event"] == "delivered" and e["queue_id"] == qid for e in logs)
+    wait_until(lambda: events(logs, "delivered"))
+    assert [e["queue_id"] for e in events(logs, "delivered")] == [qid]
     assert list((setup.queue_dir / "active").iterdir()) == []
 
 

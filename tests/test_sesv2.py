@@ -11,7 +11,8 @@ from conftest import PASSWORD, SENDER, USER, Moto, Setup, free_port
 from fakeses import Failure, FakeSES
 
 MESSAGE = (b"From: sender@example.com\r\nTo: to@example.net\r\nCc: cc@example.net\r\n"
-           b"Subject: via SES\r\nMessage-ID: <1@example.com>\r\n\r\nHello SES.\r\n")
+           b"Subject: via SES\r\nMessage-ID: <1@example.com>\r\n"
+           b"Date: Sun, 22 Nov 2026 10:00:00 +0000\r\n\r\nHello SES.\r\n")
 
 
 def test_message_reaches_ses_byte_for_byte_with_bcc_kept_in_the_envelope(

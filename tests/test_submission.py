@@ -16,7 +16,8 @@ from conftest import PASSWORD, SENDER, USER, Setup
 from relay.smtp.server import server_tls_context
 
 MESSAGE = (b"From: Sender <sender@example.com>\r\nTo: rcpt@example.net\r\n"
-           b"Subject: hello\r\n\r\nline one\r\n.leading dot\r\n")
+           b"Subject: hello\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
+           b"Message-ID: <m1@example.com>\r\n\r\nline one\r\n.leading dot\r\n")
 
 
 def wait_outbox(outbox: Path, count: int = 1, timeout: float = 10) -> list[Path]:

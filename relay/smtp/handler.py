@@ -17,12 +17,14 @@ from aiosmtpd.smtp import MISSING, AuthResult
 
 from relay import log, maillog
 from relay.addresses import AddressError, normalize
-from relay.config import Listener
+from relay.config import Limits, Listener
 from relay.errors import SpoolError
+from relay.message import HeaderError, rewrite
+from relay.policy import NULL_SENDER_REFUSED, Policy
 from relay.smtp import replies
-from relay.smtp.server import DataProblem, RelaySMTP
+from relay.smtp.server import DataProblem, RelayEnvelope, RelaySMTP
 from relay.spool import Draft, Envelope, Spool
-from relay.users import UserDB
+from relay.users import User, UserDB
 
 _log = log.get("smtp")
 
@@ -31,11 +33,21 @@ class Handler:
     """Shared by every session of one listener."""
 
     def __init__(self, *, listener: Listener, users: Callable[[], UserDB], spool: Spool,
+                 policy: Policy, limits: Limits, hostname: str,
                  on_queued: Callable[[str], None]) -> None:
         self.listener = listener
         self._users = users
         self._spool = spool
+        self._policy = policy
+        self._hostname = hostname
         self._on_queued = on_queued
+        self.normalize_line_endings = limits.line_endings == "normalize"
+        self.max_header_size = limits.max_header_size
+
+    def _user(self, session: Any) -> User | None:
+        if not session.authenticated:
+            return None
+        return self._users().get(session.auth_data)
 
     # -- errors
 
@@ -104,15 +116,29 @@ class Handler:
             return False
         return any(ip in net for net in self.listener.trusted_networks)
 
+    def null_sender(self, server: RelaySMTP, session: Any) -> str:
+        """The address to use for MAIL FROM:<>, or the reply refusing it."""
+        if not self._may_submit(session):
+            return self._refuse(session, "MAIL", replies.AUTH_REQUIRED, "not authenticated")
+        rewrite = self._policy.null_sender_rewrite
+        if rewrite is None:
+            return self._refuse(session, "MAIL", NULL_SENDER_REFUSED, "null sender")
+        return rewrite
+
     async def handle_MAIL(self, server: RelaySMTP, session: Any, envelope: Any,
                           address: str, mail_options: list[str]) -> str:
         if not self._may_submit(session):
-            maillog.rejected(session.peer, "MAIL", replies.AUTH_REQUIRED, "not authenticated")
-            return replies.AUTH_REQUIRED
+            return self._refuse(session, "MAIL", replies.AUTH_REQUIRED, "not authenticated")
+        if "SMTPUTF8" in mail_options:
+            return self._refuse(session, "MAIL", replies.NO_SMTPUTF8, "SMTPUTF8 requested")
         try:
             address = normalize(address)
         except AddressError as e:
             return self._bad_address(session, "MAIL", e)
+        verdict = self._policy.sender(self._user(session), address)
+        if not verdict.accepted:
+            assert verdict.reply is not None
+            return self._refuse(session, "MAIL", verdict.reply, verdict.reason, sender=address)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return replies.MAIL_OK
@@ -123,14 +149,41 @@ class Handler:
             address = normalize(address)
         except AddressError as e:
             return self._bad_address(session, "RCPT", e)
+        verdict = await self._policy.recipient(address, len(envelope.rcpt_tos))
+        if verdict.drop:
+            maillog.dropped(session.peer, address, verdict.reason)
+            envelope.dropped.append(address)
+            return replies.RCPT_OK
+        if not verdict.accepted:
+            assert verdict.reply is not None
+            return self._refuse(session, "RCPT", verdict.reply, verdict.reason, rcpt=address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RCPT_OK
 
+    def _refuse(self, session: Any, step: str, reply: str, reason: str, **kw: str) -> str:
+        maillog.rejected(session.peer, step, reply, reason, **kw)
+        return reply
+
     def _bad_address(self, session: Any, step: str, e: AddressError) -> str:
         reply = replies.NON_ASCII_ADDRESS if e.non_ascii else replies.BAD_ADDRESS
-        maillog.rejected(session.peer, step, reply, e.reason)
-        return reply
+        return self._refuse(session, step, reply, e.reason)
+
+    async def process_headers(self, server: RelaySMTP, session: Any,
+                              envelope: RelayEnvelope, block: bytes) -> bytes | str:
+        """Check and rewrite the header section; return it, or the reply refusing it."""
+        try:
+            headers = rewrite(block, hostname=self._hostname)
+        except HeaderError as e:
+            return self._refuse(session, "DATA", e.reply, "header")
+        user = self._user(session)
+        verdict = self._policy.header_from(user, headers.from_addresses)
+        if not verdict.accepted:
+            assert verdict.reply is not None
+            return self._refuse(session, "DATA", verdict.reply, verdict.reason)
+        envelope.configuration_set, envelope.tags = self._policy.ses_options(
+            user, headers.configuration_set, headers.tags)
+        return headers.block
 
     # -- DATA: the server streams into the draft, we commit it
 
@@ -141,15 +194,22 @@ class Handler:
             maillog.queue_failed(session.peer, str(e))
             return replies.TEMPORARY
 
-    async def close_draft(self, server: RelaySMTP, session: Any, envelope: Any, draft: Draft,
-                          problem: DataProblem | None) -> str:
+    async def close_draft(self, server: RelaySMTP, session: Any, envelope: RelayEnvelope,
+                          draft: Draft, problem: DataProblem | str | None) -> str:
+        if isinstance(problem, DataProblem):
+            return self._refuse(session, "DATA", problem.value, problem.name.lower())
         if problem is not None:
-            maillog.rejected(session.peer, "DATA", problem.value, problem.name.lower())
-            return problem.value
+            return problem  # refused by process_headers, already logged
         user = session.auth_data if session.authenticated else None
+        assert envelope.mail_from is not None  # aiosmtpd refuses DATA without MAIL
         maillog.received(session.peer, user, envelope.mail_from, envelope.rcpt_tos, draft.size)
-        record = Envelope(mail_from=envelope.mail_from, rcpt_tos=tuple(envelope.rcpt_tos),
-                          user=user, peer=str(session.peer[0]), listener=self.listener.name)
+        if not envelope.rcpt_tos:  # every recipient was dropped by policy
+            maillog.discarded(session.peer, envelope.mail_from, envelope.dropped)
+            return replies.ACCEPTED
+        record = Envelope(mail_from=envelope.mail_from,
+                          rcpt_tos=self._policy.final_recipients(envelope.rcpt_tos),
+                          user=user, peer=str(session.peer[0]), listener=self.listener.name,
+                          configuration_set=envelope.configuration_set, tags=envelope.tags)
         try:
             queue_id = await self._spool.commit(draft, record)
         except SpoolError as e:

@@ -41,7 +41,10 @@ def _session(handler: Handler, hostname: str, tls: ssl.SSLContext | None,
         hostname=hostname,  # never socket.getfqdn(): it can block for seconds
         ident="ESMTP",
         data_size_limit=data_size_limit,
-        enable_SMTPUTF8=False,  # SES has no SMTPUTF8
+        # SES has no SMTPUTF8 and it is not advertised (RelaySMTP drops it from EHLO), but
+        # with aiosmtpd's strict ASCII mode a non-ASCII address would get "500 strict ASCII
+        # mode" before any hook runs; decoding lets the handler answer 553 5.6.7 instead.
+        enable_SMTPUTF8=True,
         tls_context=tls if starttls else None,
         require_starttls=False,  # enforced by RelaySMTP, see its docstring
         timeout=idle_timeout,

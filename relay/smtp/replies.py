@@ -9,6 +9,8 @@ from __future__ import annotations
 MAIL_OK = "250 2.1.0 Ok"
 RCPT_OK = "250 2.1.5 Ok"
 QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
+ACCEPTED = "250 2.0.0 Ok"
+NO_SMTPUTF8 = "555 5.6.7 SMTPUTF8 is not supported"
 
 TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
@@ -20,6 +22,7 @@ BAD_ADDRESS = "553 5.1.3 Bad address syntax"
 NON_ASCII_ADDRESS = "553 5.6.7 Non-ASCII addresses are not supported"
 
 TOO_BIG = "552 5.3.4 Message too big"
+HEADER_TOO_BIG = "552 5.3.4 Message header too big"
 LINE_TOO_LONG = "554 5.6.0 Message has a line longer than 998 characters"
 BARE_CR = "554 5.6.0 Message contains a bare CR; lines must end with CRLF"
 NUL_BYTE = "554 5.6.0 Message contains a NUL byte"

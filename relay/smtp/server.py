@@ -21,18 +21,21 @@ import ssl
 from enum import Enum
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, Envelope
 
+from relay.message import is_header_line
 from relay.smtp import replies
 from relay.spool import Draft
 
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 # SMTP forbids lines over 998 characters plus CRLF; SES refuses them too.
 MAX_LINE = 998
+_NULL_SENDER = re.compile(r"^FROM:\s*<>", re.IGNORECASE)
 
 
 class DataProblem(Enum):
     TOO_BIG = replies.TOO_BIG
+    HEADER_TOO_BIG = replies.HEADER_TOO_BIG
     LINE_TOO_LONG = replies.LINE_TOO_LONG
     BARE_CR = replies.BARE_CR
     NUL = replies.NUL_BYTE
@@ -74,6 +77,8 @@ class RelaySMTP(SMTP):
     # -- replies
 
     async def push(self, status: str | bytes) -> None:
+        if self._in_ehlo and status == "250-SMTPUTF8":
+            return  # see listeners.py: decoded, never advertised
         if isinstance(status, str):
             await super().push(self._with_enhanced_code(status))
         else:
@@ -110,6 +115,22 @@ class RelaySMTP(SMTP):
         if self.transport is not None:
             self.transport.close()
 
+    # -- MAIL FROM:<> (aiosmtpd answers it with a syntax error; SES would refuse it)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg and _NULL_SENDER.match(arg):
+            if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+                return
+            rewrite = self.event_handler.null_sender(self, self.session)
+            if rewrite.startswith(("4", "5")):
+                await self.push(rewrite)
+                return
+            arg = _NULL_SENDER.sub(f"FROM:<{rewrite}>", arg, count=1)
+        await super().smtp_MAIL(arg)
+
+    def _create_envelope(self) -> RelayEnvelope:
+        return RelayEnvelope()
+
     # -- DATA
 
     async def smtp_DATA(self, arg: str | None) -> None:
@@ -117,42 +138,50 @@ class RelaySMTP(SMTP):
             return
         if await self.check_auth_needed("DATA"):
             return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
+        envelope = self.envelope
+        assert isinstance(envelope, RelayEnvelope)
+        if not envelope.rcpt_tos and not envelope.dropped:
             await self.push("503 5.5.1 Error: need RCPT command")
             return
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
         handler = self.event_handler
-        draft = await handler.open_draft(self, self.session, self.envelope)
+        draft = await handler.open_draft(self, self.session, envelope)
         if isinstance(draft, str):
             await self.push(draft)
             return
         try:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
-            outcome = await self._receive_data(draft)
+            outcome = await self._receive_data(draft, envelope)
             if outcome is _BARE_LF:
                 await self.push(replies.BARE_LF)
                 self._close()
                 return
             assert not isinstance(outcome, _Marker)
-            status = await handler.close_draft(self, self.session, self.envelope, draft,
-                                               outcome)
+            status = await handler.close_draft(self, self.session, envelope, draft, outcome)
         finally:
             # Idempotent: after a commit the draft is gone from tmp/ and this is a no-op.
             draft.abort()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
 
-    async def _receive_data(self, draft: Draft) -> DataProblem | _Marker | None:
+    async def _receive_data(self, draft: Draft, envelope: RelayEnvelope
+                            ) -> DataProblem | str | _Marker | None:
         """Read DATA up to the terminating dot into *draft*; say what, if anything, is wrong.
 
-        The reader's limit (aiosmtpd sets it to 1001 bytes) bounds each line in memory.
+        The header section is collected and handed to the handler to check and rewrite
+        before it is written; body lines go straight to the draft. The reader's limit
+        (aiosmtpd sets it to 1001 bytes) bounds each line in memory. Only CRLF.CRLF ends
+        DATA; a bare LF line end is refused at once (strict) or turned into CRLF (normalize).
         """
         limit = self.data_size_limit
+        normalize = self.event_handler.normalize_line_endings
+        header_limit = self.event_handler.max_header_size
         size = 0
-        problem: DataProblem | None = None
+        problem: DataProblem | str | None = None
+        header: list[bytes] | None = []  # None once the header section is over
+        header_size = 0
         tail_of_long_line = False
         reader = self._reader
         while True:
@@ -167,25 +196,68 @@ class RelaySMTP(SMTP):
                 tail_of_long_line = False
                 continue
             if line == b".\r\n":
-                return problem
-            if len(line) < 2 or line[-2] != 0x0D:  # ends in LF without CR
-                return _BARE_LF
+                break
+            if len(line) < 2 or line[-2] != 0x0D:  # a line end without CR
+                if not normalize or line == b".\n":
+                    # Strict, or a terminator in LF form: where the message ends would be
+                    # a guess, so answer and hang up rather than risk a smuggled message.
+                    return _BARE_LF
+                line = line[:-1] + b"\r\n"
             if problem is not None:
                 continue  # keep reading to the end, keep nothing
             if line.find(b"\r", 0, len(line) - 2) != -1:
                 problem = DataProblem.BARE_CR
-            elif b"\x00" in line:
+                continue
+            if b"\x00" in line:
                 problem = DataProblem.NUL
-            elif len(line) - 2 > MAX_LINE:
+                continue
+            if len(line) - 2 > MAX_LINE:
                 problem = DataProblem.LINE_TOO_LONG
-            else:
-                if line[0] == 0x2E:  # dot-stuffing, RFC 5321 4.5.2
-                    line = line[1:]
-                size += len(line)
-                if limit and size > limit:
-                    problem = DataProblem.TOO_BIG
-                else:
-                    draft.write(line)
+                continue
+            if line[0] == 0x2E:  # dot-stuffing, RFC 5321 4.5.2
+                line = line[1:]
+            size += len(line)
+            if limit and size > limit:
+                problem = DataProblem.TOO_BIG
+                continue
+            if header is not None:
+                if line != b"\r\n" and is_header_line(line, bool(header)):
+                    header_size += len(line)
+                    if header_size > header_limit:
+                        problem = DataProblem.HEADER_TOO_BIG
+                        continue
+                    header.append(line)
+                    continue
+                problem = await self._end_of_header(draft, envelope, header)
+                header = None
+                if problem is not None:
+                    continue
+                if line != b"\r\n":
+                    draft.write(b"\r\n")  # a body with no blank line before it
+            draft.write(line)
+        if header is not None and problem is None:  # the message was all header
+            problem = await self._end_of_header(draft, envelope, header)
+            draft.write(b"\r\n")
+        return problem
+
+    async def _end_of_header(self, draft: Draft, envelope: RelayEnvelope,
+                             header: list[bytes]) -> str | None:
+        result = await self.event_handler.process_headers(self, self.session, envelope,
+                                                          b"".join(header))
+        if isinstance(result, str):
+            return result
+        draft.write(result)
+        return None
+
+
+class RelayEnvelope(Envelope):
+    """aiosmtpd's envelope, plus what the relay learns on the way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped: list[str] = []  # recipients left out by policy (suppression: drop)
+        self.configuration_set: str | None = None
+        self.tags: tuple[tuple[str, str], ...] = ()
 
 
 class _Marker:

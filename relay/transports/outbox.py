@@ -42,7 +42,9 @@ class OutboxTransport:
 
     def _write(self, message_id: str, envelope: Envelope, data: bytes) -> None:
         meta = {"message_id": message_id, "mail_from": envelope.mail_from,
-                "rcpt_tos": list(envelope.rcpt_tos)}
+                "rcpt_tos": list(envelope.rcpt_tos),
+                "configuration_set": envelope.configuration_set,
+                "tags": dict(envelope.tags)}
         # Envelope first, message last: a reader that sees the .eml sees its .json too.
         for suffix, blob in ((".json", json.dumps(meta).encode()), (".eml", data)):
             tmp = self.directory / f".{message_id}{suffix}.tmp"

@@ -47,14 +47,19 @@ class SESv2Transport:
 
     async def send(self, envelope: Envelope, data: bytes) -> str:
         assert self._client is not None, "start() first"
+        params: dict[str, Any] = {
+            "FromEmailAddress": envelope.mail_from,
+            # All envelope recipients go in ToAddresses: with Raw content SES takes the
+            # destinations from here and leaves the headers alone, so Bcc is kept.
+            "Destination": {"ToAddresses": list(envelope.rcpt_tos)},
+            "Content": {"Raw": {"Data": data}},
+        }
+        if envelope.configuration_set:
+            params["ConfigurationSetName"] = envelope.configuration_set
+        if envelope.tags:
+            params["EmailTags"] = [{"Name": n, "Value": v} for n, v in envelope.tags]
         try:
-            response = await self._client.send_email(
-                FromEmailAddress=envelope.mail_from,
-                # All envelope recipients go in ToAddresses: with Raw content SES takes the
-                # destinations from here and leaves the headers alone, so Bcc is kept.
-                Destination={"ToAddresses": list(envelope.rcpt_tos)},
-                Content={"Raw": {"Data": data}},
-            )
+            response = await self._client.send_email(**params)
         except Exception as e:  # mapped to ours at the one place that knows botocore
             raise classify(e, region=self.config.region) from e
         message_id = response.get("MessageId")

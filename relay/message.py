@@ -1,0 +1,129 @@
+"""Header rewriting at DATA time: what SES would refuse, and what must not reach it.
+
+The header section is small and held in memory; the body is streamed untouched. Fields
+are kept byte for byte except for the ones this module removes or adds:
+
+- ``Bcc`` is removed (its recipients stay in the envelope);
+- ``X-SES-CONFIGURATION-SET`` and ``X-SES-MESSAGE-TAGS`` are read, validated and removed,
+  and become API parameters (SESv2 ignores these headers in raw mail);
+- ``Date`` and ``Message-ID`` are added when missing;
+- a second copy of a field that may appear only once is refused, as SES would
+  ("554 Transaction failed: Duplicate header"), but at DATA instead of after the 250.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from email.header import decode_header, make_header
+from email.utils import formatdate, getaddresses
+
+# Fields SES accepts only once (RFC 5322 section 3.6 singletons plus MIME and DKIM ones).
+SINGLETONS = frozenset({
+    "date", "from", "sender", "reply-to", "to", "cc", "message-id", "in-reply-to",
+    "references", "subject", "mime-version", "content-type", "content-transfer-encoding",
+    "dkim-signature",
+})
+_REMOVE = frozenset({"bcc", "x-ses-configuration-set", "x-ses-message-tags"})
+_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+_SES_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TAG = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+
+
+class HeaderError(Exception):
+    """The header section cannot be accepted; ``reply`` is the SMTP answer."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+@dataclass
+class Headers:
+    block: bytes
+    configuration_set: str | None = None
+    tags: list[tuple[str, str]] = field(default_factory=list)
+    from_addresses: list[str] = field(default_factory=list)
+
+
+def is_header_line(line: bytes, in_field: bool) -> bool:
+    """Whether *line* continues the header section (a field, or a folded continuation)."""
+    if line[:1] in (b" ", b"\t"):
+        return in_field
+    return _FIELD.match(line) is not None
+
+
+def split_fields(block: bytes) -> list[tuple[str, bytes]]:
+    """(lower-cased name, raw bytes including folded lines) for each field."""
+    fields: list[tuple[str, bytes]] = []
+    for line in block.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and fields:
+            name, raw = fields[-1]
+            fields[-1] = (name, raw + line)
+            continue
+        m = _FIELD.match(line)
+        if m:
+            fields.append((m.group(1).decode("ascii").lower(), line))
+    return fields
+
+
+def _value(raw: bytes) -> str:
+    text = raw.split(b":", 1)[1].decode("utf-8", errors="replace")
+    return " ".join(text.split())  # unfold
+
+
+def rewrite(block: bytes, *, hostname: str, now: float | None = None) -> Headers:
+    """Check and rewrite a header section (CRLF-terminated lines, no blank line)."""
+    fields = split_fields(block)
+    seen: set[str] = set()
+    out = Headers(block=b"")
+    kept: list[bytes] = []
+    for name, raw in fields:
+        if name in SINGLETONS:
+            if name in seen:
+                raise HeaderError(f"554 5.6.0 Duplicate header: {_display(name)}")
+            seen.add(name)
+        if name == "x-ses-configuration-set":
+            out.configuration_set = _configuration_set(_value(raw))
+        elif name == "x-ses-message-tags":
+            out.tags.extend(_tags(_value(raw)))
+        elif name == "from":
+            out.from_addresses = _addresses(_value(raw))
+        if name not in _REMOVE:
+            kept.append(raw)
+    if "date" not in seen:
+        kept.append(f"Date: {formatdate(now, usegmt=True)}\r\n".encode())
+    if "message-id" not in seen:
+        kept.append(f"Message-ID: <{uuid.uuid4()}@{hostname}>\r\n".encode())
+    out.block = b"".join(kept)
+    return out
+
+
+def _display(name: str) -> str:
+    return "-".join("ID" if p == "id" else "DKIM" if p == "dkim" else "MIME" if p == "mime"
+                    else p.capitalize() for p in name.split("-"))
+
+
+def _configuration_set(value: str) -> str:
+    if not _SES_NAME.match(value):
+        raise HeaderError("554 5.6.0 Invalid X-SES-CONFIGURATION-SET header")
+    return value
+
+
+def _tags(value: str) -> list[tuple[str, str]]:
+    tags = []
+    for item in value.split(","):
+        name, eq, tag_value = item.strip().partition("=")
+        if not eq or not _TAG.match(name.strip()) or not _TAG.match(tag_value.strip()):
+            raise HeaderError("554 5.6.0 Invalid X-SES-MESSAGE-TAGS header")
+        tags.append((name.strip(), tag_value.strip()))
+    return tags
+
+
+def _addresses(value: str) -> list[str]:
+    try:
+        decoded = str(make_header(decode_header(value)))
+    except (ValueError, LookupError):
+        decoded = value
+    return [addr for _, addr in getaddresses([decoded]) if addr]

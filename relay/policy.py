@@ -1,0 +1,100 @@
+"""Policy: the decisions taken at the door, as plain functions of their inputs.
+
+Each answer is a reply string to refuse with, or None to accept. The SMTP handler asks at
+the earliest step that can decide: who may send (MAIL), to whom (RCPT), what the From:
+header may say (DATA). Reasons for the log come back beside the reply; the reply itself
+stays generic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from relay.addresses import matches
+from relay.config import Config
+from relay.suppression import SuppressionList
+from relay.users import User
+
+SENDER_NOT_ALLOWED = "553 5.7.1 Sender address not allowed for this user"
+HEADER_FROM_NOT_ALLOWED = "550 5.7.1 From: header address not allowed for this user"
+NULL_SENDER_REFUSED = "550 5.1.7 Null sender (MAIL FROM:<>) is not accepted here"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+RECIPIENT_SUPPRESSED = "550 5.1.1 Recipient address rejected"
+RECIPIENT_NOT_ALLOWED = "550 5.7.1 Recipient address not allowed"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reply: str | None = None  # None: accept
+    reason: str = ""
+    drop: bool = False  # accept the RCPT, leave the address out of the envelope
+
+    @property
+    def accepted(self) -> bool:
+        return self.reply is None
+
+
+ACCEPT = Verdict()
+
+
+class Policy:
+    def __init__(self, config: Config, suppression: SuppressionList | None) -> None:
+        self._limits = config.limits
+        self._policy = config.policy
+        self._suppression = suppression
+        self._drop = config.suppression.action == "drop"
+        self._allowed_rcpts = frozenset(config.policy.allowed_recipients)
+
+    @property
+    def null_sender_rewrite(self) -> str | None:
+        return self._policy.null_sender_rewrite
+
+    def sender(self, user: User | None, address: str) -> Verdict:
+        if user is None or not user.allowed_senders or matches(address, user.allowed_senders):
+            return ACCEPT
+        return Verdict(SENDER_NOT_ALLOWED, f"{address} not in allowed_senders of {user.name}")
+
+    def header_from(self, user: User | None, addresses: Sequence[str]) -> Verdict:
+        if not self._policy.check_header_from or user is None or not user.allowed_senders:
+            return ACCEPT
+        for address in addresses:
+            if not matches(address, user.allowed_senders):
+                return Verdict(HEADER_FROM_NOT_ALLOWED,
+                               f"From: {address} not in allowed_senders of {user.name}")
+        return ACCEPT
+
+    async def recipient(self, address: str, accepted_so_far: int) -> Verdict:
+        if accepted_so_far >= self._limits.max_recipients:
+            return Verdict(TOO_MANY_RECIPIENTS, f"over limits.max_recipients "
+                                                f"({self._limits.max_recipients})")
+        if self._allowed_rcpts and not matches(address, self._allowed_rcpts):
+            return Verdict(RECIPIENT_NOT_ALLOWED, "not in policy.allowed_recipients")
+        if self._policy.redirect_all_to:
+            return ACCEPT  # the envelope is rewritten at commit; originals do not get mail
+        if self._suppression is not None:
+            entry = await self._suppression.check(address)
+            if entry is not None:
+                reason = f"suppressed ({entry.reason}, {entry.address})"
+                if self._drop:
+                    return Verdict(None, reason, drop=True)
+                return Verdict(RECIPIENT_SUPPRESSED, reason)
+        return ACCEPT
+
+    def final_recipients(self, rcpts: Sequence[str]) -> tuple[str, ...]:
+        """The envelope recipients that are actually queued (staging redirect applied)."""
+        if self._policy.redirect_all_to:
+            return (self._policy.redirect_all_to,)
+        return tuple(rcpts)
+
+    def ses_options(self, user: User | None, header_set: str | None,
+                    header_tags: Sequence[tuple[str, str]]
+                    ) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+        """Configuration set and tags: header, then the user's, then the global default."""
+        config_set = header_set or (user.configuration_set if user else None) \
+            or self._policy.configuration_set
+        tags = dict(self._policy.tags)
+        if user is not None:
+            tags.update(user.tags)
+        tags.update(header_tags)
+        return config_set, tuple(tags.items())
