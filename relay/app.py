@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from relay import log, users
 from relay.config import Config
 from relay.delivery import Scheduler
+from relay.policy import Policy
 from relay.smtp import listeners
 from relay.smtp.handler import Handler
 from relay.smtp.server import server_tls_context
-from relay.policy import Policy
 from relay.spool import Spool
 from relay.suppression import SuppressionList
 from relay.transports import Transport, build

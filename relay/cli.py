@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import datetime
 import getpass
 import os
+import re
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
+from tqdm import tqdm
+
 from relay import __version__, config, log, users
-from relay.addresses import AddressError, normalize
+from relay.addresses import AddressError, normalize, normalize_pattern
 from relay.errors import ConfigError, DeliveryError, UsersFileError
 from relay.spool import Envelope
+from relay.suppression import REASONS, SuppressionError, SuppressionList
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -51,11 +59,39 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(read from stdin when it is not a terminal)")
     a.add_argument("name")
     _add_config(a)
+    _add_user_options(a)
+    u = usub.add_parser("update", help="change a user's sender rights and SES options "
+                                       "(and password, with --password)")
+    u.add_argument("name")
+    u.add_argument("--password", action="store_true", help="also set a new password")
+    u.add_argument("--clear-senders", action="store_true",
+                   help="remove every allowed sender first (then the user may send as any)")
+    _add_config(u)
+    _add_user_options(u)
     r = usub.add_parser("remove", help="remove a user")
     r.add_argument("name")
     _add_config(r)
     ls = usub.add_parser("list", help="list users")
     _add_config(ls)
+
+    p = sub.add_parser("suppress", help="manage the local suppression list")
+    ssub = p.add_subparsers(dest="suppress_command", required=True, metavar="ACTION")
+    s = ssub.add_parser("add", help="suppress an address or @domain")
+    s.add_argument("address")
+    s.add_argument("--reason", default="manual", choices=REASONS)
+    s.add_argument("--expires", metavar="DURATION", help="e.g. 30d; default: never")
+    _add_config(s)
+    s = ssub.add_parser("remove", help="stop suppressing an address or @domain")
+    s.add_argument("address")
+    _add_config(s)
+    s = ssub.add_parser("list", help="list entries, one per line")
+    _add_config(s)
+    s = ssub.add_parser("import", help="import a CSV file (- for stdin); idempotent")
+    s.add_argument("file")
+    s.add_argument("--reason", default="import", choices=REASONS)
+    _add_config(s)
+    s = ssub.add_parser("export", help="write every entry as CSV to stdout")
+    _add_config(s)
 
     p = sub.add_parser("send-test", help="send a test message through the configured "
                                          "transport (not through SMTP)")
@@ -70,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_user_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-sender", action="append", default=[], metavar="ADDRESS_OR_@DOMAIN",
+                   help="an address or @domain the user may send as (repeatable); a user "
+                        "with none may send as any address")
+    p.add_argument("--configuration-set", metavar="NAME",
+                   help="SES configuration set for this user's mail")
+    p.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE",
+                   help="SES message tag for this user's mail (repeatable)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -80,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in e.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
-    except UsersFileError as e:
+    except (UsersFileError, SuppressionError) as e:
         print(f"ses-relay: {e}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
@@ -128,14 +174,50 @@ def cmd_user(args: argparse.Namespace) -> int:
         print("ses-relay: user names use letters, digits and . _ @ + - (at most 128)",
               file=sys.stderr)
         return EXIT_USAGE
-    password = _read_password()
-    if password is None:
-        return EXIT_USAGE
     old = db.get(name)
-    senders = old.allowed_senders if old else ()
-    users.save(path, db.with_user(users.User(name, users.hash_password(password), senders)))
-    print(f"{'updated' if old else 'added'} {name}")
+    if args.user_command == "update" and old is None:
+        print(f"ses-relay: no user {name!r} (use user add)", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        user = _apply_user_options(args, old or users.User(name, ""))
+    except ValueError as e:
+        print(f"ses-relay: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.user_command == "add" or args.password:
+        password = _read_password()
+        if password is None:
+            return EXIT_USAGE
+        user = replace(user, password_hash=users.hash_password(password))
+    users.save(path, db.with_user(user))
+    senders = ", ".join(user.allowed_senders) or "any"
+    print(f"{'updated' if old else 'added'} {name} (may send as: {senders})")
     return EXIT_OK
+
+
+def _apply_user_options(args: argparse.Namespace, user: users.User) -> users.User:
+    """The user with the command line's sender rights and SES options applied."""
+    senders = [] if getattr(args, "clear_senders", False) else list(user.allowed_senders)
+    for pattern in args.allow_sender:
+        try:
+            p = normalize_pattern(pattern)
+        except AddressError as e:
+            raise ValueError(f"--allow-sender {pattern}: {e.reason}") from None
+        if p not in senders:
+            senders.append(p)
+    config_set = user.configuration_set
+    if args.configuration_set is not None:
+        if not re.match(r"^[A-Za-z0-9_-]{1,64}$", args.configuration_set):
+            raise ValueError("--configuration-set: 1-64 letters, digits, _ and -")
+        config_set = args.configuration_set
+    tags = dict(user.tags)
+    for tag in args.tag:
+        tag_name, eq, value = tag.partition("=")
+        if not eq or not re.match(r"^[A-Za-z0-9_-]{1,255}$", tag_name) \
+                or not re.match(r"^[A-Za-z0-9_-]{1,255}$", value):
+            raise ValueError(f"--tag {tag}: NAME=VALUE with letters, digits, _ and -")
+        tags[tag_name] = value
+    return replace(user, allowed_senders=tuple(senders), configuration_set=config_set,
+                   tags=tuple(tags.items()))
 
 
 def _read_password() -> str | None:
@@ -151,6 +233,69 @@ def _read_password() -> str | None:
         print("ses-relay: the password must have at least 8 characters", file=sys.stderr)
         return None
     return password
+
+
+def cmd_suppress(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    db = SuppressionList(cfg.suppression.database)
+    try:
+        return _SUPPRESS[args.suppress_command](args, db)
+    finally:
+        db.close()
+
+
+def _suppress_add(args: argparse.Namespace, db: SuppressionList) -> int:
+    expires = None
+    if args.expires:
+        try:
+            expires = time.time() + config.parse_duration(args.expires)
+        except ValueError as e:
+            print(f"ses-relay: --expires: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    entry = db.add(args.address, args.reason, source="cli", expires_at=expires)
+    print(f"suppressed {entry.address} ({entry.reason})")
+    return EXIT_OK
+
+
+def _suppress_remove(args: argparse.Namespace, db: SuppressionList) -> int:
+    if not db.remove(args.address):
+        print(f"ses-relay: {args.address} is not suppressed", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"removed {args.address.lower()}")
+    return EXIT_OK
+
+
+def _suppress_list(args: argparse.Namespace, db: SuppressionList) -> int:
+    for e in db.entries():
+        expires = "never" if e.expires_at is None else _iso(e.expires_at)
+        print(f"{e.address}\t{e.reason}\t{e.source or '-'}\t{_iso(e.created_at)}\t{expires}")
+    return EXIT_OK
+
+
+def _suppress_import(args: argparse.Namespace, db: SuppressionList) -> int:
+    source = "import:" + ("stdin" if args.file == "-" else Path(args.file).name)
+    with (contextlib.nullcontext(sys.stdin) if args.file == "-"
+          else open(args.file, newline="", encoding="utf-8")) as f:
+        # Validate every row before writing any: a bad file changes nothing.
+        entries = list(db.read_csv(f, reason=args.reason, source=source))
+    with tqdm(total=len(entries), unit="row", file=sys.stderr, desc="importing",
+              disable=None) as bar:
+        added = db.import_entries(entries, progress=lambda n: bar.update(n) and None)
+    print(f"imported {len(entries)} rows: {added} new, {len(entries) - added} already present")
+    return EXIT_OK
+
+
+def _suppress_export(args: argparse.Namespace, db: SuppressionList) -> int:
+    db.write_csv(sys.stdout)
+    return EXIT_OK
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_SUPPRESS = {"add": _suppress_add, "remove": _suppress_remove, "list": _suppress_list,
+             "import": _suppress_import, "export": _suppress_export}
 
 
 def cmd_send_test(args: argparse.Namespace) -> int:
@@ -213,6 +358,7 @@ _COMMANDS = {
     "serve": cmd_serve,
     "check-config": cmd_check_config,
     "user": cmd_user,
+    "suppress": cmd_suppress,
     "send-test": cmd_send_test,
     "dev-init": cmd_dev_init,
 }

@@ -164,6 +164,14 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return str(problem)
 
 
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``30s``, ``10m``, ``5d``; ValueError if malformed."""
+    try:
+        return _Reader(base=Path("."), environ={}).duration(text, "")
+    except _Invalid as e:
+        raise ValueError(str(e)) from None
+
+
 def parse(raw: object, *, base: Path, environ: Mapping[str, str],
           source: Path | None = None) -> Config:
     """Validate an already-parsed YAML document. Relative paths resolve against *base*."""

@@ -15,12 +15,12 @@ import heapq
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from relay import log, maillog
 from relay.config import QueueConfig
 from relay.errors import CorruptEntry, DeliveryError, SpoolError
-from relay.spool import DeliveryState, Spool, queue_id_time
+from relay.spool import DeliveryState, Envelope, Spool, queue_id_time
 from relay.transports.base import Transport
 
 _log = log.get("delivery")
@@ -138,29 +138,79 @@ class Scheduler:
         state = await asyncio.to_thread(self._spool.load_state, qid)
         state.attempts += 1
         state.last_attempt = self._clock()
+        chunks = split(envelope.rcpt_tos, self._transport.max_recipients)
+        for i, rcpts in enumerate(chunks):
+            if str(i) in state.done or str(i) in state.rejected:
+                continue  # settled by an earlier attempt: never send a chunk twice
+            error = await self._send_chunk(qid, envelope, data, state, rcpts, i, len(chunks))
+            if error is not None:
+                await self._defer_or_expire(qid, state, error, chunks)
+                return
+        await self._settled(qid, state, chunks)
+
+    async def _send_chunk(self, qid: str, envelope: Envelope, data: bytes,
+                          state: DeliveryState, rcpts: tuple[str, ...], i: int, total: int
+                          ) -> DeliveryError | None:
+        """Send one chunk of recipients; return the error if it is worth retrying."""
+        chunk = f"{i + 1}/{total}" if total > 1 else None
         started = time.monotonic()
         try:
-            message_id = await self._transport.send(envelope, data)
+            message_id = await self._transport.send(replace(envelope, rcpt_tos=rcpts), data)
         except DeliveryError as e:
-            await self._after_failure(qid, state, e)
-            return
-        await asyncio.to_thread(self._spool.remove, qid)
-        maillog.delivered(qid, self._transport.name, message_id, envelope.rcpt_tos,
-                          time.monotonic() - started, state.attempts)
+            if not e.permanent:
+                return e
+            state.rejected[str(i)] = [e.code, str(e), e.hint]
+            maillog.failed(qid, self._transport.name, e.code, str(e), e.hint, state.attempts,
+                           rcpts, chunk)
+        else:
+            state.done[str(i)] = message_id
+            maillog.delivered(qid, self._transport.name, message_id, rcpts,
+                              time.monotonic() - started, state.attempts, chunk)
+        if total > 1:
+            # Progress must survive a crash, or a restart would send this chunk again.
+            await asyncio.to_thread(self._spool.save_state, qid, state, durable=True)
+        return None
 
-    async def _after_failure(self, qid: str, state: DeliveryState, e: DeliveryError) -> None:
+    async def _settled(self, qid: str, state: DeliveryState, chunks: list[tuple[str, ...]]
+                       ) -> None:
+        if not state.rejected:
+            await asyncio.to_thread(self._spool.remove, qid)
+            return
+        code, error, hint = next(iter(state.rejected.values()))
+        await self._fail(qid, state, code, error, hint, chunks)
+
+    async def _defer_or_expire(self, qid: str, state: DeliveryState, e: DeliveryError,
+                               chunks: list[tuple[str, ...]]) -> None:
         name = self._transport.name
         state.last_error = f"{e.code}: {e}"
         age = self._clock() - queue_id_time(qid)
-        if not e.permanent and age < self._max_age:
+        if age < self._max_age:
             delay = self._backoff.delay(age)
             await asyncio.to_thread(self._spool.save_state, qid, state)
             maillog.deferred(qid, name, e.code, str(e), e.hint, state.attempts, delay)
             self.enqueue(qid, self._clock() + delay)
             return
-        hint = e.hint if e.permanent else f"gave up after {age / 3600:.1f} h in the queue; " \
-                                          f"{e.hint}"
-        record = {"queue_id": qid, "transport": name, "code": e.code, "error": str(e),
-                  "hint": hint, "attempts": state.attempts, "failed_at": self._clock()}
+        hint = f"gave up after {age / 3600:.1f} h in the queue; {e.hint}"
+        for i, rcpts in enumerate(chunks):
+            if str(i) not in state.done and str(i) not in state.rejected:
+                state.rejected[str(i)] = [e.code, str(e), hint]
+                maillog.failed(qid, name, e.code, str(e), hint, state.attempts, rcpts,
+                               f"{i + 1}/{len(chunks)}" if len(chunks) > 1 else None)
+        await self._fail(qid, state, e.code, str(e), hint, chunks)
+
+    async def _fail(self, qid: str, state: DeliveryState, code: str, error: str, hint: str,
+                    chunks: list[tuple[str, ...]]) -> None:
+        record = {
+            "queue_id": qid, "transport": self._transport.name, "code": code, "error": error,
+            "hint": hint, "attempts": state.attempts, "failed_at": self._clock(),
+            "failed_rcpts": [r for i, c in enumerate(chunks) if str(i) in state.rejected
+                             for r in c],
+            "delivered_rcpts": [r for i, c in enumerate(chunks) if str(i) in state.done
+                                for r in c],
+        }
         await asyncio.to_thread(self._spool.fail, qid, record)
-        maillog.failed(qid, name, e.code, str(e), hint, state.attempts)
+
+
+def split(rcpts: tuple[str, ...], size: int) -> list[tuple[str, ...]]:
+    """Recipients in chunks of at most *size*, the same way every time (progress keys)."""
+    return [rcpts[i:i + size] for i in range(0, len(rcpts), size)]

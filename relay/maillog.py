@@ -61,9 +61,10 @@ def queue_failed(peer: Any, error: str) -> None:
 
 
 def delivered(queue_id: str, transport: str, message_id: str, rcpts: Sequence[str],
-              latency: float, attempt: int) -> None:
+              latency: float, attempt: int, chunk: str | None = None) -> None:
+    extra = {"chunk": chunk} if chunk else {}
     _log.info("delivered", queue_id=queue_id, transport=transport, ses_message_id=message_id,
-              rcpts=list(rcpts), latency=round(latency, 3), attempt=attempt)
+              rcpts=list(rcpts), latency=round(latency, 3), attempt=attempt, **extra)
 
 
 def deferred(queue_id: str, transport: str, code: str, error: str, hint: str,
@@ -73,9 +74,10 @@ def deferred(queue_id: str, transport: str, code: str, error: str, hint: str,
 
 
 def failed(queue_id: str, transport: str, code: str, error: str, hint: str,
-           attempt: int) -> None:
+           attempt: int, rcpts: Sequence[str], chunk: str | None = None) -> None:
+    extra = {"chunk": chunk} if chunk else {}
     _log.error("failed", queue_id=queue_id, transport=transport, code=code, error=error,
-               hint=hint, attempt=attempt)
+               hint=hint, attempt=attempt, rcpts=list(rcpts), **extra)
 
 
 def quarantined(queue_id: str, reason: str) -> None:

@@ -78,7 +78,10 @@ class DeliveryState:
     attempts: int = 0
     last_error: str = ""
     last_attempt: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Per chunk of recipients (index as a string): the upstream message id once accepted,
+    # or [code, error, hint] once refused for good. Settled chunks are never sent again.
+    done: dict[str, str] = field(default_factory=dict)
+    rejected: dict[str, list[str]] = field(default_factory=dict)
 
 
 def new_queue_id(now: float | None = None) -> str:
@@ -226,12 +229,19 @@ class Spool:
         except (OSError, ValueError, TypeError):
             return DeliveryState()
 
-    def save_state(self, queue_id: str, state: DeliveryState) -> None:
-        """Write bookkeeping atomically (rename) but without fsync: it is advisory."""
+    def save_state(self, queue_id: str, state: DeliveryState, *, durable: bool = False) -> None:
+        """Write bookkeeping atomically (rename). Attempt counts are advisory and skip the
+        fsync; chunk progress is not (``durable``): losing it would send a chunk twice."""
         final = self.state / f"{queue_id}.json"
         tmp = self.state / f".{queue_id}.tmp"
-        tmp.write_bytes(json.dumps(asdict(state)).encode())
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(asdict(state)).encode())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, final)
+        if durable:
+            _fsync_dir(self.state)
 
     def remove(self, queue_id: str) -> None:
         """Forget a delivered message. Not fsynced: a crash here re-sends, never loses."""
