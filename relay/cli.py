@@ -280,7 +280,7 @@ def _suppress_import(args: argparse.Namespace, db: SuppressionList) -> int:
         entries = list(db.read_csv(f, reason=args.reason, source=source))
     with tqdm(total=len(entries), unit="row", file=sys.stderr, desc="importing",
               disable=None) as bar:
-        added = db.import_entries(entries, progress=lambda n: bar.update(n) and None)
+        added = db.import_entries(entries, progress=bar.update)
     print(f"imported {len(entries)} rows: {added} new, {len(entries) - added} already present")
     return EXIT_OK
 

@@ -120,7 +120,7 @@ class SuppressionList:
                                     (key,)).rowcount > 0
 
     def import_entries(self, entries: Iterable[Entry], *, batch: int = 5000,
-                       progress: Callable[[int], None] | None = None) -> int:
+                       progress: Callable[[int], object] | None = None) -> int:
         """Insert entries not already present (idempotent); return how many were new."""
         added = 0
         chunk: list[tuple[str, str, str, float, float | None]] = []
