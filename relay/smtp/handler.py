@@ -161,6 +161,9 @@ class Handler:
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RCPT_OK
 
+    def bad_argument(self, session: Any, step: str) -> str:
+        return self._refuse(session, step, replies.BAD_ADDRESS, "control character in address")
+
     def _refuse(self, session: Any, step: str, reply: str, reason: str, **kw: str) -> str:
         maillog.rejected(session.peer, step, reply, reason, **kw)
         return reply

@@ -31,6 +31,7 @@ _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 # SMTP forbids lines over 998 characters plus CRLF; SES refuses them too.
 MAX_LINE = 998
 _NULL_SENDER = re.compile(r"^FROM:\s*<>", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class DataProblem(Enum):
@@ -112,12 +113,39 @@ class RelaySMTP(SMTP):
     smtp_GET = smtp_POST = smtp_HEAD = smtp_PUT = smtp_CONNECT = smtp_OPTIONS = _not_smtp
 
     def _close(self) -> None:
+        """Hang up now, and make sure nothing the client already sent is acted upon.
+
+        Closing the transport is not enough: aiosmtpd's loop would go on reading commands
+        that are already buffered (that is how a smuggled second message would get in).
+        With the buffer emptied the next read must wait, and the cancellation lands there.
+        """
+        self._reader._buffer.clear()
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
         if self.transport is not None:
             self.transport.close()
 
-    # -- MAIL FROM:<> (aiosmtpd answers it with a syntax error; SES would refuse it)
+    # -- MAIL and RCPT
+
+    async def _has_control_chars(self, command: str, arg: str | None) -> bool:
+        """Refuse control characters in MAIL/RCPT arguments before aiosmtpd parses them:
+        its address parser silently drops a CR inside a domain, so the handler would
+        never see it."""
+        if not arg or not _CONTROL.search(arg):
+            return False
+        if not (await self.check_helo_needed() or await self.check_auth_needed(command)):
+            await self.push(self.event_handler.bad_argument(self.session, command))
+        return True
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self._has_control_chars("RCPT", arg):
+            return
+        await super().smtp_RCPT(arg)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self._has_control_chars("MAIL", arg):
+            return
+        # MAIL FROM:<> gets a syntax error from aiosmtpd, and SES would refuse it.
         if arg and _NULL_SENDER.match(arg):
             if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
                 return
