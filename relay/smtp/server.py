@@ -119,7 +119,7 @@ class RelaySMTP(SMTP):
         that are already buffered (that is how a smuggled second message would get in).
         With the buffer emptied the next read must wait, and the cancellation lands there.
         """
-        self._reader._buffer.clear()
+        self._reader._buffer.clear()  # type: ignore[attr-defined]  # as aiosmtpd does
         if self._handler_coroutine is not None:
             self._handler_coroutine.cancel()
         if self.transport is not None:
