@@ -32,7 +32,7 @@ from relay.errors import CorruptEntry, SpoolError
 
 _TRAILER_MAGIC = b"\nSESRELAY1 "
 _TRAILER_LEN = len(_TRAILER_MAGIC) + 10 + 1  # magic, 10 digits of envelope length, "\n"
-_WRITE_BUFFER = 256 * 1024
+_WRITE_BUFFER = 64 * 1024
 
 
 @dataclass(frozen=True)

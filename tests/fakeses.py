@@ -9,6 +9,7 @@ import json
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -24,6 +25,8 @@ class Failure:
 class FakeSES:
     def __init__(self) -> None:
         self.script: deque[Failure] = deque()
+        # Optional rule: the failure for call number N (1-based), or None to accept it.
+        self.rule: Callable[[int], Failure | None] | None = None
         self.accepted: list[dict[str, Any]] = []
         self.calls = 0
         self._lock = threading.Lock()
@@ -60,6 +63,8 @@ class FakeSES:
         with self._lock:
             self.calls += 1
             failure = self.script.popleft() if self.script else None
+            if failure is None and self.rule is not None:
+                failure = self.rule(self.calls)
         if failure is not None:
             payload = json.dumps({"message": failure.message}).encode()
             req.send_response(failure.status)
@@ -70,7 +75,10 @@ class FakeSES:
             message_id = f"fake-{uuid.uuid4()}"
             with self._lock:
                 self.accepted.append({"id": message_id, "from": request["FromEmailAddress"],
-                                      "to": request["Destination"]["ToAddresses"], "raw": raw})
+                                      "to": request["Destination"]["ToAddresses"], "raw": raw,
+                                      "configuration_set": request.get("ConfigurationSetName"),
+                                      "tags": {t["Name"]: t["Value"]
+                                               for t in request.get("EmailTags", [])}})
             payload = json.dumps({"MessageId": message_id}).encode()
             req.send_response(200)
         req.send_header("Content-Type", "application/json")

@@ -28,6 +28,10 @@ def test_the_documented_example_lists_every_key_and_loads(tmp_path: Path) -> Non
     assert cfg.queue.max_age == 5 * 86400
     assert cfg.limits.max_message_size == 10 * 1024 * 1024
     assert [lst.port for lst in cfg.listeners] == [587, 465]
+    assert cfg.limits.max_recipients == 100
+    assert cfg.limits.max_header_size == 256 * 1024
+    assert cfg.policy == config.PolicyConfig()
+    assert cfg.suppression == config.SuppressionConfig()
 
 
 def test_check_config_accepts_a_valid_file(setup) -> None:
