@@ -11,7 +11,7 @@ import contextlib
 import signal
 from dataclasses import dataclass, field
 
-from relay import log, users
+from relay import log, memory, users
 from relay.config import Config
 from relay.delivery import Scheduler
 from relay.policy import Policy
@@ -96,6 +96,7 @@ class Relay:
 
 async def serve(config: Config) -> int:
     """Run until SIGTERM or SIGINT; return the process exit code."""
+    memory.fix_mmap_threshold()
     relay = Relay(config)
     await relay.start()
     stop = asyncio.Event()

@@ -14,7 +14,7 @@ import contextlib
 import heapq
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
 from relay import log, maillog
@@ -38,9 +38,37 @@ class Backoff:
         return base * (1.0 + self.jitter * rng())
 
 
+class ByteBudget:
+    """Bounds the bytes of messages held in memory by deliveries under way.
+
+    A transport needs the whole message in memory, and an API transport several copies
+    (base64, the request body): ten workers on 10 MB messages would hold hundreds of MB.
+    A message larger than the whole budget still goes, alone.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        size = min(size, self._limit)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._used + size <= self._limit)
+            self._used += size
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._used -= size
+                self._changed.notify_all()
+
+
 class Scheduler:
     def __init__(self, spool: Spool, transport: Transport, queue: QueueConfig, *,
-                 concurrency: int, clock: Callable[[], float] = time.time) -> None:
+                 concurrency: int, max_inflight_bytes: int = 64 * 2**20,
+                 clock: Callable[[], float] = time.time) -> None:
         self._spool = spool
         self._transport = transport
         self._max_age = queue.max_age
@@ -54,6 +82,7 @@ class Scheduler:
         self._in_flight: set[str] = set()
         self._drained = asyncio.Event()
         self._drained.set()
+        self._budget = ByteBudget(max_inflight_bytes)
 
     # -- feeding
 
@@ -123,6 +152,14 @@ class Scheduler:
     # -- one attempt
 
     async def _deliver(self, qid: str) -> None:
+        try:
+            size = await asyncio.to_thread(self._spool.size, qid)
+        except FileNotFoundError:
+            return  # removed by an operator meanwhile
+        async with self._budget.hold(size):
+            await self._deliver_loaded(qid)
+
+    async def _deliver_loaded(self, qid: str) -> None:
         try:
             envelope, data = await asyncio.to_thread(self._spool.load, qid)
         except FileNotFoundError:

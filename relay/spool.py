@@ -213,14 +213,17 @@ class Spool:
 
     def load(self, queue_id: str) -> tuple[Envelope, bytes]:
         """Read a committed message; raise CorruptEntry if it is incomplete or garbled."""
-        path = self.active / queue_id
         try:
-            blob = path.read_bytes()
+            with open(self.active / queue_id, "rb") as f:
+                return _read_entry(f, queue_id)
         except FileNotFoundError:
             raise
         except OSError as e:
             raise SpoolError(f"cannot read {queue_id}: {e}") from e
-        return _split(blob, queue_id)
+
+    def size(self, queue_id: str) -> int:
+        """Bytes on disk of a committed message (raises FileNotFoundError if gone)."""
+        return (self.active / queue_id).stat().st_size
 
     def load_state(self, queue_id: str) -> DeliveryState:
         try:
@@ -266,17 +269,25 @@ class Spool:
         return (n for n in os.listdir(self.active) if _is_queue_id(n))
 
 
-def _split(blob: bytes, queue_id: str) -> tuple[Envelope, bytes]:
-    trailer = blob[-_TRAILER_LEN:]
-    if len(blob) < _TRAILER_LEN or not trailer.startswith(_TRAILER_MAGIC) \
-            or not trailer.endswith(b"\n") or not trailer[len(_TRAILER_MAGIC):-1].isdigit():
+def _read_entry(f: BinaryIO, queue_id: str) -> tuple[Envelope, bytes]:
+    """Read trailer, then envelope, then the message: one allocation of the message's size
+    (reading the whole file and slicing it would hold two copies at once)."""
+    end = f.seek(0, os.SEEK_END)
+    if end < _TRAILER_LEN:
         raise CorruptEntry(f"{queue_id}: no end-of-entry marker (incomplete write?)")
-    meta_len = int(trailer[len(_TRAILER_MAGIC):-1])
-    meta_start = len(blob) - _TRAILER_LEN - meta_len
+    f.seek(end - _TRAILER_LEN)
+    trailer = f.read(_TRAILER_LEN)
+    digits = trailer[len(_TRAILER_MAGIC):-1]
+    if not trailer.startswith(_TRAILER_MAGIC) or not trailer.endswith(b"\n") \
+            or not digits.isdigit():
+        raise CorruptEntry(f"{queue_id}: no end-of-entry marker (incomplete write?)")
+    meta_start = end - _TRAILER_LEN - int(digits)
     if meta_start < 0:
         raise CorruptEntry(f"{queue_id}: envelope length out of range")
+    f.seek(meta_start)
     try:
-        envelope = Envelope.from_json(blob[meta_start:len(blob) - _TRAILER_LEN])
+        envelope = Envelope.from_json(f.read(int(digits)))
     except ValueError as e:
         raise CorruptEntry(f"{queue_id}: bad envelope ({e})") from None
-    return envelope, blob[:meta_start]
+    f.seek(0)
+    return envelope, f.read(meta_start)
