@@ -334,7 +334,7 @@ async def _send_once(cfg: config.Config, envelope: Envelope, data: bytes) -> str
     transport = build(cfg.delivery)
     await transport.start()
     try:
-        return await transport.send(envelope, data)
+        return (await transport.send(envelope, data)).message_id
     finally:
         await transport.aclose()
 

@@ -21,16 +21,16 @@ from relay.errors import ConfigError
 
 TlsMode = Literal["starttls", "implicit", "none"]
 AuthMode = Literal["required", "optional", "none"]
-Transport = Literal["sesv2", "outbox"]
+Transport = Literal["sesv2", "sesv1", "smtp", "outbox"]
 LogFormat = Literal["auto", "json", "console"]
 LineEndings = Literal["strict", "normalize"]
 SuppressionAction = Literal["reject", "drop"]
 LINE_ENDINGS: tuple[str, ...] = ("strict", "normalize")
 SUPPRESSION_ACTIONS: tuple[str, ...] = ("reject", "drop")
 
-TRANSPORTS: tuple[str, ...] = ("sesv2", "outbox")
+TRANSPORTS: tuple[str, ...] = ("sesv2", "sesv1", "smtp", "outbox")
 # Transports that talk to AWS and therefore need a region.
-AWS_TRANSPORTS: tuple[str, ...] = ("sesv2",)
+AWS_TRANSPORTS: tuple[str, ...] = ("sesv2", "sesv1", "smtp")
 
 DEFAULT_CONFIG_PATH = Path("/etc/ses-relay/ses-relay.yaml")
 
@@ -62,6 +62,24 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class SmtpUpstream:
+    """The SES SMTP endpoint (transport: smtp)."""
+
+    host: str | None = None  # None: email-smtp.<region>.amazonaws.com
+    port: int = 587
+    tls: Literal["starttls", "implicit"] = "starttls"
+    # SMTP credentials. With neither set, they are derived from the IAM credentials of the
+    # standard chain (user name = access key id, password = the SES v4 SMTP password).
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None  # extra CA for the upstream certificate
+
+    def hostname(self, region: str | None) -> str:
+        return self.host or f"email-smtp.{region}.amazonaws.com"
+
+
+@dataclass(frozen=True)
 class DeliveryConfig:
     transport: Transport = "sesv2"
     region: str | None = None
@@ -70,6 +88,21 @@ class DeliveryConfig:
     outbox_dir: Path = Path("/var/lib/ses-relay/outbox")
     concurrency: int = 10
     timeout: float = 30.0
+    # Assume this role (refreshed before expiry) instead of using the chain's identity.
+    role_arn: str | None = None
+    external_id: str | None = None
+    role_session_name: str = "ses-relay"
+    # Cross-account sending authorisation (SES identity ARNs).
+    from_arn: str | None = None
+    source_arn: str | None = None
+    return_path_arn: str | None = None
+    # Recipients per second; None: the account's MaxSendRate from SES.
+    max_send_rate: float | None = None
+    smtp: SmtpUpstream = field(default_factory=SmtpUpstream)
+    # Send an RFC 3464 delivery status notification to the sender of a message that
+    # fails after it was accepted, from this (SES-verified) address.
+    bounce_notices: bool = False
+    bounce_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -445,7 +478,10 @@ class _Reader:
     def delivery(self, raw: object) -> DeliveryConfig:
         path = "delivery"
         d = self.section(raw, path, {"transport", "region", "endpoint_url", "profile",
-                                     "outbox_dir", "concurrency", "timeout"})
+                                     "outbox_dir", "concurrency", "timeout", "role_arn",
+                                     "external_id", "role_session_name", "from_arn",
+                                     "source_arn", "return_path_arn", "max_send_rate",
+                                     "smtp", "bounce_notices", "bounce_from"})
         if d is None:
             return DeliveryConfig()
         dc = DeliveryConfig(
@@ -457,10 +493,62 @@ class _Reader:
             outbox_dir=self.get(d, "outbox_dir", path, self.path, DeliveryConfig.outbox_dir),
             concurrency=self.get(d, "concurrency", path, self.positive_int, 10),
             timeout=self.get(d, "timeout", path, self.duration, DeliveryConfig.timeout),
+            role_arn=self.get(d, "role_arn", path, self.arn, None),
+            external_id=self.get(d, "external_id", path, self.string, None),
+            role_session_name=self.get(d, "role_session_name", path, self.string,
+                                       DeliveryConfig.role_session_name),
+            from_arn=self.get(d, "from_arn", path, self.arn, None),
+            source_arn=self.get(d, "source_arn", path, self.arn, None),
+            return_path_arn=self.get(d, "return_path_arn", path, self.arn, None),
+            max_send_rate=self.get(d, "max_send_rate", path, self.positive_float, None),
+            smtp=self.smtp_upstream(d.get("smtp")),
+            bounce_notices=self.get(d, "bounce_notices", path, self.boolean, False),
+            bounce_from=self.get(d, "bounce_from", path, self.address, None),
         )
         if dc.transport in AWS_TRANSPORTS and not dc.region:
             self.problem("delivery.region", f"required for transport {dc.transport}")
+        if dc.bounce_notices and not dc.bounce_from:
+            self.problem("delivery.bounce_from", "required with bounce_notices: true (an "
+                                                 "address SES lets you send from)")
         return dc
+
+    def smtp_upstream(self, raw: object) -> SmtpUpstream:
+        path = "delivery.smtp"
+        d = self.section(raw, path, {"host", "port", "tls", "username", "password",
+                                     "password_file", "ca_file"})
+        if d is None:
+            return SmtpUpstream()
+        up = SmtpUpstream(
+            host=self.get(d, "host", path, self.string, None),
+            port=self.get(d, "port", path, self.port, 587),
+            tls=cast(Literal["starttls", "implicit"],
+                     self.get(d, "tls", path, self.choice(("starttls", "implicit")),
+                              "starttls")),
+            username=self.get(d, "username", path, self.string, None),
+            password=self.get(d, "password", path, self.string, None),
+            password_file=self.get(d, "password_file", path, self.path, None),
+            ca_file=self.get(d, "ca_file", path, self.path, None),
+        )
+        if up.password and up.password_file:
+            self.problem(f"{path}.password_file", "set password or password_file, not both")
+        if (up.password or up.password_file) and not up.username:
+            self.problem(f"{path}.username", "required with a password")
+        if up.ca_file and not up.ca_file.is_file():
+            self.problem(f"{path}.ca_file", f"file not found: {up.ca_file}")
+        return up
+
+    def arn(self, v: object, p: str) -> str:
+        s = self.string(v, p)
+        if not re.match(r"^arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:\d{12}:.+$", s):
+            raise _Invalid("must be an ARN such as arn:aws:iam::123456789012:role/name")
+        return s
+
+    def positive_float(self, v: object, _p: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise _Invalid("must be a number")
+        if v <= 0:
+            raise _Invalid("must be positive")
+        return float(v)
 
     def url(self, v: object, p: str) -> str:
         s = self.string(v, p)

@@ -14,12 +14,14 @@ import contextlib
 import heapq
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from relay import log, maillog
 from relay.config import QueueConfig
 from relay.errors import CorruptEntry, DeliveryError, SpoolError
+from relay.ratelimit import TokenBucket
 from relay.spool import DeliveryState, Envelope, Spool, queue_id_time
 from relay.transports.base import Transport
 
@@ -36,6 +38,9 @@ class Backoff:
         """Wait about as long as the message has already waited, within [min, max]."""
         base = min(self.maximum, max(self.minimum, age))
         return base * (1.0 + self.jitter * rng())
+
+
+FailureHook = Callable[[str, Envelope, dict[str, Any]], Awaitable[None]]
 
 
 class ByteBudget:
@@ -68,6 +73,8 @@ class ByteBudget:
 class Scheduler:
     def __init__(self, spool: Spool, transport: Transport, queue: QueueConfig, *,
                  concurrency: int, max_inflight_bytes: int = 64 * 2**20,
+                 max_send_rate: float | None = None,
+                 on_failed: FailureHook | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._spool = spool
         self._transport = transport
@@ -83,6 +90,9 @@ class Scheduler:
         self._drained = asyncio.Event()
         self._drained.set()
         self._budget = ByteBudget(max_inflight_bytes)
+        self._configured_rate = max_send_rate
+        self._limiter = TokenBucket(max_send_rate)
+        self._on_failed = on_failed
 
     # -- feeding
 
@@ -105,12 +115,13 @@ class Scheduler:
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
+        self._tasks.append(asyncio.create_task(self._watch_quota(), name="quota"))
         for i in range(self._concurrency):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"worker-{i}"))
 
     async def stop(self) -> None:
         """Stop taking new work; wait for sends under way (bounded by the transport timeout)."""
-        dispatcher, workers = self._tasks[:1], self._tasks[1:]
+        dispatcher, workers = self._tasks[:2], self._tasks[2:]
         for t in dispatcher:
             t.cancel()
         # Let workers finish what they hold: an interrupted send may be re-sent after the
@@ -175,77 +186,133 @@ class Scheduler:
         state = await asyncio.to_thread(self._spool.load_state, qid)
         state.attempts += 1
         state.last_attempt = self._clock()
-        chunks = split(envelope.rcpt_tos, self._transport.max_recipients)
+        pending = [r for r in envelope.rcpt_tos if r not in state.done
+                   and r not in state.rejected]
+        chunks = split(tuple(pending), self._transport.max_recipients)
         for i, rcpts in enumerate(chunks):
-            if str(i) in state.done or str(i) in state.rejected:
-                continue  # settled by an earlier attempt: never send a chunk twice
-            error = await self._send_chunk(qid, envelope, data, state, rcpts, i, len(chunks))
+            error = await self._send_chunk(qid, envelope, data, state, rcpts)
             if error is not None:
-                await self._defer_or_expire(qid, state, error, chunks)
+                await self._defer_or_expire(qid, envelope, state, error)
                 return
-        await self._settled(qid, state, chunks)
+            if i < len(chunks) - 1:
+                # Progress must survive a crash, or a restart would send these again.
+                await asyncio.to_thread(self._spool.save_state, qid, state, durable=True)
+        if state.last_deferred:  # recipients the upstream deferred one by one
+            code, error_text, hint = next(iter(state.last_deferred.values()))
+            await self._defer_or_expire(qid, envelope, state, DeliveryError(
+                error_text, permanent=False, code=code, hint=hint))
+            return
+        await self._settled(qid, envelope, state)
 
     async def _send_chunk(self, qid: str, envelope: Envelope, data: bytes,
-                          state: DeliveryState, rcpts: tuple[str, ...], i: int, total: int
-                          ) -> DeliveryError | None:
-        """Send one chunk of recipients; return the error if it is worth retrying."""
-        chunk = f"{i + 1}/{total}" if total > 1 else None
+                          state: DeliveryState, rcpts: tuple[str, ...]) -> DeliveryError | None:
+        """Send to one chunk of recipients; record who got it; return an error worth a retry.
+        """
+        name = self._transport.name
+        await self._limiter.acquire(len(rcpts))
         started = time.monotonic()
         try:
-            message_id = await self._transport.send(replace(envelope, rcpt_tos=rcpts), data)
+            result = await self._transport.send(replace(envelope, rcpt_tos=rcpts), data)
         except DeliveryError as e:
             if not e.permanent:
                 return e
-            state.rejected[str(i)] = [e.code, str(e), e.hint]
-            maillog.failed(qid, self._transport.name, e.code, str(e), e.hint, state.attempts,
-                           rcpts, chunk)
-        else:
-            state.done[str(i)] = message_id
-            maillog.delivered(qid, self._transport.name, message_id, rcpts,
-                              time.monotonic() - started, state.attempts, chunk)
-        if total > 1:
-            # Progress must survive a crash, or a restart would send this chunk again.
-            await asyncio.to_thread(self._spool.save_state, qid, state, durable=True)
+            for r in rcpts:
+                state.rejected[r] = [e.code, str(e), e.hint]
+            maillog.failed(qid, name, e.code, str(e), e.hint, state.attempts, rcpts)
+            return None
+        accepted = [r for r in rcpts if r not in result.refused]
+        for r in accepted:
+            state.done[r] = result.message_id
+        state.last_deferred = {}
+        for r, err in result.refused.items():
+            if err.permanent:
+                state.rejected[r] = [err.code, str(err), err.hint]
+                maillog.failed(qid, name, err.code, str(err), err.hint, state.attempts, [r])
+            else:
+                state.last_deferred[r] = [err.code, str(err), err.hint]
+        if accepted:
+            maillog.delivered(qid, name, result.message_id, accepted,
+                              time.monotonic() - started, state.attempts)
         return None
 
-    async def _settled(self, qid: str, state: DeliveryState, chunks: list[tuple[str, ...]]
-                       ) -> None:
+    async def _settled(self, qid: str, envelope: Envelope, state: DeliveryState) -> None:
         if not state.rejected:
             await asyncio.to_thread(self._spool.remove, qid)
             return
         code, error, hint = next(iter(state.rejected.values()))
-        await self._fail(qid, state, code, error, hint, chunks)
+        await self._fail(qid, envelope, state, code, error, hint)
 
-    async def _defer_or_expire(self, qid: str, state: DeliveryState, e: DeliveryError,
-                               chunks: list[tuple[str, ...]]) -> None:
+    async def _defer_or_expire(self, qid: str, envelope: Envelope, state: DeliveryState,
+                               e: DeliveryError) -> None:
         name = self._transport.name
         state.last_error = f"{e.code}: {e}"
         age = self._clock() - queue_id_time(qid)
         if age < self._max_age:
-            delay = self._backoff.delay(age)
-            await asyncio.to_thread(self._spool.save_state, qid, state)
-            maillog.deferred(qid, name, e.code, str(e), e.hint, state.attempts, delay)
+            delay = self._after_throttle(e) if e.throttle else self._backoff.delay(age)
+            await asyncio.to_thread(self._spool.save_state, qid, state,
+                                    durable=bool(state.done or state.rejected))
+            if e.throttle:
+                maillog.throttled(qid, name, e.code, e.throttle, delay)
+            else:
+                maillog.deferred(qid, name, e.code, str(e), e.hint, state.attempts, delay)
             self.enqueue(qid, self._clock() + delay)
             return
         hint = f"gave up after {age / 3600:.1f} h in the queue; {e.hint}"
-        for i, rcpts in enumerate(chunks):
-            if str(i) not in state.done and str(i) not in state.rejected:
-                state.rejected[str(i)] = [e.code, str(e), hint]
-                maillog.failed(qid, name, e.code, str(e), hint, state.attempts, rcpts,
-                               f"{i + 1}/{len(chunks)}" if len(chunks) > 1 else None)
-        await self._fail(qid, state, e.code, str(e), hint, chunks)
+        left = [r for r in envelope.rcpt_tos if r not in state.done and r not in state.rejected]
+        for r in left:
+            state.rejected[r] = [e.code, str(e), hint]
+        maillog.failed(qid, name, e.code, str(e), hint, state.attempts, left)
+        await self._fail(qid, envelope, state, e.code, str(e), hint)
 
-    async def _fail(self, qid: str, state: DeliveryState, code: str, error: str, hint: str,
-                    chunks: list[tuple[str, ...]]) -> None:
+    def _after_throttle(self, e: DeliveryError) -> float:
+        """Slow down for everyone; retry this message soon, not at its next backoff step."""
+        if e.throttle == "daily":
+            self._limiter.pause(_DAILY_QUOTA_PAUSE)
+            return _DAILY_QUOTA_PAUSE * (1 + 0.1 * random.random())  # noqa: S311
+        self._limiter.throttled()
+        return 1.0 + random.random()  # noqa: S311  # jitter, not crypto
+
+    async def _fail(self, qid: str, envelope: Envelope, state: DeliveryState, code: str,
+                    error: str, hint: str) -> None:
         record = {
             "queue_id": qid, "transport": self._transport.name, "code": code, "error": error,
             "hint": hint, "attempts": state.attempts, "failed_at": self._clock(),
-            "failed_rcpts": [r for i, c in enumerate(chunks) if str(i) in state.rejected
-                             for r in c],
-            "delivered_rcpts": [r for i, c in enumerate(chunks) if str(i) in state.done
-                                for r in c],
+            "failed_rcpts": {r: v for r, v in state.rejected.items()},
+            "delivered_rcpts": list(state.done),
         }
         await asyncio.to_thread(self._spool.fail, qid, record)
+        if self._on_failed is not None:
+            await self._on_failed(qid, envelope, record)
+
+    # -- the account's quota
+
+    async def _watch_quota(self) -> None:
+        """Follow SES's MaxSendRate (unless configured), and stop short of the daily quota."""
+        while True:
+            try:
+                quota = await self._transport.quota()
+            except Exception as e:  # a quota we cannot read must not stop delivery
+                _log.warning("quota_unavailable", error=repr(e))
+                quota = None
+            if quota is not None:
+                if self._configured_rate is None:
+                    self._limiter.set_rate(quota.max_send_rate)
+                left = quota.max_24_hour_send - quota.sent_last_24_hours
+                if quota.max_24_hour_send > 0 and left <= 0:
+                    _log.warning("daily_quota_reached", max_24_hour_send=quota.max_24_hour_send,
+                                 sent_last_24_hours=quota.sent_last_24_hours,
+                                 hint="mail stays queued until SES's 24-hour window frees up; "
+                                      "ask AWS for a higher sending quota")
+                    self._limiter.pause(_DAILY_QUOTA_PAUSE)
+                _log.info("quota", max_send_rate=quota.max_send_rate,
+                          max_24_hour_send=quota.max_24_hour_send,
+                          sent_last_24_hours=quota.sent_last_24_hours,
+                          rate_in_force=self._limiter.rate)
+            await asyncio.sleep(_QUOTA_REFRESH)
+
+
+_DAILY_QUOTA_PAUSE = 900.0
+_QUOTA_REFRESH = 300.0
 
 
 def split(rcpts: tuple[str, ...], size: int) -> list[tuple[str, ...]]:

@@ -37,8 +37,12 @@ class DeliveryError(RelayError):
     operator can act on. The message text is the upstream's own, for the log only.
     """
 
-    def __init__(self, message: str, *, permanent: bool, code: str, hint: str = "") -> None:
+    def __init__(self, message: str, *, permanent: bool, code: str, hint: str = "",
+                 throttle: str | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.code = code
         self.hint = hint
+        # "rate" when SES refused for the send rate, "daily" for the 24-hour quota: the
+        # scheduler slows down or pauses instead of stepping up the message's backoff.
+        self.throttle = throttle

@@ -61,10 +61,9 @@ def queue_failed(peer: Any, error: str) -> None:
 
 
 def delivered(queue_id: str, transport: str, message_id: str, rcpts: Sequence[str],
-              latency: float, attempt: int, chunk: str | None = None) -> None:
-    extra = {"chunk": chunk} if chunk else {}
+              latency: float, attempt: int) -> None:
     _log.info("delivered", queue_id=queue_id, transport=transport, ses_message_id=message_id,
-              rcpts=list(rcpts), latency=round(latency, 3), attempt=attempt, **extra)
+              rcpts=list(rcpts), latency=round(latency, 3), attempt=attempt)
 
 
 def deferred(queue_id: str, transport: str, code: str, error: str, hint: str,
@@ -73,11 +72,16 @@ def deferred(queue_id: str, transport: str, code: str, error: str, hint: str,
                  hint=hint, attempt=attempt, next_attempt_in=round(next_attempt_in, 1))
 
 
+def throttled(queue_id: str, transport: str, code: str, kind: str,
+              next_attempt_in: float) -> None:
+    _log.info("throttled", queue_id=queue_id, transport=transport, code=code, kind=kind,
+              next_attempt_in=round(next_attempt_in, 1))
+
+
 def failed(queue_id: str, transport: str, code: str, error: str, hint: str,
-           attempt: int, rcpts: Sequence[str], chunk: str | None = None) -> None:
-    extra = {"chunk": chunk} if chunk else {}
+           attempt: int, rcpts: Sequence[str]) -> None:
     _log.error("failed", queue_id=queue_id, transport=transport, code=code, error=error,
-               hint=hint, attempt=attempt, rcpts=list(rcpts), **extra)
+               hint=hint, attempt=attempt, rcpts=list(rcpts))
 
 
 def quarantined(queue_id: str, reason: str) -> None:

@@ -78,10 +78,12 @@ class DeliveryState:
     attempts: int = 0
     last_error: str = ""
     last_attempt: float = 0.0
-    # Per chunk of recipients (index as a string): the upstream message id once accepted,
-    # or [code, error, hint] once refused for good. Settled chunks are never sent again.
+    # Per recipient: the upstream message id once accepted, or [code, error, hint] once
+    # refused for good. Settled recipients are never sent to again.
     done: dict[str, str] = field(default_factory=dict)
     rejected: dict[str, list[str]] = field(default_factory=dict)
+    # Recipients the upstream deferred one by one in the last attempt (SMTP 4xx to RCPT).
+    last_deferred: dict[str, list[str]] = field(default_factory=dict)
 
 
 def new_queue_id(now: float | None = None) -> str:

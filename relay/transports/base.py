@@ -1,16 +1,35 @@
 """The delivery contract every transport keeps, and the factory that picks one.
 
-A transport delivers one message to its envelope recipients and returns the upstream's
-message id, or raises DeliveryError saying whether a retry can help. It knows its own
-limits, so policy asks it instead of scattering per-transport ifs.
+A transport delivers one message to a list of envelope recipients and returns the
+upstream's message id plus the recipients it refused (an SMTP upstream answers per
+recipient), or raises DeliveryError saying whether a retry can help. It knows its own
+limits, so policy and the scheduler ask it instead of scattering per-transport ifs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from relay.config import DeliveryConfig
+from relay.errors import DeliveryError
 from relay.spool import Envelope
+
+
+@dataclass(frozen=True)
+class SendResult:
+    message_id: str
+    # Recipients the upstream refused while accepting the message for the others.
+    refused: dict[str, DeliveryError] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The account's sending limits, as SES reports them (recipients, not messages)."""
+
+    max_send_rate: float
+    max_24_hour_send: float
+    sent_last_24_hours: float
 
 
 class Transport(Protocol):
@@ -22,8 +41,12 @@ class Transport(Protocol):
 
     async def start(self) -> None: ...
 
-    async def send(self, envelope: Envelope, data: bytes) -> str:
-        """Deliver; return the upstream message id or raise DeliveryError."""
+    async def send(self, envelope: Envelope, data: bytes) -> SendResult:
+        """Deliver to ``envelope.rcpt_tos``; raise DeliveryError if nobody got it."""
+        ...
+
+    async def quota(self) -> Quota | None:
+        """The account's send quota, or None where the transport cannot tell."""
         ...
 
     async def aclose(self) -> None: ...
@@ -34,6 +57,14 @@ def build(config: DeliveryConfig) -> Transport:
         from relay.transports.outbox import OutboxTransport
 
         return OutboxTransport(config.outbox_dir)
+    if config.transport == "sesv1":
+        from relay.transports.sesv1 import SESv1Transport
+
+        return SESv1Transport(config)
+    if config.transport == "smtp":
+        from relay.transports.smtp import SMTPTransport
+
+        return SMTPTransport(config)
     from relay.transports.sesv2 import SESv2Transport
 
     return SESv2Transport(config)

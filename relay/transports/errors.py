@@ -20,6 +20,7 @@ from relay.errors import DeliveryError
 class Verdict:
     permanent: bool
     hint: str
+    throttle: str | None = None  # "rate" or "daily": see DeliveryError.throttle
 
 
 # Error codes as they appear in SES responses (botocore's Error.Code), both API versions.
@@ -38,11 +39,12 @@ _TABLE: dict[str, Verdict] = {
                                      "as invalid"),
     # -- throttling and quotas: transient, SES drops the message and expects a retry
     "TooManyRequestsException": Verdict(False, "SES throttled the call: sending faster than "
-                                        "the account's maximum send rate"),
-    "Throttling": Verdict(False, "SES throttled the call (maximum send rate or daily quota)"),
-    "ThrottlingException": Verdict(False, "SES throttled the call"),
-    "LimitExceededException": Verdict(False, "an SES quota was reached (daily sending quota?); "
-                                      "mail stays queued until it resets"),
+                                        "the account's maximum send rate", "rate"),
+    "Throttling": Verdict(False, "SES throttled the call: sending faster than the account's "
+                          "maximum send rate", "rate"),
+    "ThrottlingException": Verdict(False, "SES throttled the call", "rate"),
+    "LimitExceededException": Verdict(False, "an SES limit was reached; mail stays queued "
+                                      "and is retried", "rate"),
     # -- the account and its configuration: transient so a person can fix it in time
     "SendingPausedException": Verdict(False, "sending is paused for this account or "
                                       "configuration set in region {region}"),
@@ -104,4 +106,10 @@ def _from_client_error(exc: bex.ClientError, region: str | None) -> DeliveryErro
         # them, so we still retry (mail is never discarded on a guess); 5xx are SES's.
         verdict = _UNKNOWN if status != 429 else _TABLE["TooManyRequestsException"]
     hint = verdict.hint.format(region=region or "(unset)")
-    return DeliveryError(message, permanent=verdict.permanent, code=code, hint=hint)
+    throttle = verdict.throttle
+    if throttle and ("daily" in message.lower() or "quota" in message.lower()):
+        throttle = "daily"  # "Daily message quota exceeded"
+        hint = ("the account's 24-hour sending quota is used up; mail stays queued until "
+                "SES's window frees up (ask AWS for a higher quota)")
+    return DeliveryError(message, permanent=verdict.permanent, code=code, hint=hint,
+                         throttle=throttle)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from relay.errors import DeliveryError
 from relay.spool import Envelope
+from relay.transports.base import Quota, SendResult
 
 # Mirrors SESv2's limit so that trying the relay on the outbox behaves like production.
 _SES_RAW_LIMIT = 40 * 1000 * 1000 * 3 // 4
@@ -30,7 +31,7 @@ class OutboxTransport:
     async def start(self) -> None:
         await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
 
-    async def send(self, envelope: Envelope, data: bytes) -> str:
+    async def send(self, envelope: Envelope, data: bytes) -> SendResult:
         message_id = f"outbox-{uuid.uuid4()}"
         try:
             await asyncio.to_thread(self._write, message_id, envelope, data)
@@ -38,7 +39,10 @@ class OutboxTransport:
             raise DeliveryError(str(e), permanent=False, code="OutboxWriteError",
                                 hint=f"check that {self.directory} is writable and not full"
                                 ) from e
-        return message_id
+        return SendResult(message_id)
+
+    async def quota(self) -> Quota | None:
+        return None
 
     def _write(self, message_id: str, envelope: Envelope, data: bytes) -> None:
         meta = {"message_id": message_id, "mail_from": envelope.mail_from,

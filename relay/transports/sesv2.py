@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-import aioboto3
-from botocore.config import Config as BotoConfig
-
+from relay import aws
 from relay.config import DeliveryConfig
 from relay.errors import DeliveryError
 from relay.spool import Envelope
+from relay.transports.base import Quota, SendResult
 from relay.transports.errors import classify
 
 # SES limits the message to 40 MB *after* base64 encoding, which inflates by 4/3.
@@ -34,19 +33,12 @@ class SESv2Transport:
         self._client: Any = None
 
     async def start(self) -> None:
-        session = aioboto3.Session(profile_name=self.config.profile)
-        boto_config = BotoConfig(
-            retries={"mode": "standard", "total_max_attempts": 1},
-            max_pool_connections=max(10, self.config.concurrency),
-            connect_timeout=min(10.0, self.config.timeout),
-            read_timeout=self.config.timeout,
-        )
+        session = await aws.session(self.config)
         self._client = await self._stack.enter_async_context(session.client(
             "sesv2", region_name=self.config.region, endpoint_url=self.config.endpoint_url,
-            config=boto_config))
+            config=aws.client_config(self.config)))
 
-    async def send(self, envelope: Envelope, data: bytes) -> str:
-        assert self._client is not None, "start() first"
+    def params(self, envelope: Envelope, data: bytes) -> dict[str, Any]:
         params: dict[str, Any] = {
             "FromEmailAddress": envelope.mail_from,
             # All envelope recipients go in ToAddresses: with Raw content SES takes the
@@ -58,15 +50,34 @@ class SESv2Transport:
             params["ConfigurationSetName"] = envelope.configuration_set
         if envelope.tags:
             params["EmailTags"] = [{"Name": n, "Value": v} for n, v in envelope.tags]
+        if self.config.from_arn or self.config.source_arn:
+            params["FromEmailAddressIdentityArn"] = self.config.from_arn or self.config.source_arn
+        if self.config.return_path_arn:
+            params["FeedbackForwardingEmailAddressIdentityArn"] = self.config.return_path_arn
+        return params
+
+    async def send(self, envelope: Envelope, data: bytes) -> SendResult:
+        assert self._client is not None, "start() first"
         try:
-            response = await self._client.send_email(**params)
+            response = await self._client.send_email(**self.params(envelope, data))
         except Exception as e:  # mapped to ours at the one place that knows botocore
             raise classify(e, region=self.config.region) from e
         message_id = response.get("MessageId")
         if not isinstance(message_id, str):
             raise DeliveryError("SES answered without a MessageId", permanent=False,
                                 code="BadResponse", hint="unexpected SES response; retrying")
-        return message_id
+        return SendResult(message_id)
+
+    async def quota(self) -> Quota | None:
+        assert self._client is not None, "start() first"
+        try:
+            account = await self._client.get_account()
+        except Exception as e:
+            raise classify(e, region=self.config.region) from e
+        q = account.get("SendQuota") or {}
+        return Quota(max_send_rate=float(q.get("MaxSendRate", 0)) or 1.0,
+                     max_24_hour_send=float(q.get("Max24HourSend", 0)),
+                     sent_last_24_hours=float(q.get("SentLast24Hours", 0)))
 
     async def aclose(self) -> None:
         await self._stack.aclose()
