@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="ADDRESS")
     p.add_argument("--subject", default="ses-relay test message")
 
+    p = sub.add_parser("smtp-password", help="derive the SES SMTP password from an IAM "
+                                             "secret access key read from stdin")
+    p.add_argument("--region", required=True)
+
     p = sub.add_parser("dev-init", help="write a development setup (used by make run)")
     p.add_argument("directory", type=Path)
     return parser
@@ -339,6 +343,21 @@ async def _send_once(cfg: config.Config, envelope: Envelope, data: bytes) -> str
         await transport.aclose()
 
 
+def cmd_smtp_password(args: argparse.Namespace) -> int:
+    from relay.sescreds import smtp_password
+
+    if not re.match(r"^[a-z]{2}(-[a-z]+)+-\d$", args.region):
+        print(f"ses-relay: {args.region!r} is not an AWS region name", file=sys.stderr)
+        return EXIT_USAGE
+    secret = (getpass.getpass("IAM secret access key: ") if sys.stdin.isatty()
+              else sys.stdin.readline()).strip()
+    if not secret:
+        print("ses-relay: no secret access key on stdin", file=sys.stderr)
+        return EXIT_USAGE
+    print(smtp_password(secret, args.region))
+    return EXIT_OK
+
+
 def cmd_dev_init(args: argparse.Namespace) -> int:
     from relay import devsetup
 
@@ -360,5 +379,6 @@ _COMMANDS = {
     "user": cmd_user,
     "suppress": cmd_suppress,
     "send-test": cmd_send_test,
+    "smtp-password": cmd_smtp_password,
     "dev-init": cmd_dev_init,
 }

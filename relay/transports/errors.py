@@ -50,6 +50,8 @@ _TABLE: dict[str, Verdict] = {
                                       "configuration set in region {region}"),
     "AccountSendingPausedException": Verdict(False, "sending is paused for the account in "
                                              "region {region}"),
+    "ConfigurationSetSendingPausedException": Verdict(False, "sending is paused for the "
+                                                      "configuration set in region {region}"),
     "AccountSuspendedException": Verdict(False, "the SES account is suspended in region "
                                          "{region}; contact AWS"),
     "NotFoundException": Verdict(False, "a resource named in the request (configuration set?) "
@@ -83,14 +85,15 @@ def classify(exc: BaseException, *, region: str | None) -> DeliveryError:
         return DeliveryError(str(exc), permanent=False, code="NoCredentials",
                              hint="no usable AWS credentials: set them in the environment, a "
                                   "profile (delivery.profile) or an instance/container role")
+    # Timeouts first: botocore's timeout errors are also connection errors.
+    if isinstance(exc, bex.ReadTimeoutError | bex.ConnectTimeoutError | TimeoutError):
+        return DeliveryError(str(exc) or "timed out", permanent=False, code="Timeout",
+                             hint="SES did not answer in time")
     if isinstance(exc, bex.EndpointConnectionError | bex.ConnectionClosedError
                   | bex.HTTPClientError | bex.ConnectionError | OSError):
         return DeliveryError(str(exc), permanent=False, code="ConnectionError",
                              hint="cannot reach the SES endpoint: check network, DNS, proxy "
                                   "and delivery.endpoint_url")
-    if isinstance(exc, bex.ReadTimeoutError | bex.ConnectTimeoutError | TimeoutError):
-        return DeliveryError(str(exc) or "timed out", permanent=False, code="Timeout",
-                             hint="SES did not answer in time")
     return DeliveryError(f"{type(exc).__name__}: {exc}", permanent=False, code="Unknown",
                          hint=_UNKNOWN.hint)
 
