@@ -10,15 +10,16 @@ import asyncio
 import contextlib
 import signal
 from dataclasses import dataclass, field
+from typing import Any
 
-from relay import log, memory, users
+from relay import dsn, log, maillog, memory, users
 from relay.config import Config
 from relay.delivery import Scheduler
 from relay.policy import Policy
 from relay.smtp import listeners
 from relay.smtp.handler import Handler
 from relay.smtp.server import server_tls_context
-from relay.spool import Spool
+from relay.spool import Envelope, Spool
 from relay.suppression import SuppressionList
 from relay.transports import Transport, build
 
@@ -57,7 +58,9 @@ class Relay:
         self.transport = build(cfg.delivery)
         await self.transport.start()
         self.scheduler = Scheduler(self.spool, self.transport, cfg.queue,
-                                   concurrency=cfg.delivery.concurrency)
+                                   concurrency=cfg.delivery.concurrency,
+                                   max_send_rate=cfg.delivery.max_send_rate,
+                                   on_failed=self._notify_sender)
         self.scheduler.load_backlog(backlog)
         self.scheduler.start()
         tls = (server_tls_context(str(cfg.tls.cert), str(cfg.tls.key))
@@ -74,6 +77,25 @@ class Relay:
         _log.info("started", listeners=self.bound_ports(), transport=self.transport.name,
                   queued=len(backlog), users=len(list(self._users)),
                   max_message_size=self.message_size_limit)
+
+    async def _notify_sender(self, queue_id: str, envelope: Envelope,
+                             record: dict[str, Any]) -> None:
+        """Queue an RFC 3464 notice to the sender of a message that failed after its 250."""
+        delivery = self.config.delivery
+        if not delivery.bounce_notices or envelope.no_dsn or not delivery.bounce_from:
+            return
+        assert self.spool is not None and self.scheduler is not None
+        _, data = await asyncio.to_thread(self.spool.read, queue_id, "failed")
+        notice = dsn.build(queue_id=queue_id, sender=envelope.mail_from,
+                           bounce_from=delivery.bounce_from, hostname=self.config.hostname,
+                           failed=record.get("failed", {}),
+                           original_headers=data.split(b"\r\n\r\n", 1)[0])
+        draft = self.spool.draft()
+        draft.write(notice)
+        notice_id = await self.spool.commit(draft, Envelope(
+            mail_from=delivery.bounce_from, rcpt_tos=(envelope.mail_from,), no_dsn=True))
+        maillog.bounce_notice(queue_id, notice_id, envelope.mail_from)
+        self.scheduler.enqueue(notice_id)
 
     def _current_users(self) -> users.UserDB:
         assert self._users is not None

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from relay import __version__, config, log, users
 from relay.addresses import AddressError, normalize, normalize_pattern
-from relay.errors import ConfigError, DeliveryError, UsersFileError
-from relay.spool import Envelope
+from relay.errors import Busy, ConfigError, DeliveryError, SpoolError, UsersFileError
+from relay.spool import Envelope, Spool
 from relay.suppression import REASONS, SuppressionError, SuppressionList
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -93,6 +93,30 @@ def build_parser() -> argparse.ArgumentParser:
     s = ssub.add_parser("export", help="write every entry as CSV to stdout")
     _add_config(s)
 
+    p = sub.add_parser("queue", help="inspect and manage the queue (safe while running)")
+    qsub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    q = qsub.add_parser("list", help="one line per message: id, age, size, state, "
+                                     "sender -> recipients (last error)")
+    _add_config(q)
+    q = qsub.add_parser("show", help="envelope, headers, attempts of one message")
+    q.add_argument("queue_id")
+    _add_config(q)
+    q = qsub.add_parser("retry", help="retry now (a failed message: queue it again)")
+    q.add_argument("queue_id", nargs="?")
+    q.add_argument("--all", action="store_true", help="every deferred and failed message")
+    _add_config(q)
+    for action, text in (("hold", "put a message aside: never retried until released"),
+                         ("release", "put a held message back in the queue")):
+        q = qsub.add_parser(action, help=text)
+        q.add_argument("queue_id")
+        _add_config(q)
+    q = qsub.add_parser("delete", help="delete a message (or every failed one)")
+    q.add_argument("queue_id", nargs="?")
+    q.add_argument("--failed", action="store_true", help="every failed message")
+    _add_config(q)
+    q = qsub.add_parser("flush", help="retry every deferred message now")
+    _add_config(q)
+
     p = sub.add_parser("send-test", help="send a test message through the configured "
                                          "transport (not through SMTP)")
     _add_config(p)
@@ -130,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in e.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
-    except (UsersFileError, SuppressionError) as e:
+    except (UsersFileError, SuppressionError, SpoolError) as e:
         print(f"ses-relay: {e}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
@@ -302,6 +326,80 @@ _SUPPRESS = {"add": _suppress_add, "remove": _suppress_remove, "list": _suppress
              "import": _suppress_import, "export": _suppress_export}
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    from relay import queueadmin
+    from relay.spool import Spool
+
+    cfg = _load(args)
+    spool = Spool(cfg.queue.directory)
+    spool.open_for_admin()
+    command = args.queue_command
+    if command == "list":
+        n = 0
+        for row in queueadmin.rows(spool):
+            print(queueadmin.format_row(row))
+            n += 1
+        print(f"-- {n} message{'s' if n != 1 else ''}", file=sys.stderr)
+        return EXIT_OK
+    if command == "flush":
+        spool.trigger("flush")
+        print("flush requested: deferred messages are retried within seconds")
+        return EXIT_OK
+    if command == "delete" and args.failed:
+        ids = spool.ids("failed")
+        for qid in ids:
+            spool.delete(qid, "failed")
+        print(f"deleted {len(ids)} failed message{'s' if len(ids) != 1 else ''}")
+        return EXIT_OK
+    if command == "retry" and args.all:
+        failed = spool.ids("failed")
+        for qid in failed:
+            spool.requeue(qid)
+        spool.trigger("flush")
+        print(f"requeued {len(failed)} failed; deferred messages are retried within seconds")
+        return EXIT_OK
+    if not args.queue_id:
+        print(f"ses-relay: queue {command} needs a queue id", file=sys.stderr)
+        return EXIT_USAGE
+    return _queue_one(spool, command, args.queue_id)
+
+
+def _queue_one(spool: Spool, command: str, qid: str) -> int:
+    from relay import queueadmin
+
+    folder = spool.find(qid)
+    if folder is None:
+        print(f"ses-relay: no message {qid} in the queue", file=sys.stderr)
+        return EXIT_FAIL
+    wants = {"hold": "active", "release": "hold"}
+    if command in wants and folder != wants[command]:
+        print(f"ses-relay: {qid} is {folder}, not {wants[command]}", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        if command == "show":
+            print(queueadmin.show(spool, qid), end="")
+        elif command == "hold":
+            spool.hold(qid)
+        elif command == "release":
+            spool.release(qid)
+        elif command == "delete":
+            spool.delete(qid, folder)
+        elif command == "retry":
+            if folder == "failed":
+                spool.requeue(qid)
+            elif folder == "active":
+                spool.trigger(f"retry.{qid}")
+            else:
+                print(f"ses-relay: {qid} is held; release it first", file=sys.stderr)
+                return EXIT_FAIL
+    except Busy:
+        print(f"ses-relay: {qid} is being delivered right now; try again", file=sys.stderr)
+        return EXIT_FAIL
+    if command != "show":
+        print(f"{command}: {qid}")
+    return EXIT_OK
+
+
 def cmd_send_test(args: argparse.Namespace) -> int:
     cfg = _load(args)
     log.configure("console" if sys.stderr.isatty() else "json", "warning", stream=sys.stderr)
@@ -378,6 +476,7 @@ _COMMANDS = {
     "check-config": cmd_check_config,
     "user": cmd_user,
     "suppress": cmd_suppress,
+    "queue": cmd_queue,
     "send-test": cmd_send_test,
     "smtp-password": cmd_smtp_password,
     "dev-init": cmd_dev_init,

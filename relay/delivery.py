@@ -20,9 +20,9 @@ from typing import Any
 
 from relay import log, maillog
 from relay.config import QueueConfig
-from relay.errors import CorruptEntry, DeliveryError, SpoolError
+from relay.errors import Busy, CorruptEntry, DeliveryError, SpoolError
 from relay.ratelimit import TokenBucket
-from relay.spool import DeliveryState, Envelope, Spool, queue_id_time
+from relay.spool import Claim, DeliveryState, Envelope, Spool, queue_id_time
 from relay.transports.base import Transport
 
 _log = log.get("delivery")
@@ -83,6 +83,10 @@ class Scheduler:
         self._concurrency = concurrency
         self._clock = clock
         self._heap: list[tuple[float, str]] = []
+        # The due time of every waiting message. The heap may hold stale entries for an id
+        # that was rescheduled (a flush, a retry); only the one matching this map counts.
+        self._due: dict[str, float] = {}
+        self._known: set[str] = set()  # waiting, ready or in flight
         self._ready: asyncio.Queue[str] = asyncio.Queue(maxsize=concurrency)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -97,8 +101,15 @@ class Scheduler:
     # -- feeding
 
     def enqueue(self, queue_id: str, due: float | None = None) -> None:
-        heapq.heappush(self._heap, (self._clock() if due is None else due, queue_id))
+        when = self._clock() if due is None else due
+        self._due[queue_id] = when
+        self._known.add(queue_id)
+        heapq.heappush(self._heap, (when, queue_id))
         self._wakeup.set()
+
+    def _forget(self, queue_id: str) -> None:
+        if queue_id not in self._due:
+            self._known.discard(queue_id)
 
     def load_backlog(self, queue_ids: list[str]) -> None:
         """Schedule what was queued before a restart, spread over a few seconds."""
@@ -109,19 +120,20 @@ class Scheduler:
 
     @property
     def pending(self) -> int:
-        return len(self._heap) + self._ready.qsize() + len(self._in_flight)
+        return len(self._known)
 
     # -- running
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
         self._tasks.append(asyncio.create_task(self._watch_quota(), name="quota"))
+        self._tasks.append(asyncio.create_task(self._watch_queue(), name="queue-watch"))
         for i in range(self._concurrency):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"worker-{i}"))
 
     async def stop(self) -> None:
         """Stop taking new work; wait for sends under way (bounded by the transport timeout)."""
-        dispatcher, workers = self._tasks[:2], self._tasks[2:]
+        dispatcher, workers = self._tasks[:3], self._tasks[3:]
         for t in dispatcher:
             t.cancel()
         # Let workers finish what they hold: an interrupted send may be re-sent after the
@@ -137,7 +149,10 @@ class Scheduler:
         while True:
             now = self._clock()
             if self._heap and self._heap[0][0] <= now:
-                _, qid = heapq.heappop(self._heap)
+                due, qid = heapq.heappop(self._heap)
+                if self._due.get(qid) != due:
+                    continue  # stale: rescheduled since
+                del self._due[qid]
                 await self._ready.put(qid)  # blocks while all workers are busy
                 continue
             self._wakeup.clear()
@@ -148,6 +163,8 @@ class Scheduler:
     async def _worker(self) -> None:
         while True:
             qid = await self._ready.get()
+            if qid in self._in_flight:  # already being delivered (rescheduled meanwhile)
+                continue
             self._in_flight.add(qid)
             self._drained.clear()
             try:
@@ -157,31 +174,55 @@ class Scheduler:
                 self.enqueue(qid, self._clock() + self._backoff.maximum)
             finally:
                 self._in_flight.discard(qid)
+                self._forget(qid)
                 if not self._in_flight:
                     self._drained.set()
+
+    async def _watch_queue(self) -> None:
+        """Pick up what queue commands did while we run: released or requeued messages
+        appear in active/, and trigger files ask for a flush or a retry."""
+        while True:
+            await asyncio.sleep(_QUEUE_WATCH)
+            triggers = await asyncio.to_thread(self._spool.take_triggers)
+            now = self._clock()
+            for name in triggers:
+                if name == "flush":
+                    for qid in list(self._due):
+                        self.enqueue(qid, now)
+                elif name.startswith("retry.") and name[6:] in self._due:
+                    self.enqueue(name[6:], now)
+            for qid in await asyncio.to_thread(self._spool.active_ids):
+                if qid not in self._known:
+                    self.enqueue(qid, now)
 
     # -- one attempt
 
     async def _deliver(self, qid: str) -> None:
         try:
-            size = await asyncio.to_thread(self._spool.size, qid)
-        except FileNotFoundError:
-            return  # removed by an operator meanwhile
-        async with self._budget.hold(size):
-            await self._deliver_loaded(qid)
-
-    async def _deliver_loaded(self, qid: str) -> None:
-        try:
-            envelope, data = await asyncio.to_thread(self._spool.load, qid)
-        except FileNotFoundError:
-            return  # removed by an operator meanwhile
-        except CorruptEntry as e:
-            await asyncio.to_thread(self._spool.quarantine, qid)
-            maillog.quarantined(qid, str(e))
+            claim = await asyncio.to_thread(self._spool.claim, qid)
+        except Busy:
+            self.enqueue(qid, self._clock() + 1.0)  # an operator's command holds it
             return
         except SpoolError as e:
             _log.error("queue_read_failed", queue_id=qid, error=str(e))
             self.enqueue(qid, self._clock() + self._backoff.maximum)
+            return
+        if claim is None:
+            return  # held or deleted by an operator meanwhile
+        try:
+            size = await asyncio.to_thread(self._spool.size, qid)
+            async with self._budget.hold(size):
+                await self._attempt(claim)
+        finally:
+            await asyncio.to_thread(claim.release)
+
+    async def _attempt(self, claim: Claim) -> None:
+        qid = claim.queue_id
+        try:
+            envelope, data = await asyncio.to_thread(claim.read)
+        except CorruptEntry as e:
+            await asyncio.to_thread(claim.quarantine)
+            maillog.quarantined(qid, str(e))
             return
         state = await asyncio.to_thread(self._spool.load_state, qid)
         state.attempts += 1
@@ -192,17 +233,17 @@ class Scheduler:
         for i, rcpts in enumerate(chunks):
             error = await self._send_chunk(qid, envelope, data, state, rcpts)
             if error is not None:
-                await self._defer_or_expire(qid, envelope, state, error)
+                await self._defer_or_expire(claim, envelope, state, error)
                 return
             if i < len(chunks) - 1:
                 # Progress must survive a crash, or a restart would send these again.
                 await asyncio.to_thread(self._spool.save_state, qid, state, durable=True)
         if state.last_deferred:  # recipients the upstream deferred one by one
             code, error_text, hint = next(iter(state.last_deferred.values()))
-            await self._defer_or_expire(qid, envelope, state, DeliveryError(
+            await self._defer_or_expire(claim, envelope, state, DeliveryError(
                 error_text, permanent=False, code=code, hint=hint))
             return
-        await self._settled(qid, envelope, state)
+        await self._settled(claim, envelope, state)
 
     async def _send_chunk(self, qid: str, envelope: Envelope, data: bytes,
                           state: DeliveryState, rcpts: tuple[str, ...]) -> DeliveryError | None:
@@ -235,15 +276,16 @@ class Scheduler:
                               time.monotonic() - started, state.attempts)
         return None
 
-    async def _settled(self, qid: str, envelope: Envelope, state: DeliveryState) -> None:
+    async def _settled(self, claim: Claim, envelope: Envelope, state: DeliveryState) -> None:
         if not state.rejected:
-            await asyncio.to_thread(self._spool.remove, qid)
+            await asyncio.to_thread(claim.remove)
             return
         code, error, hint = next(iter(state.rejected.values()))
-        await self._fail(qid, envelope, state, code, error, hint)
+        await self._fail(claim, envelope, state, code, error, hint)
 
-    async def _defer_or_expire(self, qid: str, envelope: Envelope, state: DeliveryState,
+    async def _defer_or_expire(self, claim: Claim, envelope: Envelope, state: DeliveryState,
                                e: DeliveryError) -> None:
+        qid = claim.queue_id
         name = self._transport.name
         state.last_error = f"{e.code}: {e}"
         age = self._clock() - queue_id_time(qid)
@@ -262,7 +304,7 @@ class Scheduler:
         for r in left:
             state.rejected[r] = [e.code, str(e), hint]
         maillog.failed(qid, name, e.code, str(e), hint, state.attempts, left)
-        await self._fail(qid, envelope, state, e.code, str(e), hint)
+        await self._fail(claim, envelope, state, e.code, str(e), hint)
 
     def _after_throttle(self, e: DeliveryError) -> float:
         """Slow down for everyone; retry this message soon, not at its next backoff step."""
@@ -272,15 +314,16 @@ class Scheduler:
         self._limiter.throttled()
         return 1.0 + random.random()  # noqa: S311  # jitter, not crypto
 
-    async def _fail(self, qid: str, envelope: Envelope, state: DeliveryState, code: str,
+    async def _fail(self, claim: Claim, envelope: Envelope, state: DeliveryState, code: str,
                     error: str, hint: str) -> None:
+        qid = claim.queue_id
         record = {
             "queue_id": qid, "transport": self._transport.name, "code": code, "error": error,
             "hint": hint, "attempts": state.attempts, "failed_at": self._clock(),
-            "failed_rcpts": {r: v for r, v in state.rejected.items()},
-            "delivered_rcpts": list(state.done),
+            "failed": dict(state.rejected),  # recipient: [code, error, hint]
+            "delivered": dict(state.done),  # recipient: upstream message id
         }
-        await asyncio.to_thread(self._spool.fail, qid, record)
+        await asyncio.to_thread(claim.fail, record)
         if self._on_failed is not None:
             await self._on_failed(qid, envelope, record)
 
@@ -312,6 +355,7 @@ class Scheduler:
 
 
 _DAILY_QUOTA_PAUSE = 900.0
+_QUEUE_WATCH = 2.0
 _QUOTA_REFRESH = 300.0
 
 

@@ -25,6 +25,10 @@ class CorruptEntry(SpoolError):
     """A queue entry is unreadable or incomplete; it is moved aside, never delivered."""
 
 
+class Busy(SpoolError):
+    """A queue entry is locked by another process (a delivery, or an operator's command)."""
+
+
 class UsersFileError(RelayError):
     """The users file cannot be read, parsed or written."""
 

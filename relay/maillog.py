@@ -84,5 +84,10 @@ def failed(queue_id: str, transport: str, code: str, error: str, hint: str,
                hint=hint, attempt=attempt, rcpts=list(rcpts))
 
 
+def bounce_notice(queue_id: str, notice_id: str, sender: str) -> None:
+    _log.info("bounce_notice_queued", queue_id=queue_id, notice_queue_id=notice_id,
+              to=sender)
+
+
 def quarantined(queue_id: str, reason: str) -> None:
     _log.error("quarantined", queue_id=queue_id, reason=reason)

@@ -6,7 +6,9 @@ Layout under the queue directory (Postfix's split, in one process)::
     active/   committed messages waiting for delivery, one file each, named by queue id
     state/    delivery bookkeeping (attempts, last error) beside each active message
     failed/   messages that failed permanently, with a ``.json`` record of why
+    hold/     messages an operator put aside (``ses-relay queue hold``); never retried
     corrupt/  entries that could not be read, moved aside so the rest keeps flowing
+    trigger/  requests from ``ses-relay queue`` commands to the running relay
 
 A queue file is the raw message followed by a JSON envelope and a fixed-size trailer that
 names the envelope's length. The trailer is written last and doubles as the "complete"
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -28,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from relay.errors import CorruptEntry, SpoolError
+from relay.errors import Busy, CorruptEntry, SpoolError
 
 _TRAILER_MAGIC = b"\nSESRELAY1 "
 _TRAILER_LEN = len(_TRAILER_MAGIC) + 10 + 1  # magic, 10 digits of envelope length, "\n"
@@ -46,6 +49,9 @@ class Envelope:
     listener: str | None = None
     configuration_set: str | None = None
     tags: tuple[tuple[str, str], ...] = ()
+    # No delivery status notification about this message: it is one, or its sender was
+    # the null sender (MAIL FROM:<>, rewritten for SES).
+    no_dsn: bool = False
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -68,7 +74,8 @@ class Envelope:
         return cls(mail_from=d["mail_from"], rcpt_tos=tuple(rcpts), user=d.get("user"),
                    peer=d.get("peer"), listener=d.get("listener"),
                    configuration_set=d.get("configuration_set"),
-                   tags=tuple((str(n), str(v)) for n, v in tags))
+                   tags=tuple((str(n), str(v)) for n, v in tags),
+                   no_dsn=bool(d.get("no_dsn", False)))
 
 
 @dataclass
@@ -157,13 +164,16 @@ class Spool:
         self.state = directory / "state"
         self.failed = directory / "failed"
         self.corrupt = directory / "corrupt"
+        self.hold_dir = directory / "hold"
+        self.triggers = directory / "trigger"
 
     # -- start-up
 
     def open(self) -> list[str]:
         """Create the layout, drop unacknowledged drafts, and list the committed ids."""
         try:
-            for d in (self.tmp, self.active, self.state, self.failed, self.corrupt):
+            for d in (self.tmp, self.active, self.state, self.failed, self.corrupt,
+                      self.hold_dir, self.triggers):
                 d.mkdir(parents=True, exist_ok=True)
             for leftover in self.tmp.iterdir():
                 leftover.unlink()
@@ -177,6 +187,15 @@ class Spool:
                 self._move(self.active / name, self.corrupt / name)
         self._drop_orphan_states(set(ids))
         return sorted(ids)
+
+    def open_for_admin(self) -> None:
+        """Make sure the folders exist, without the start-up clean-up (the relay may run)."""
+        try:
+            for d in (self.tmp, self.active, self.state, self.failed, self.corrupt,
+                      self.hold_dir, self.triggers):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SpoolError(f"cannot open queue directory {self.directory}: {e}") from e
 
     def _drop_orphan_states(self, ids: set[str]) -> None:
         for p in self.state.glob("*.json"):
@@ -211,17 +230,31 @@ class Spool:
             raise SpoolError(f"cannot commit {draft.queue_id}: {e}") from e
         return draft.queue_id
 
-    # -- delivery side
+    # -- delivery side: a worker claims a message (an exclusive lock) while it delivers it
 
-    def load(self, queue_id: str) -> tuple[Envelope, bytes]:
-        """Read a committed message; raise CorruptEntry if it is incomplete or garbled."""
+    def claim(self, queue_id: str) -> Claim | None:
+        """Lock an active message for delivery; None if it is gone (held, deleted...).
+
+        Raises Busy while an operator's command holds it. The lock is an flock on the file,
+        so a queue command of another process cannot move a message out from under a
+        delivery, nor a delivery send one an operator just held or deleted.
+        """
+        path = self.active / queue_id
         try:
-            with open(self.active / queue_id, "rb") as f:
-                return _read_entry(f, queue_id)
+            f = open(path, "rb")  # noqa: SIM115  # closed by Claim.release
         except FileNotFoundError:
-            raise
+            return None
         except OSError as e:
-            raise SpoolError(f"cannot read {queue_id}: {e}") from e
+            raise SpoolError(f"cannot open {queue_id}: {e}") from e
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise Busy(queue_id) from None
+        if not _same_file(f, path):  # moved away between our open and our lock
+            f.close()
+            return None
+        return Claim(self, queue_id, f)
 
     def size(self, queue_id: str) -> int:
         """Bytes on disk of a committed message (raises FileNotFoundError if gone)."""
@@ -236,7 +269,7 @@ class Spool:
 
     def save_state(self, queue_id: str, state: DeliveryState, *, durable: bool = False) -> None:
         """Write bookkeeping atomically (rename). Attempt counts are advisory and skip the
-        fsync; chunk progress is not (``durable``): losing it would send a chunk twice."""
+        fsync; per-recipient progress is not (``durable``): losing it would send twice."""
         final = self.state / f"{queue_id}.json"
         tmp = self.state / f".{queue_id}.tmp"
         with open(tmp, "wb") as f:
@@ -248,32 +281,149 @@ class Spool:
         if durable:
             _fsync_dir(self.state)
 
-    def remove(self, queue_id: str) -> None:
-        """Forget a delivered message. Not fsynced: a crash here re-sends, never loses."""
-        (self.active / queue_id).unlink(missing_ok=True)
-        (self.state / f"{queue_id}.json").unlink(missing_ok=True)
-
-    def fail(self, queue_id: str, record: dict[str, Any]) -> None:
-        """Keep a permanently failed message in ``failed/`` with why it failed."""
-        (self.failed / f"{queue_id}.json").write_bytes(json.dumps(record, indent=1).encode())
-        self._move(self.active / queue_id, self.failed / queue_id)
-        (self.state / f"{queue_id}.json").unlink(missing_ok=True)
-
-    def quarantine(self, queue_id: str) -> None:
-        self._move(self.active / queue_id, self.corrupt / queue_id)
-        (self.state / f"{queue_id}.json").unlink(missing_ok=True)
-
     def _move(self, src: Path, dst: Path) -> None:
         os.replace(src, dst)
         _fsync_dir(dst.parent)
 
-    def active_ids(self) -> Iterator[str]:
-        return (n for n in os.listdir(self.active) if _is_queue_id(n))
+    def active_ids(self) -> list[str]:
+        return [n for n in os.listdir(self.active) if _is_queue_id(n)]
+
+    # -- operator commands (ses-relay queue ...), safe while the relay runs
+
+    def find(self, queue_id: str) -> str | None:
+        """The folder (active, hold, failed) that holds *queue_id*, if any."""
+        if not _is_queue_id(queue_id):
+            return None
+        for folder in ("active", "hold", "failed"):
+            if (self.directory / folder / queue_id).exists():
+                return folder
+        return None
+
+    def read(self, queue_id: str, folder: str = "active") -> tuple[Envelope, bytes]:
+        try:
+            with open(self.directory / folder / queue_id, "rb") as f:
+                return _read_entry(f, queue_id)
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise SpoolError(f"cannot read {queue_id}: {e}") from e
+
+    def summary(self, queue_id: str, folder: str) -> tuple[Envelope, int]:
+        with open(self.directory / folder / queue_id, "rb") as f:
+            return _read_meta(f, queue_id)
+
+    def ids(self, folder: str) -> list[str]:
+        return sorted(n for n in os.listdir(self.directory / folder) if _is_queue_id(n))
+
+    def failure_record(self, queue_id: str) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.failed / f"{queue_id}.json").read_bytes()))
+        except (OSError, ValueError):
+            return {}
+
+    def hold(self, queue_id: str) -> None:
+        """Move an active message to hold/: it is never retried until released."""
+        with self._locked(self.active / queue_id):
+            self._move(self.active / queue_id, self.hold_dir / queue_id)
+
+    def release(self, queue_id: str) -> None:
+        self._move(self.hold_dir / queue_id, self.active / queue_id)
+
+    def requeue(self, queue_id: str) -> None:
+        """Send a failed message again, to the recipients that did not get it."""
+        record = self.failure_record(queue_id)
+        done = record.get("delivered") or {}
+        if isinstance(done, dict) and done:
+            self.save_state(queue_id, DeliveryState(done={str(k): str(v)
+                                                          for k, v in done.items()}),
+                            durable=True)
+        self._move(self.failed / queue_id, self.active / queue_id)
+        (self.failed / f"{queue_id}.json").unlink(missing_ok=True)
+
+    def delete(self, queue_id: str, folder: str) -> None:
+        path = self.directory / folder / queue_id
+        with self._locked(path):
+            path.unlink()
+        (self.state / f"{queue_id}.json").unlink(missing_ok=True)
+        if folder == "failed":
+            (self.failed / f"{queue_id}.json").unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+    def trigger(self, name: str) -> None:
+        """Ask the running relay to act (``flush``, ``retry.<ID>``); it looks every few
+        seconds. A file is the whole protocol: no socket, no PID file, no signal."""
+        (self.triggers / name).touch()
+
+    def take_triggers(self) -> list[str]:
+        names = []
+        for p in self.triggers.iterdir():
+            names.append(p.name)
+            p.unlink(missing_ok=True)
+        return names
+
+    @contextlib.contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
+        with open(path, "rb") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Busy(path.name) from None
+            yield
+
+
+class Claim:
+    """An active message locked by the worker delivering it."""
+
+    def __init__(self, spool: Spool, queue_id: str, f: BinaryIO) -> None:
+        self.spool = spool
+        self.queue_id = queue_id
+        self._file = f
+
+    def read(self) -> tuple[Envelope, bytes]:
+        try:
+            return _read_entry(self._file, self.queue_id)
+        except OSError as e:
+            raise SpoolError(f"cannot read {self.queue_id}: {e}") from e
+
+    def remove(self) -> None:
+        """Forget a delivered message. Not fsynced: a crash here re-sends, never loses."""
+        s = self.spool
+        (s.active / self.queue_id).unlink(missing_ok=True)
+        (s.state / f"{self.queue_id}.json").unlink(missing_ok=True)
+
+    def fail(self, record: dict[str, Any]) -> None:
+        """Keep a permanently failed message in ``failed/`` with why it failed."""
+        s = self.spool
+        (s.failed / f"{self.queue_id}.json").write_bytes(json.dumps(record, indent=1).encode())
+        s._move(s.active / self.queue_id, s.failed / self.queue_id)
+        (s.state / f"{self.queue_id}.json").unlink(missing_ok=True)
+
+    def quarantine(self) -> None:
+        s = self.spool
+        s._move(s.active / self.queue_id, s.corrupt / self.queue_id)
+        (s.state / f"{self.queue_id}.json").unlink(missing_ok=True)
+
+    def release(self) -> None:
+        self._file.close()  # drops the lock
+
+
+def _same_file(f: BinaryIO, path: Path) -> bool:
+    try:
+        return os.fstat(f.fileno()).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _read_entry(f: BinaryIO, queue_id: str) -> tuple[Envelope, bytes]:
     """Read trailer, then envelope, then the message: one allocation of the message's size
     (reading the whole file and slicing it would hold two copies at once)."""
+    envelope, size = _read_meta(f, queue_id)
+    f.seek(0)
+    return envelope, f.read(size)
+
+
+def _read_meta(f: BinaryIO, queue_id: str) -> tuple[Envelope, int]:
+    """The envelope and the message's size, without reading the message."""
     end = f.seek(0, os.SEEK_END)
     if end < _TRAILER_LEN:
         raise CorruptEntry(f"{queue_id}: no end-of-entry marker (incomplete write?)")
@@ -291,5 +441,4 @@ def _read_entry(f: BinaryIO, queue_id: str) -> tuple[Envelope, bytes]:
         envelope = Envelope.from_json(f.read(int(digits)))
     except ValueError as e:
         raise CorruptEntry(f"{queue_id}: bad envelope ({e})") from None
-    f.seek(0)
-    return envelope, f.read(meta_start)
+    return envelope, meta_start

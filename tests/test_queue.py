@@ -29,7 +29,7 @@ def test_a_committed_message_reads_back_exactly(tmp_path: Path) -> None:
     qid = commit(spool, data)
     assert (tmp_path / "active" / qid).exists()
     assert list((tmp_path / "tmp").iterdir()) == []
-    assert spool.load(qid) == (ENVELOPE, data)
+    assert spool.read(qid) == (ENVELOPE, data)
 
 
 def test_drafts_never_committed_are_dropped_at_start(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_incomplete_or_garbled_entries_are_detected(tmp_path: Path, damage: str)
     path.write_bytes({"truncated": blob[:-5], "garbage": b"\x00" * 40,
                       "bad_envelope": blob.replace(b'"mail_from"', b'"mail_frum"')}[damage])
     with pytest.raises(CorruptEntry):
-        spool.load(qid)
+        spool.read(qid)
 
 
 def test_queue_ids_sort_by_arrival_and_carry_their_time() -> None:

@@ -212,7 +212,8 @@ class Handler:
         record = Envelope(mail_from=envelope.mail_from,
                           rcpt_tos=self._policy.final_recipients(envelope.rcpt_tos),
                           user=user, peer=str(session.peer[0]), listener=self.listener.name,
-                          configuration_set=envelope.configuration_set, tags=envelope.tags)
+                          configuration_set=envelope.configuration_set, tags=envelope.tags,
+                          no_dsn=envelope.null_sender)
         try:
             queue_id = await self._spool.commit(draft, record)
         except SpoolError as e:

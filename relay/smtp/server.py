@@ -154,6 +154,10 @@ class RelaySMTP(SMTP):
                 await self.push(rewrite)
                 return
             arg = _NULL_SENDER.sub(f"FROM:<{rewrite}>", arg, count=1)
+            await super().smtp_MAIL(arg)
+            if self.envelope is not None and self.envelope.mail_from:
+                self.envelope.null_sender = True  # type: ignore[attr-defined]
+            return
         await super().smtp_MAIL(arg)
 
     def _create_envelope(self) -> RelayEnvelope:
@@ -284,6 +288,7 @@ class RelayEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.dropped: list[str] = []  # recipients left out by policy (suppression: drop)
+        self.null_sender = False  # MAIL FROM:<>, rewritten
         self.configuration_set: str | None = None
         self.tags: tuple[tuple[str, str], ...] = ()
 
