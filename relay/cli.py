@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime
 import getpass
+import json
 import os
 import re
 import sys
@@ -20,6 +21,7 @@ from dataclasses import replace
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -124,6 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="recipients", required=True, action="append",
                    metavar="ADDRESS")
     p.add_argument("--subject", default="ses-relay test message")
+
+    p = sub.add_parser("send", help="send an SES stored template (SESv2): to some "
+                                    "addresses, or in bulk from a CSV")
+    _add_config(p)
+    p.add_argument("--from", dest="sender", required=True, metavar="ADDRESS")
+    p.add_argument("--template", required=True, metavar="NAME")
+    p.add_argument("--configuration-set", metavar="NAME")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", action="append", metavar="ADDRESS",
+                        help="recipient (repeatable): one message to all of them")
+    target.add_argument("--bulk", metavar="FILE.csv", type=Path,
+                        help="one recipient per row, with an 'email' column; the other "
+                             "columns (or a JSON 'data' column) are the template data")
+    p.add_argument("--data", default="{}", metavar="JSON", help="template data for --to")
+    p.add_argument("--results", metavar="FILE.csv", type=Path,
+                   help="per-row results for --bulk (default: FILE.results.csv)")
 
     p = sub.add_parser("smtp-password", help="derive the SES SMTP password from an IAM "
                                              "secret access key read from stdin")
@@ -441,6 +459,75 @@ async def _send_once(cfg: config.Config, envelope: Envelope, data: bytes) -> str
         await transport.aclose()
 
 
+def cmd_send(args: argparse.Namespace) -> int:
+    from relay import bulk
+
+    cfg = _load(args)
+    log.configure("console" if sys.stderr.isatty() else "json", "warning", stream=sys.stderr)
+    try:
+        sender = normalize(args.sender)
+        rows = (bulk.read_rows(args.bulk.open(newline="", encoding="utf-8")) if args.bulk
+                else None)
+        to = [normalize(a) for a in args.to] if args.to else []
+        data = json.loads(args.data)
+        if not isinstance(data, dict):
+            raise ValueError("--data must be a JSON object")
+    except (AddressError, bulk.BulkFileError, OSError, ValueError) as e:
+        print(f"ses-relay: {getattr(e, 'reason', e)}", file=sys.stderr)
+        return EXIT_USAGE
+    suppression = SuppressionList(cfg.suppression.database)
+    try:
+        if rows is not None:
+            return asyncio.run(_send_bulk(cfg, args, sender, rows, suppression))
+        return asyncio.run(_send_template(cfg, args, sender, to, json.dumps(data),
+                                          suppression))
+    except DeliveryError as e:
+        print(f"ses-relay: send failed: {e.code}: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        suppression.close()
+
+
+async def _send_template(cfg: config.Config, args: argparse.Namespace, sender: str,
+                         to: list[str], data: str, suppression: SuppressionList) -> int:
+    from relay import bulk
+
+    allowed = []
+    for address in to:
+        entry = suppression.lookup(address)
+        if entry is not None:
+            print(f"ses-relay: skipping {address}: suppressed ({entry.reason})",
+                  file=sys.stderr)
+        else:
+            allowed.append(address)
+    if not allowed:
+        return EXIT_FAIL
+    async with bulk.TemplateSender(cfg.delivery, sender=sender, template=args.template,
+                                   configuration_set=args.configuration_set) as ses:
+        print(await ses.send_one(allowed, data))
+    return EXIT_OK
+
+
+async def _send_bulk(cfg: config.Config, args: argparse.Namespace, sender: str,
+                     rows: list[Any], suppression: SuppressionList) -> int:
+    from relay import bulk
+
+    out = args.results or args.bulk.with_suffix(".results.csv")
+    async with bulk.TemplateSender(cfg.delivery, sender=sender, template=args.template,
+                                   configuration_set=args.configuration_set) as ses:
+        with tqdm(total=len(rows), unit="row", file=sys.stderr, desc="sending",
+                  disable=None) as bar:
+            results = await bulk.send_bulk(ses, rows, suppression, progress=bar.update)
+    with out.open("w", newline="", encoding="utf-8") as f:
+        bulk.write_results(f, results)
+    counts = {s: sum(r.status == s for r in results) for s in ("sent", "suppressed", "failed")}
+    print(f"{counts['sent']} sent, {counts['suppressed']} suppressed, {counts['failed']} "
+          f"failed; results in {out}")
+    return EXIT_OK if not counts["failed"] else EXIT_FAIL
+
+
 def cmd_smtp_password(args: argparse.Namespace) -> int:
     from relay.sescreds import smtp_password
 
@@ -479,5 +566,6 @@ _COMMANDS = {
     "queue": cmd_queue,
     "send-test": cmd_send_test,
     "smtp-password": cmd_smtp_password,
+    "send": cmd_send,
     "dev-init": cmd_dev_init,
 }

@@ -28,6 +28,8 @@ class FakeSES:
         # Optional rule: the failure for call number N (1-based), or None to accept it.
         self.rule: Callable[[int], Failure | None] | None = None
         self.accepted: list[dict[str, Any]] = []
+        self.templated: list[dict[str, Any]] = []  # template sends, single and bulk
+        self.reject_in_bulk: set[str] = set()
         self.calls = 0
         self._lock = threading.Lock()
         fake = self
@@ -55,6 +57,24 @@ class FakeSES:
         self.server.shutdown()
         self.server.server_close()
 
+    def _bulk(self, request: dict[str, Any]) -> bytes:
+        results = []
+        for entry in request["BulkEmailEntries"]:
+            to = entry["Destination"]["ToAddresses"]
+            data = entry["ReplacementEmailContent"]["ReplacementTemplate"][
+                "ReplacementTemplateData"]
+            if any(a in self.reject_in_bulk for a in to):
+                results.append({"Status": "MESSAGE_REJECTED", "Error": "Address rejected"})
+                continue
+            message_id = f"fake-{uuid.uuid4()}"
+            with self._lock:
+                self.templated.append({"id": message_id, "from": request["FromEmailAddress"],
+                                       "to": to, "TemplateName": request["DefaultContent"][
+                                           "Template"]["TemplateName"],
+                                       "TemplateData": data, "bulk": True})
+            results.append({"Status": "SUCCESS", "MessageId": message_id})
+        return json.dumps({"BulkEmailEntryResults": results}).encode()
+
     def fail_next(self, *failures: Failure) -> None:
         with self._lock:
             self.script.extend(failures)
@@ -69,6 +89,18 @@ class FakeSES:
             payload = json.dumps({"message": failure.message}).encode()
             req.send_response(failure.status)
             req.send_header("x-amzn-ErrorType", failure.code)
+        elif req.path.endswith("/outbound-bulk-emails"):
+            payload = self._bulk(json.loads(body))
+            req.send_response(200)
+        elif "Template" in json.loads(body).get("Content", {}):
+            request = json.loads(body)
+            message_id = f"fake-{uuid.uuid4()}"
+            with self._lock:
+                self.templated.append({"id": message_id, "from": request["FromEmailAddress"],
+                                       "to": request["Destination"]["ToAddresses"],
+                                       **request["Content"]["Template"]})
+            payload = json.dumps({"MessageId": message_id}).encode()
+            req.send_response(200)
         else:
             request = json.loads(body)
             raw = base64.b64decode(request["Content"]["Raw"]["Data"])
