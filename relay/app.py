@@ -62,7 +62,7 @@ class Relay:
                                    max_send_rate=cfg.delivery.max_send_rate,
                                    on_failed=self._notify_sender)
         self.scheduler.load_backlog(backlog)
-        self.scheduler.start()
+        await self.scheduler.start()
         tls = (server_tls_context(str(cfg.tls.cert), str(cfg.tls.key))
                if cfg.tls.cert and cfg.tls.key else None)
         for listener in cfg.listeners:

@@ -124,7 +124,11 @@ class Scheduler:
 
     # -- running
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        # Know the account's rate before the first send, or the backlog of a restart would
+        # go out unthrottled and meet SES's throttling first.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._refresh_quota(), 10)
         self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
         self._tasks.append(asyncio.create_task(self._watch_quota(), name="quota"))
         self._tasks.append(asyncio.create_task(self._watch_queue(), name="queue-watch"))
@@ -330,28 +334,32 @@ class Scheduler:
     # -- the account's quota
 
     async def _watch_quota(self) -> None:
-        """Follow SES's MaxSendRate (unless configured), and stop short of the daily quota."""
         while True:
-            try:
-                quota = await self._transport.quota()
-            except Exception as e:  # a quota we cannot read must not stop delivery
-                _log.warning("quota_unavailable", error=repr(e))
-                quota = None
-            if quota is not None:
-                if self._configured_rate is None:
-                    self._limiter.set_rate(quota.max_send_rate)
-                left = quota.max_24_hour_send - quota.sent_last_24_hours
-                if quota.max_24_hour_send > 0 and left <= 0:
-                    _log.warning("daily_quota_reached", max_24_hour_send=quota.max_24_hour_send,
-                                 sent_last_24_hours=quota.sent_last_24_hours,
-                                 hint="mail stays queued until SES's 24-hour window frees up; "
-                                      "ask AWS for a higher sending quota")
-                    self._limiter.pause(_DAILY_QUOTA_PAUSE)
-                _log.info("quota", max_send_rate=quota.max_send_rate,
-                          max_24_hour_send=quota.max_24_hour_send,
-                          sent_last_24_hours=quota.sent_last_24_hours,
-                          rate_in_force=self._limiter.rate)
             await asyncio.sleep(_QUOTA_REFRESH)
+            await self._refresh_quota()
+
+    async def _refresh_quota(self) -> None:
+        """Follow SES's MaxSendRate (unless configured), and stop short of the daily quota."""
+        try:
+            quota = await self._transport.quota()
+        except Exception as e:  # a quota we cannot read must not stop delivery
+            _log.warning("quota_unavailable", error=str(e),
+                         hint="set delivery.max_send_rate, or allow ses:GetAccount "
+                              "(SESv2) / ses:GetSendQuota (SESv1)")
+            return
+        if quota is None:
+            return
+        if self._configured_rate is None:
+            self._limiter.set_rate(quota.max_send_rate)
+        if quota.max_24_hour_send > 0 and quota.sent_last_24_hours >= quota.max_24_hour_send:
+            _log.warning("daily_quota_reached", max_24_hour_send=quota.max_24_hour_send,
+                         sent_last_24_hours=quota.sent_last_24_hours,
+                         hint="mail stays queued until SES's 24-hour window frees up; "
+                              "ask AWS for a higher sending quota")
+            self._limiter.pause(_DAILY_QUOTA_PAUSE)
+        _log.info("quota", max_send_rate=quota.max_send_rate,
+                  max_24_hour_send=quota.max_24_hour_send,
+                  sent_last_24_hours=quota.sent_last_24_hours, rate_in_force=self._limiter.rate)
 
 
 _DAILY_QUOTA_PAUSE = 900.0

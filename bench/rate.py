@@ -1,0 +1,116 @@
+"""Keeping to the account's send rate: utilisation and throttling against a rate-limited SES.
+
+Starts bench/fake_ses.py enforcing RATE recipients/s (and reporting it as MaxSendRate in
+GetAccount), fills the queue of one or more relay processes with messages, starts them,
+and waits until every recipient has been accepted. Reports the sustained rate as a share
+of the limit, and the share of calls that were throttled.
+
+    .venv/bin/python bench/rate.py [--rate 100] [--messages 300] [--rcpts 5] [--relays 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from relay.spool import Envelope, Spool  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prefill(queue: Path, messages: int, rcpts: int) -> None:
+    import asyncio
+
+    spool = Spool(queue)
+    spool.open()
+    body = b"Subject: rate\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n\r\n" + b"x" * 2000
+
+    async def fill() -> None:
+        for i in range(messages):
+            draft = spool.draft()
+            draft.write(body)
+            await spool.commit(draft, Envelope("bench@example.com", tuple(
+                f"r{i}-{j}@example.net" for j in range(rcpts))))
+
+    asyncio.run(fill())
+
+
+def stats(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/stats", timeout=5) as r:
+        return dict(json.load(r))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=float, default=100)
+    ap.add_argument("--messages", type=int, default=300, help="per relay")
+    ap.add_argument("--rcpts", type=int, default=5)
+    ap.add_argument("--relays", type=int, default=1)
+    args = ap.parse_args()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    fake = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fake_ses.py"),
+                             "--port", str(port), "--rate", str(args.rate)])
+    relays: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    try:
+        time.sleep(0.5)
+        with tempfile.TemporaryDirectory() as d:
+            for n in range(args.relays):
+                home = Path(d) / f"relay{n}"
+                home.mkdir()
+                prefill(home / "queue", args.messages, args.rcpts)
+                (home / "c.yaml").write_text(yaml.safe_dump({
+                    "hostname": "bench.test",
+                    "listeners": [{"name": "l", "address": "127.0.0.1", "port": free_port(),
+                                   "tls": "none", "auth": "none",
+                                   "trusted_networks": ["127.0.0.0/8"]}],
+                    "queue": {"directory": str(home / "queue")},
+                    "suppression": {"database": str(home / "s.sqlite3")},
+                    "delivery": {"transport": "sesv2", "region": "us-east-1",
+                                 "endpoint_url": url},
+                    "log": {"format": "json", "level": "warning"}}))
+                relays.append(subprocess.Popen(
+                    [BIN / "ses-relay", "serve", "--config", str(home / "c.yaml")], env=env,
+                    stdout=subprocess.DEVNULL))
+            want = args.relays * args.messages * args.rcpts
+            started = time.monotonic()
+            while stats(url)["accepted_rcpts"] < want and time.monotonic() - started < 600:
+                time.sleep(0.5)
+            s = stats(url)
+    finally:
+        for p in relays:
+            p.terminate()
+            p.wait(30)
+        fake.terminate()
+        fake.wait(10)
+    sustained = s["accepted_rcpts"] / s["span"] if s["span"] else 0.0
+    print(f"relays={args.relays} limit={args.rate:.0f}/s recipients={int(s['accepted_rcpts'])}"
+          f"/{want} sustained={sustained:.1f}/s utilisation={sustained / args.rate:.1%} "
+          f"calls={int(s['calls'])} throttled={int(s['throttled'])} "
+          f"({s['throttled'] / max(1, s['calls']):.2%})")
+
+
+if __name__ == "__main__":
+    main()
