@@ -7,14 +7,17 @@ stored), signals, and shutdown order (listeners first, then delivery, then the t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-from dataclasses import dataclass, field
+import ssl
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from relay import dsn, log, maillog, memory, users
+from relay import config as config_mod
+from relay import dsn, log, maillog, memory, systemd, users
 from relay.config import Config
 from relay.delivery import Scheduler
+from relay.errors import ConfigError, UsersFileError
+from relay.limits import AuthGuard, Connections
 from relay.policy import Policy
 from relay.smtp import listeners
 from relay.smtp.handler import Handler
@@ -35,6 +38,16 @@ class Relay:
     servers: list[asyncio.Server] = field(default_factory=list)
     suppression: SuppressionList | None = None
     _users: users.UserDB | None = None
+    connections: Connections = field(init=False)
+    auth_guard: AuthGuard = field(init=False)
+    policy: Policy | None = None
+    handlers: list[Handler] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None
+
+    def __post_init__(self) -> None:
+        limits = self.config.limits
+        self.connections = Connections(limits.max_connections, limits.max_connections_per_ip)
+        self.auth_guard = AuthGuard(limits.max_auth_failures, limits.auth_lockout)
 
     @property
     def message_size_limit(self) -> int:
@@ -52,7 +65,7 @@ class Relay:
         cfg = self.config
         self._users = users.load(cfg.users_file)
         self.suppression = await asyncio.to_thread(SuppressionList, cfg.suppression.database)
-        policy = Policy(cfg, self.suppression)
+        self.policy = policy = Policy(cfg, self.suppression)
         self.spool = Spool(cfg.queue.directory)
         backlog = await asyncio.to_thread(self.spool.open)
         self.transport = build(cfg.delivery)
@@ -63,16 +76,17 @@ class Relay:
                                    on_failed=self._notify_sender)
         self.scheduler.load_backlog(backlog)
         await self.scheduler.start()
-        tls = (server_tls_context(str(cfg.tls.cert), str(cfg.tls.key))
-               if cfg.tls.cert and cfg.tls.key else None)
+        self.tls = tls = (server_tls_context(str(cfg.tls.cert), str(cfg.tls.key))
+                          if cfg.tls.cert and cfg.tls.key else None)
         for listener in cfg.listeners:
             handler = Handler(listener=listener, users=self._current_users, spool=self.spool,
                               policy=policy, limits=cfg.limits, hostname=cfg.hostname,
-                              on_queued=self.scheduler.enqueue)
+                              on_queued=self.scheduler.enqueue,
+                              connections=self.connections, auth_guard=self.auth_guard)
+            self.handlers.append(handler)
             server = await listeners.start(
                 listener, handler, hostname=cfg.hostname, tls=tls,
-                data_size_limit=self.message_size_limit,
-                idle_timeout=cfg.limits.idle_timeout)
+                data_size_limit=self.message_size_limit, limits=cfg.limits)
             self.servers.append(server)
         _log.info("started", listeners=self.bound_ports(), transport=self.transport.name,
                   queued=len(backlog), users=len(list(self._users)),
@@ -101,12 +115,50 @@ class Relay:
         assert self._users is not None
         return self._users
 
+    async def reload(self) -> bool:
+        """SIGHUP: new configuration, users, TLS certificates and policy, without dropping a
+        session. An invalid new configuration is refused and the running one stays.
+
+        Listeners, the queue, the transport and the suppression database are bound at
+        start; a change to them is logged as needing a restart.
+        """
+        old = self.config
+        try:
+            assert old.source is not None
+            new = await asyncio.to_thread(config_mod.load, old.source)
+            new_users = await asyncio.to_thread(users.load, new.users_file)
+            if self.tls is not None and new.tls.cert and new.tls.key:
+                # In place: listeners keep this context object, new handshakes use the
+                # new certificate, sessions already up are not touched.
+                await asyncio.to_thread(self.tls.load_cert_chain, str(new.tls.cert),
+                                        str(new.tls.key))
+        except (ConfigError, UsersFileError, OSError, ssl.SSLError) as e:
+            problems = e.problems if isinstance(e, ConfigError) else [str(e)]
+            _log.error("reload_refused", problems=problems,
+                       hint="the running configuration stays; fix the file and reload again")
+            return False
+        restart = [k for k in ("listeners", "queue", "delivery", "suppression")
+                   if getattr(new, k) != getattr(old, k)]
+        self.config = replace(new, listeners=old.listeners, queue=old.queue,
+                              delivery=old.delivery, suppression=old.suppression)
+        self._users = new_users
+        assert self.policy is not None
+        self.policy.reconfigure(self.config)
+        for handler in self.handlers:
+            handler.reconfigure(self.config.limits, self.config.hostname)
+        log.configure(new.log.format, new.log.level)
+        _log.info("reloaded", users=len(list(new_users)),
+                  **({"restart_needed_for": restart} if restart else {}))
+        return True
+
     async def stop(self) -> None:
+        """Stop accepting, let sessions finish (up to limits.shutdown_grace), then stop
+        delivery cleanly. Whatever is cut short got no 250 and stays the client's."""
         for server in self.servers:
             server.close()
-        for server in self.servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 5)
+        grace = self.config.limits.shutdown_grace
+        if not await self.connections.wait_idle(grace):
+            _log.warning("shutdown_grace_over", sessions=self.connections.count)
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self.transport is not None:
@@ -119,14 +171,41 @@ class Relay:
 async def serve(config: Config) -> int:
     """Run until SIGTERM or SIGINT; return the process exit code."""
     memory.fix_mmap_threshold()
+    notifier = systemd.Notifier()
     relay = Relay(config)
     await relay.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.create_task(_reload(relay, notifier))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if notifier.watchdog_interval:
+        tasks.add(asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval)))
+    notifier.ready(f"accepting mail on {len(relay.servers)} listeners")
     try:
         await stop.wait()
     finally:
+        notifier.stopping()
+        for task in tasks:
+            task.cancel()
         await relay.stop()
     return 0
+
+
+async def _reload(relay: Relay, notifier: systemd.Notifier) -> None:
+    notifier.reloading()
+    await relay.reload()
+    notifier.ready("reloaded")
+
+
+async def _watchdog(notifier: systemd.Notifier, interval: float) -> None:
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval)

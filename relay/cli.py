@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p = sub.add_parser("check-config", help="validate the configuration; exit 2 if invalid")
     _add_config(p)
+    p = sub.add_parser("doctor", help="check configuration, TLS, ports, queue and the SES "
+                                      "account; exit 1 if something would stop mail")
+    _add_config(p)
 
     p = sub.add_parser("user", help="manage SMTP users")
     usub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
@@ -198,6 +201,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{path}: ok ({len(cfg.listeners)} listeners, transport {cfg.delivery.transport}, "
           f"{len(list(db))} users)")
     return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from relay import doctor
+
+    cfg = _load(args)  # an invalid config exits 2 through main()'s ConfigError handler
+    log.configure("console" if sys.stderr.isatty() else "json", "warning", stream=sys.stderr)
+    return asyncio.run(doctor.run(cfg, sys.stdout))
 
 
 def cmd_user(args: argparse.Namespace) -> int:
@@ -561,6 +572,7 @@ def cmd_dev_init(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "serve": cmd_serve,
     "check-config": cmd_check_config,
+    "doctor": cmd_doctor,
     "user": cmd_user,
     "suppress": cmd_suppress,
     "queue": cmd_queue,

@@ -43,6 +43,8 @@ class Listener:
     tls: TlsMode = "starttls"
     auth: AuthMode = "required"
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Expect a PROXY protocol (v1 or v2) header from a load balancer before SMTP starts.
+    proxy_protocol: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,18 @@ class Limits:
     line_endings: LineEndings = "strict"
     # The header section is held in memory while it is checked and rewritten.
     max_header_size: int = 256 * 1024
+    # Connections in all, and from one client address (Postfix's default is 50).
+    max_connections: int = 500
+    max_connections_per_ip: int = 50
+    # AUTH failures from one address within auth_lockout before it gets 421 (a user name:
+    # four times as many); each failure is answered a little later than the last.
+    max_auth_failures: int = 5
+    auth_lockout: float = 900.0
+    # DATA must finish within data_timeout plus one second per min_data_rate bytes.
+    data_timeout: float = 300.0
+    min_data_rate: int = 1024
+    # On SIGTERM, sessions under way get this long to finish.
+    shutdown_grace: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -405,7 +419,7 @@ class _Reader:
 
     def listener(self, raw: object, path: str, default_name: str) -> Listener | None:
         d = self.section(raw, path, {"name", "address", "port", "tls", "auth",
-                                     "trusted_networks"})
+                                     "trusted_networks", "proxy_protocol"})
         if d is None:
             return None
         for key in ("address", "port"):
@@ -427,6 +441,7 @@ class _Reader:
             tls=tls,  # type: ignore[arg-type]  # checked by choice()
             auth=auth,  # type: ignore[arg-type]
             trusted_networks=networks,
+            proxy_protocol=self.get(d, "proxy_protocol", path, self.boolean, False),
         )
 
     def networks(self, raw: object, path: str
@@ -569,7 +584,10 @@ class _Reader:
 
     def limits(self, raw: object) -> Limits:
         d = self.section(raw, "limits", {"max_message_size", "idle_timeout", "max_recipients",
-                                         "line_endings", "max_header_size"})
+                                         "line_endings", "max_header_size", "max_connections",
+                                         "max_connections_per_ip", "max_auth_failures",
+                                         "auth_lockout", "data_timeout", "min_data_rate",
+                                         "shutdown_grace"})
         if d is None:
             return Limits()
         return Limits(
@@ -583,6 +601,20 @@ class _Reader:
                                                     self.choice(LINE_ENDINGS), "strict")),
             max_header_size=self.get(d, "max_header_size", "limits", self.size,
                                      Limits.max_header_size),
+            max_connections=self.get(d, "max_connections", "limits", self.positive_int,
+                                     Limits.max_connections),
+            max_connections_per_ip=self.get(d, "max_connections_per_ip", "limits",
+                                            self.positive_int, Limits.max_connections_per_ip),
+            max_auth_failures=self.get(d, "max_auth_failures", "limits", self.positive_int,
+                                       Limits.max_auth_failures),
+            auth_lockout=self.get(d, "auth_lockout", "limits", self.duration,
+                                  Limits.auth_lockout),
+            data_timeout=self.get(d, "data_timeout", "limits", self.duration,
+                                  Limits.data_timeout),
+            min_data_rate=self.get(d, "min_data_rate", "limits", self.size,
+                                   Limits.min_data_rate),
+            shutdown_grace=self.get(d, "shutdown_grace", "limits", self.duration,
+                                    Limits.shutdown_grace),
         )
 
     def policy(self, raw: object) -> PolicyConfig:

@@ -21,8 +21,8 @@ def _peer(peer: Any) -> str:
     return str(peer)
 
 
-def connected(peer: Any, listener: str, tls: bool) -> None:
-    _log.info("connect", peer=_peer(peer), listener=listener, tls=tls)
+def connected(peer: Any, listener: str) -> None:
+    _log.debug("connect", peer=_peer(peer), listener=listener)
 
 
 def auth(peer: Any, user: str, ok: bool, mechanism: str) -> None:
@@ -31,6 +31,11 @@ def auth(peer: Any, user: str, ok: bool, mechanism: str) -> None:
     else:
         # fail2ban matches on this line: keep "auth_failed" and "peer=<ip>:port" stable.
         _log.warning("auth_failed", peer=_peer(peer), user=user, mechanism=mechanism)
+
+
+def auth_locked(peer: Any, user: str) -> None:
+    # fail2ban matches on this line too: keep "auth_locked" and "peer=<ip>:port" stable.
+    _log.warning("auth_locked", peer=_peer(peer), user=user)
 
 
 def rejected(peer: Any, step: str, reply: str, reason: str, **kw: Any) -> None:

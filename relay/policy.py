@@ -40,9 +40,12 @@ ACCEPT = Verdict()
 
 class Policy:
     def __init__(self, config: Config, suppression: SuppressionList | None) -> None:
+        self._suppression = suppression
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
         self._limits = config.limits
         self._policy = config.policy
-        self._suppression = suppression
         self._drop = config.suppression.action == "drop"
         self._allowed_rcpts = frozenset(config.policy.allowed_recipients)
 

@@ -19,6 +19,7 @@ from relay import log, maillog
 from relay.addresses import AddressError, normalize
 from relay.config import Limits, Listener
 from relay.errors import SpoolError
+from relay.limits import LOCKED_OUT, AuthGuard, Connections
 from relay.message import HeaderError, rewrite
 from relay.policy import NULL_SENDER_REFUSED, Policy
 from relay.smtp import replies
@@ -29,18 +30,30 @@ from relay.users import User, UserDB
 _log = log.get("smtp")
 
 
+def _ip(peer: Any) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
 class Handler:
     """Shared by every session of one listener."""
 
     def __init__(self, *, listener: Listener, users: Callable[[], UserDB], spool: Spool,
                  policy: Policy, limits: Limits, hostname: str,
-                 on_queued: Callable[[str], None]) -> None:
+                 on_queued: Callable[[str], None], connections: Connections,
+                 auth_guard: AuthGuard) -> None:
         self.listener = listener
+        self._connections = connections
+        self._guard = auth_guard
         self._users = users
         self._spool = spool
         self._policy = policy
         self._hostname = hostname
         self._on_queued = on_queued
+        self.reconfigure(limits, hostname)
+
+    def reconfigure(self, limits: Limits, hostname: str) -> None:
+        """New limits for sessions from now on (SIGHUP)."""
+        self._hostname = hostname
         self.normalize_line_endings = limits.line_endings == "normalize"
         self.max_header_size = limits.max_header_size
 
@@ -48,6 +61,39 @@ class Handler:
         if not session.authenticated:
             return None
         return self._users().get(session.auth_data)
+
+    # -- connections
+
+    def connection_opened(self, session: Any) -> str | None:
+        """Count the connection; the reply refusing it, when it is one too many."""
+        ip = _ip(session.peer)
+        session.client_ip = ip
+        reply = self._connections.opened(ip)
+        if reply is None and self._guard.locked(ip):
+            reply = LOCKED_OUT
+        if reply is not None:
+            maillog.rejected(session.peer, "CONNECT", reply, "limit")
+        else:
+            maillog.connected(session.peer, self.listener.name)
+        return reply
+
+    def connection_closed(self, session: Any) -> None:
+        self._connections.closed(session.client_ip)
+
+    async def handle_PROXY(self, server: RelaySMTP, session: Any, envelope: Any,
+                           proxy_data: Any) -> bool:
+        """Behind a load balancer the client is the one the PROXY header names."""
+        src = getattr(proxy_data, "src_addr", None)
+        if not proxy_data or not proxy_data.valid or src is None:
+            return False
+        ip = str(src)
+        reply = self._connections.moved(session.client_ip, ip)
+        session.client_ip = ip
+        if reply is not None or self._guard.locked(ip):
+            maillog.rejected((ip, getattr(proxy_data, "src_port", 0)), "CONNECT",
+                             reply or LOCKED_OUT, "limit")
+            return False
+        return True
 
     # -- errors
 
@@ -93,14 +139,29 @@ class Handler:
             name = login.decode("utf-8")
         except UnicodeDecodeError:
             name = ""
+        session = server.session
+        assert session is not None
+        ip = server.client_ip
+        if self._guard.locked(ip, name):
+            return await self._lock_out(server, name)
         db = self._users()
         # scrypt takes tens of milliseconds: run it in a thread so other sessions keep going.
         ok = bool(name) and await asyncio.to_thread(db.authenticate, name, password)
+        maillog.auth(session.peer, name, ok, mechanism)
+        if ok:
+            return AuthResult(success=True, auth_data=name)
+        failures = self._guard.failed(ip, name)
+        await asyncio.sleep(self._guard.delay(failures))  # slows guessing down
+        if self._guard.locked(ip, name):
+            return await self._lock_out(server, name)
+        return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
+
+    async def _lock_out(self, server: RelaySMTP, name: str) -> AuthResult:
         assert server.session is not None
-        maillog.auth(server.session.peer, name, ok, mechanism)
-        if not ok:
-            return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
-        return AuthResult(success=True, auth_data=name)
+        maillog.auth_locked(server.session.peer, name)
+        await server.push(LOCKED_OUT)
+        server._close()
+        return AuthResult(success=False, handled=True)
 
     # -- envelope
 
@@ -111,8 +172,8 @@ class Handler:
             return False
         # Unauthenticated submission only from trusted networks: never an open relay.
         try:
-            ip = ipaddress.ip_address(session.peer[0])
-        except (TypeError, ValueError, IndexError):
+            ip = ipaddress.ip_address(session.client_ip)
+        except (TypeError, ValueError, AttributeError):
             return False
         return any(ip in net for net in self.listener.trusted_networks)
 

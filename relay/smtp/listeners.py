@@ -6,14 +6,18 @@ import asyncio
 import ssl
 import warnings
 
-from relay.config import Listener
+from relay.config import Limits, Listener
 from relay.smtp.handler import Handler
 from relay.smtp.server import RelaySMTP
+
+# Postfix's smtpd_junk_command_limit is 100; a session needs few EHLOs, AUTHs, STARTTLSs.
+COMMAND_LIMITS = {"NOOP": 100, "RSET": 100, "VRFY": 100, "HELP": 100, "EXPN": 10,
+                  "EHLO": 10, "HELO": 10, "STARTTLS": 2, "AUTH": 10, "*": 1_000_000}
 
 
 async def start(listener: Listener, handler: Handler, *, hostname: str,
                 tls: ssl.SSLContext | None, data_size_limit: int,
-                idle_timeout: float) -> asyncio.Server:
+                limits: Limits) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     implicit = listener.tls == "implicit"
 
@@ -22,15 +26,14 @@ async def start(listener: Listener, handler: Handler, *, hostname: str,
             # aiosmtpd warns that AUTH is allowed without TLS; on implicit TLS it cannot see
             # that TLS is on, which is the very reason auth_require_tls is off there.
             warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
-            return _session(handler, hostname, tls, data_size_limit, idle_timeout, listener,
-                            loop)
+            return _session(handler, hostname, tls, data_size_limit, limits, listener, loop)
 
     return await loop.create_server(factory, host=listener.address, port=listener.port,
                                     ssl=tls if implicit else None, reuse_address=True)
 
 
 def _session(handler: Handler, hostname: str, tls: ssl.SSLContext | None,
-             data_size_limit: int, idle_timeout: float, listener: Listener,
+             data_size_limit: int, limits: Limits, listener: Listener,
              loop: asyncio.AbstractEventLoop) -> RelaySMTP:
     implicit = listener.tls == "implicit"
     starttls = listener.tls == "starttls"
@@ -47,7 +50,11 @@ def _session(handler: Handler, hostname: str, tls: ssl.SSLContext | None,
         enable_SMTPUTF8=True,
         tls_context=tls if starttls else None,
         require_starttls=False,  # enforced by RelaySMTP, see its docstring
-        timeout=idle_timeout,
+        timeout=limits.idle_timeout,
+        data_timeout=limits.data_timeout,
+        min_data_rate=limits.min_data_rate,
+        command_call_limit=COMMAND_LIMITS,
+        proxy_protocol_timeout=10 if listener.proxy_protocol else None,
         auth_required=listener.auth == "required",
         # On implicit TLS aiosmtpd cannot see the TLS layer and would refuse AUTH
         # with 538; TLS is always on there. On STARTTLS, AUTH waits for TLS.

@@ -21,7 +21,7 @@ import ssl
 from enum import Enum
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay.message import is_header_line
 from relay.smtp import replies
@@ -46,12 +46,51 @@ class RelaySMTP(SMTP):
     """One SMTP session. Decisions are the handler's; this class only speaks the protocol."""
 
     def __init__(self, handler: Any, *, starttls_required: bool, implicit_tls: bool,
+                 data_timeout: float = 300.0, min_data_rate: int = 1024,
                  **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._starttls_required = starttls_required
         self._implicit_tls = implicit_tls
+        self._data_timeout = data_timeout
+        self._min_data_rate = min_data_rate
         self._greeted = False
         self._in_ehlo = False
+        self._counted = False
+        self._refusal: str | None = None
+
+    def _create_session(self) -> RelaySession:
+        return RelaySession(self.loop)
+
+    @property
+    def client_ip(self) -> str:
+        # Also read by aiosmtpd's constructor (inspect.getmembers), before any session.
+        return self.session.client_ip if isinstance(self.session, RelaySession) else ""
+
+    # -- connection accounting (limits per client and in all)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        previous = self.session
+        super().connection_made(transport)
+        if isinstance(previous, RelaySession) and isinstance(self.session, RelaySession):
+            # STARTTLS starts a new session (RFC 3207) for the same client.
+            self.session.client_ip = previous.client_ip
+        if not self._counted:  # not again after STARTTLS
+            self._counted = True
+            self._refusal = self.event_handler.connection_opened(self.session)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.event_handler.connection_closed(self.session)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self._refusal is not None:
+            self._greeted = True  # the refusal takes the greeting's place
+            await self.push(self._refusal)
+            self._close()
+            return
+        await super()._handle_client()
 
     # -- TLS state
 
@@ -186,8 +225,8 @@ class RelaySMTP(SMTP):
         try:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
             outcome = await self._receive_data(draft, envelope)
-            if outcome is _BARE_LF:
-                await self.push(replies.BARE_LF)
+            if outcome is _BARE_LF or outcome is _TOO_SLOW:
+                await self.push(replies.BARE_LF if outcome is _BARE_LF else replies.TOO_SLOW)
                 self._close()
                 return
             assert not isinstance(outcome, _Marker)
@@ -216,7 +255,12 @@ class RelaySMTP(SMTP):
         header_size = 0
         tail_of_long_line = False
         reader = self._reader
+        clock = self.loop.time
+        started = clock()
+        received = kept_alive = 0
         while True:
+            if clock() - started > self._data_timeout + received / self._min_data_rate:
+                return _TOO_SLOW  # a trickle that would hold a session and a draft forever
             try:
                 line: bytes = await reader.readuntil(b"\n")
             except asyncio.LimitOverrunError as e:
@@ -224,6 +268,12 @@ class RelaySMTP(SMTP):
                 problem = problem or DataProblem.LINE_TOO_LONG
                 tail_of_long_line = True
                 continue
+            received += len(line)
+            if received - kept_alive > 65536:
+                # aiosmtpd's idle timer only restarts on commands: restart it while data
+                # flows, so that only silence (or the deadline above) ends a long upload.
+                kept_alive = received
+                self._reset_timeout()
             if tail_of_long_line:
                 tail_of_long_line = False
                 continue
@@ -282,6 +332,14 @@ class RelaySMTP(SMTP):
         return None
 
 
+class RelaySession(Session):
+    """aiosmtpd's session, plus the client's address (from PROXY when behind a balancer)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.client_ip = ""
+
+
 class RelayEnvelope(Envelope):
     """aiosmtpd's envelope, plus what the relay learns on the way."""
 
@@ -298,6 +356,7 @@ class _Marker:
 
 
 _BARE_LF = _Marker()
+_TOO_SLOW = _Marker()
 
 
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
