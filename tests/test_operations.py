@@ -1,0 +1,194 @@
+"""Operating the relay process: reload, shutdown, systemd notifications, abuse limits."""
+
+from __future__ import annotations
+
+import base64
+import signal
+import smtplib
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+import trustme
+from clients import Dialog, implicit, starttls
+from conftest import PASSWORD, SENDER, USER, Setup, wait_until
+from test_cli import run
+
+MESSAGE = (b"From: sender@example.com\r\nSubject: ops\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000"
+           b"\r\nMessage-ID: <ops@example.com>\r\n\r\nbody\r\n")
+
+
+def creds(user: str = USER, password: str = PASSWORD) -> str:
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def logged_in(setup: Setup) -> Dialog:
+    d = Dialog(setup.implicit_port, setup.certs.ca, implicit_tls=True)
+    d.cmd("EHLO client.test")
+    assert d.cmd(f"AUTH PLAIN {creds()}").startswith(b"235")
+    return d
+
+
+def test_sighup_reloads_users_without_dropping_a_session(setup: Setup, tmp_path: Path,
+                                                         start_process) -> None:
+    users_file = tmp_path / "users.yaml"
+    users_file.write_bytes(Path(setup.doc["users_file"]).read_bytes())
+    setup.doc["users_file"] = str(users_file)
+    setup.write()
+    relay = start_process(setup)
+    with logged_in(setup) as d:
+        assert d.cmd(f"MAIL FROM:<{SENDER}>").startswith(b"250")
+        assert d.cmd("RCPT TO:<a@example.net>").startswith(b"250")
+        assert run("user", "add", "newcomer", "--config", str(setup.path),
+                   stdin="newcomer-password\n").returncode == 0
+        relay.proc.send_signal(signal.SIGHUP)
+        relay.wait_event("reloaded", users=2)
+        assert d.cmd("DATA").startswith(b"354")
+        assert d.cmd(MESSAGE + b".").startswith(b"250 2.0.0 Ok: queued as")
+    with implicit(setup.implicit_port, setup.certs.ca, "newcomer", "newcomer-password") as s:
+        assert s.noop()[0] == 250
+
+
+def test_an_invalid_config_on_reload_is_refused_and_the_old_one_stays(
+        setup: Setup, start_process) -> None:
+    relay = start_process(setup)
+    good = setup.path.read_text()
+    setup.path.write_text("hostname: [broken\n")
+    relay.proc.send_signal(signal.SIGHUP)
+    refused = relay.wait_event("reload_refused")
+    assert "not valid YAML" in refused["problems"][0]
+    setup.path.write_text(good)
+    with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
+        assert s.sendmail(SENDER, ["a@example.net"], MESSAGE) == {}
+    assert relay.proc.poll() is None
+
+
+def test_sighup_picks_up_a_renewed_certificate(setup: Setup, tmp_path: Path,
+                                               start_process) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(setup.certs.cert.read_bytes())
+    key.write_bytes(setup.certs.key.read_bytes())
+    setup.doc["tls"] = {"cert": str(cert), "key": str(key)}
+    setup.write()
+    relay = start_process(setup)
+    renewed_ca = trustme.CA()
+    issued = renewed_ca.issue_cert("localhost", "127.0.0.1")
+    issued.private_key_pem.write_to_path(str(key))
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    relay.proc.send_signal(signal.SIGHUP)
+    relay.wait_event("reloaded")
+    ctx = ssl.create_default_context()
+    renewed_ca.configure_trust(ctx)
+    with socket.create_connection(("127.0.0.1", setup.implicit_port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        assert tls.recv(100).startswith(b"220 ")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        implicit(setup.implicit_port, setup.certs.ca)  # the old CA no longer matches
+
+
+def test_sigterm_lets_an_upload_finish_then_exits_0(setup: Setup, start_process) -> None:
+    relay = start_process(setup)
+    with logged_in(setup) as d:
+        d.cmd(f"MAIL FROM:<{SENDER}>")
+        d.cmd("RCPT TO:<a@example.net>")
+        assert d.cmd("DATA").startswith(b"354")
+        d.send(MESSAGE[:40])
+        relay.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(ConnectionRefusedError):  # no new sessions while stopping
+            socket.create_connection(("127.0.0.1", setup.implicit_port), timeout=5)
+        d.send(MESSAGE[40:])
+        assert d.cmd(b".").startswith(b"250 2.0.0 Ok: queued as")
+    assert relay.proc.wait(30) == 0
+    assert len(list((setup.queue_dir / "active").iterdir())) + \
+        len(list(setup.outbox_dir.glob("*.eml"))) == 1
+
+
+def test_systemd_is_told_ready_and_stopping(setup: Setup, tmp_path: Path,
+                                            start_process, monkeypatch) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(15)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+        relay = start_process(setup)
+        got = []
+        while not any(b"READY=1" in m for m in got):
+            got.append(sock.recv(4096))
+        # READY comes after the listeners are bound: a connection works now.
+        with implicit(setup.implicit_port, setup.certs.ca) as s:
+            assert s.noop()[0] == 250
+        while not any(b"WATCHDOG=1" in m for m in got):
+            got.append(sock.recv(4096))
+        relay.proc.send_signal(signal.SIGTERM)
+        while not any(b"STOPPING=1" in m for m in got):
+            got.append(sock.recv(4096))
+    assert relay.proc.wait(30) == 0
+
+
+def test_connections_over_the_per_client_limit_get_421(setup: Setup, start_relay) -> None:
+    setup.doc["limits"] = {"max_connections_per_ip": 3}
+    setup.write()
+    start_relay(setup)
+    open_ = [Dialog(setup.starttls_port) for _ in range(3)]
+    try:
+        extra = Dialog(setup.starttls_port)
+        assert extra.greeting.startswith(b"421 4.7.0")
+        assert extra.closed()
+        extra.close()
+    finally:
+        for d in open_:
+            d.close()
+
+    def greeted() -> bool:
+        with Dialog(setup.starttls_port) as d:
+            return d.greeting.startswith(b"220")
+
+    wait_until(greeted, timeout=5)  # the slots come back when clients leave
+
+
+def test_auth_brute_force_is_slowed_then_locked_out(setup: Setup, start_relay, logs) -> None:
+    setup.doc["limits"] = {"max_auth_failures": 3}
+    setup.write()
+    start_relay(setup)
+    d = Dialog(setup.implicit_port, setup.certs.ca, implicit_tls=True)
+    d.cmd("EHLO client.test")
+    replies = [d.cmd(f"AUTH PLAIN {creds(USER, f'guess-{i}')}") for i in range(3)]
+    assert replies[0].startswith(b"535 5.7.8") and replies[1].startswith(b"535 5.7.8")
+    assert replies[2].startswith(b"421 4.7.0")
+    assert d.closed()
+    d.close()
+    again = Dialog(setup.implicit_port, setup.certs.ca, implicit_tls=True)
+    assert again.greeting.startswith(b"421 4.7.0")  # the address stays locked out
+    again.close()
+    assert [e["event"] for e in logs if e["event"].startswith("auth_")] == [
+        "auth_failed", "auth_failed", "auth_failed", "auth_locked"]
+
+
+def test_a_trickling_upload_is_cut_off(setup: Setup, start_relay) -> None:
+    setup.doc["limits"] = {"data_timeout": "1s", "min_data_rate": 100000}
+    setup.write()
+    start_relay(setup)
+    with logged_in(setup) as d:
+        d.cmd(f"MAIL FROM:<{SENDER}>")
+        d.cmd("RCPT TO:<a@example.net>")
+        d.cmd("DATA")
+        for _ in range(6):
+            d.send(b"slow line\r\n")
+            time.sleep(0.3)
+        assert d.reply().startswith(b"421 4.4.2")
+        assert d.closed()
+
+
+def test_starttls_client_counts_once(setup: Setup, start_relay) -> None:
+    setup.doc["limits"] = {"max_connections_per_ip": 1}
+    setup.write()
+    relay = start_relay(setup)
+    with starttls(setup.starttls_port, setup.certs.ca, USER, PASSWORD) as s:
+        assert s.noop()[0] == 250
+    wait_until(lambda: relay.relay.connections.count == 0, timeout=5)
+    with smtplib.SMTP("127.0.0.1", setup.starttls_port, timeout=10) as s:
+        assert s.noop()[0] == 250
