@@ -13,11 +13,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from relay import config as config_mod
-from relay import dsn, log, maillog, memory, systemd, users
+from relay import dsn, log, maillog, memory, metrics, systemd, users
 from relay.config import Config
 from relay.delivery import Scheduler
-from relay.errors import ConfigError, UsersFileError
+from relay.errors import ConfigError, DeliveryError, UsersFileError
 from relay.limits import AuthGuard, Connections
+from relay.metrics import MetricsServer
 from relay.policy import Policy
 from relay.smtp import listeners
 from relay.smtp.handler import Handler
@@ -27,6 +28,9 @@ from relay.suppression import SuppressionList
 from relay.transports import Transport, build
 
 _log = log.get("app")
+# The quota call may be refused while sending works (no ses:GetAccount permission, or an
+# emulator without GetAccount): the endpoint answered with our credentials, so we are ready.
+_READY_ANYWAY = frozenset({"AccessDenied", "AccessDeniedException", "NotFound", "404"})
 
 
 @dataclass
@@ -43,6 +47,8 @@ class Relay:
     policy: Policy | None = None
     handlers: list[Handler] = field(default_factory=list)
     tls: ssl.SSLContext | None = None
+    metrics_server: MetricsServer | None = None
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         limits = self.config.limits
@@ -88,6 +94,10 @@ class Relay:
                 listener, handler, hostname=cfg.hostname, tls=tls,
                 data_size_limit=self.message_size_limit, limits=cfg.limits)
             self.servers.append(server)
+        if cfg.metrics is not None:
+            self.metrics_server = MetricsServer(self._readiness, self._refresh_gauges)
+            self.metrics_port = await self.metrics_server.start(cfg.metrics.address,
+                                                                cfg.metrics.port)
         _log.info("started", listeners=self.bound_ports(), transport=self.transport.name,
                   queued=len(backlog), users=len(list(self._users)),
                   max_message_size=self.message_size_limit)
@@ -110,6 +120,26 @@ class Relay:
             mail_from=delivery.bounce_from, rcpt_tos=(envelope.mail_from,), no_dsn=True))
         maillog.bounce_notice(queue_id, notice_id, envelope.mail_from)
         self.scheduler.enqueue(notice_id)
+
+    def _refresh_gauges(self) -> None:
+        if self.scheduler is not None:
+            metrics.QUEUE_DEPTH.set(self.scheduler.pending)
+            metrics.QUEUE_OLDEST.set(self.scheduler.oldest_age())
+            metrics.SEND_RATE_LIMIT.set(self.scheduler.rate or 0)
+
+    async def _readiness(self) -> tuple[bool, str]:
+        """Ready: the queue takes writes and the upstream answers with our credentials."""
+        assert self.spool is not None and self.transport is not None
+        try:
+            await asyncio.to_thread(self.spool.probe)
+        except OSError as e:
+            return False, f"queue not writable: {e.strerror}"
+        try:
+            await self.transport.quota()
+        except DeliveryError as e:
+            if e.code not in _READY_ANYWAY:
+                return False, f"upstream: {e.code}: {e.hint}"
+        return True, "ready"
 
     def _current_users(self) -> users.UserDB:
         assert self._users is not None
@@ -159,6 +189,8 @@ class Relay:
         grace = self.config.limits.shutdown_grace
         if not await self.connections.wait_idle(grace):
             _log.warning("shutdown_grace_over", sessions=self.connections.count)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self.transport is not None:

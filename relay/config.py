@@ -164,6 +164,12 @@ class SuppressionConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    address: str = "127.0.0.1"
+    port: int = 9187
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str
     listeners: tuple[Listener, ...]
@@ -175,6 +181,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
+    metrics: MetricsConfig | None = None  # None: no metrics listener
     source: Path | None = None
 
 
@@ -371,7 +378,8 @@ class _Reader:
 
     def config(self, raw: object) -> Config | None:
         top = self.section(raw, "", {"hostname", "listeners", "tls", "users_file", "queue",
-                                     "delivery", "log", "limits", "policy", "suppression"})
+                                     "delivery", "log", "limits", "policy", "suppression",
+                                     "metrics"})
         if top is None:
             self.problem("(top)", "the configuration must be a mapping of keys")
             return None
@@ -391,6 +399,7 @@ class _Reader:
             limits=self.limits(top.get("limits")),
             policy=self.policy(top.get("policy")),
             suppression=self.suppression(top.get("suppression")),
+            metrics=self.metrics(top.get("metrics")),
         )
 
     def hostname(self, v: object, p: str) -> str:
@@ -633,6 +642,15 @@ class _Reader:
             configuration_set=self.get(d, "configuration_set", path, self.ses_name, None),
             tags=self.get(d, "tags", path, self.tags, ()),
         )
+
+    def metrics(self, raw: object) -> MetricsConfig | None:
+        if raw is None:
+            return None
+        d = self.section(raw, "metrics", {"address", "port"})
+        if d is None:
+            return None
+        return MetricsConfig(address=self.get(d, "address", "metrics", self.string, "127.0.0.1"),
+                             port=self.get(d, "port", "metrics", self.port, 9187))
 
     def suppression(self, raw: object) -> SuppressionConfig:
         path = "suppression"

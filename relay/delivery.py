@@ -122,6 +122,14 @@ class Scheduler:
     def pending(self) -> int:
         return len(self._known)
 
+    @property
+    def rate(self) -> float | None:
+        return self._limiter.rate
+
+    def oldest_age(self) -> float:
+        """Seconds since the oldest known message arrived (ids sort by arrival)."""
+        return self._clock() - queue_id_time(min(self._known)) if self._known else 0.0
+
     # -- running
 
     async def start(self) -> None:

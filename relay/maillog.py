@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from relay import log
+from relay import log, metrics
 
 _log = log.get("mail")
 
@@ -22,6 +22,7 @@ def _peer(peer: Any) -> str:
 
 
 def connected(peer: Any, listener: str) -> None:
+    metrics.CONNECTIONS.labels(listener).inc()
     _log.debug("connect", peer=_peer(peer), listener=listener)
 
 
@@ -29,16 +30,22 @@ def auth(peer: Any, user: str, ok: bool, mechanism: str) -> None:
     if ok:
         _log.info("auth_ok", peer=_peer(peer), user=user, mechanism=mechanism)
     else:
+        metrics.AUTH_FAILURES.inc()
         # fail2ban matches on this line: keep "auth_failed" and "peer=<ip>:port" stable.
         _log.warning("auth_failed", peer=_peer(peer), user=user, mechanism=mechanism)
 
 
 def auth_locked(peer: Any, user: str) -> None:
     # fail2ban matches on this line too: keep "auth_locked" and "peer=<ip>:port" stable.
+    metrics.AUTH_LOCKOUTS.inc()
     _log.warning("auth_locked", peer=_peer(peer), user=user)
 
 
 def rejected(peer: Any, step: str, reply: str, reason: str, **kw: Any) -> None:
+    if step == "CONNECT":
+        metrics.CONNECTIONS_REFUSED.inc()
+    else:
+        metrics.REJECTED.labels(step, reply[:3]).inc()
     _log.info("rejected", peer=_peer(peer), step=step, reply=reply, reason=reason, **kw)
 
 
@@ -53,11 +60,16 @@ def discarded(peer: Any, mail_from: str, rcpts: Sequence[str]) -> None:
 
 def received(peer: Any, user: str | None, mail_from: str, rcpts: Sequence[str],
              size: int) -> None:
+    metrics.RECEIVED.inc()
     _log.info("received", peer=_peer(peer), user=user, mail_from=mail_from,
               rcpt_count=len(rcpts), size=size)
 
 
-def queued(queue_id: str, mail_from: str, rcpts: Sequence[str], size: int) -> None:
+def queued(queue_id: str, mail_from: str, rcpts: Sequence[str], size: int,
+           since_connect: float | None = None) -> None:
+    metrics.QUEUED.inc()
+    if since_connect is not None:
+        metrics.ACCEPT_LATENCY.observe(since_connect)
     _log.info("queued", queue_id=queue_id, mail_from=mail_from, rcpts=list(rcpts), size=size)
 
 
@@ -67,24 +79,33 @@ def queue_failed(peer: Any, error: str) -> None:
 
 def delivered(queue_id: str, transport: str, message_id: str, rcpts: Sequence[str],
               latency: float, attempt: int) -> None:
+    metrics.DELIVERED.labels(transport).inc()
+    metrics.DELIVERED_RCPTS.labels(transport).inc(len(rcpts))
+    metrics.DELIVERY_LATENCY.observe(latency)
     _log.info("delivered", queue_id=queue_id, transport=transport, ses_message_id=message_id,
               rcpts=list(rcpts), latency=round(latency, 3), attempt=attempt)
 
 
 def deferred(queue_id: str, transport: str, code: str, error: str, hint: str,
              attempt: int, next_attempt_in: float) -> None:
+    metrics.DEFERRED.labels(code).inc()
+    metrics.SES_ERRORS.labels(code).inc()
     _log.warning("deferred", queue_id=queue_id, transport=transport, code=code, error=error,
                  hint=hint, attempt=attempt, next_attempt_in=round(next_attempt_in, 1))
 
 
 def throttled(queue_id: str, transport: str, code: str, kind: str,
               next_attempt_in: float) -> None:
+    metrics.THROTTLED.labels(kind).inc()
+    metrics.SES_ERRORS.labels(code).inc()
     _log.info("throttled", queue_id=queue_id, transport=transport, code=code, kind=kind,
               next_attempt_in=round(next_attempt_in, 1))
 
 
 def failed(queue_id: str, transport: str, code: str, error: str, hint: str,
            attempt: int, rcpts: Sequence[str]) -> None:
+    metrics.FAILED.labels(code).inc(len(rcpts))
+    metrics.SES_ERRORS.labels(code).inc()
     _log.error("failed", queue_id=queue_id, transport=transport, code=code, error=error,
                hint=hint, attempt=attempt, rcpts=list(rcpts))
 
@@ -95,4 +116,5 @@ def bounce_notice(queue_id: str, notice_id: str, sender: str) -> None:
 
 
 def quarantined(queue_id: str, reason: str) -> None:
+    metrics.QUARANTINED.inc()
     _log.error("quarantined", queue_id=queue_id, reason=reason)

@@ -256,6 +256,16 @@ class Spool:
             return None
         return Claim(self, queue_id, f)
 
+    def probe(self) -> None:
+        """Write, fsync and remove a file in tmp/: raises OSError if the queue cannot take
+        mail (full disk, read-only file system, permissions)."""
+        path = self.tmp / f".probe-{os.getpid()}"
+        with open(path, "wb") as f:
+            f.write(b"probe")
+            f.flush()
+            os.fsync(f.fileno())
+        path.unlink()
+
     def size(self, queue_id: str) -> int:
         """Bytes on disk of a committed message (raises FileNotFoundError if gone)."""
         return (self.active / queue_id).stat().st_size

@@ -57,6 +57,7 @@ class RelaySMTP(SMTP):
         self._in_ehlo = False
         self._counted = False
         self._refusal: str | None = None
+        self.started = self.loop.time()
 
     def _create_session(self) -> RelaySession:
         return RelaySession(self.loop)

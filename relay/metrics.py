@@ -1,0 +1,133 @@
+"""Prometheus metrics (``ses_relay_*``) and the /metrics, /healthz, /readyz endpoints.
+
+The counters are updated from the mail log (``relay.maillog``), the one place where every
+event of a message's life is already reported, so metrics and logs cannot disagree. The
+registry is this module's own, not prometheus_client's global one, so nothing else in the
+process leaks into the relay's metrics.
+
+The HTTP side is a few lines of asyncio on purpose: three GET routes do not justify a web
+framework, and readiness must await the relay's own async checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from relay import log
+
+_log = log.get("metrics")
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+CONNECTIONS = Counter("ses_relay_connections", "SMTP connections accepted",
+                      ["listener"], registry=REGISTRY)
+CONNECTIONS_REFUSED = Counter("ses_relay_connections_refused",
+                              "SMTP connections refused by a limit", registry=REGISTRY)
+AUTH_FAILURES = Counter("ses_relay_auth_failures", "Failed AUTH attempts", registry=REGISTRY)
+AUTH_LOCKOUTS = Counter("ses_relay_auth_lockouts", "AUTH lockouts", registry=REGISTRY)
+REJECTED = Counter("ses_relay_rejected", "SMTP commands refused by policy",
+                   ["step", "code"], registry=REGISTRY)
+RECEIVED = Counter("ses_relay_messages_received", "Messages received (end of DATA)",
+                   registry=REGISTRY)
+QUEUED = Counter("ses_relay_messages_queued", "Messages committed to the queue (250)",
+                 registry=REGISTRY)
+DELIVERED = Counter("ses_relay_messages_delivered", "Deliveries accepted by the upstream",
+                    ["transport"], registry=REGISTRY)
+DELIVERED_RCPTS = Counter("ses_relay_recipients_delivered", "Recipients accepted upstream",
+                          ["transport"], registry=REGISTRY)
+DEFERRED = Counter("ses_relay_messages_deferred", "Delivery attempts deferred",
+                   ["code"], registry=REGISTRY)
+THROTTLED = Counter("ses_relay_messages_throttled", "Delivery attempts throttled by SES",
+                    ["kind"], registry=REGISTRY)
+FAILED = Counter("ses_relay_messages_failed", "Recipients failed for good", ["code"],
+                 registry=REGISTRY)
+SES_ERRORS = Counter("ses_relay_ses_errors", "Errors from the upstream by code", ["code"],
+                     registry=REGISTRY)
+QUARANTINED = Counter("ses_relay_queue_quarantined", "Corrupt queue entries moved aside",
+                      registry=REGISTRY)
+QUEUE_DEPTH = Gauge("ses_relay_queue_depth", "Messages waiting or being delivered",
+                    registry=REGISTRY)
+QUEUE_OLDEST = Gauge("ses_relay_queue_oldest_age_seconds", "Age of the oldest queued message",
+                     registry=REGISTRY)
+SEND_RATE_LIMIT = Gauge("ses_relay_send_rate_limit", "Recipients per second in force",
+                        registry=REGISTRY)
+QUOTA_MAX_24H = Gauge("ses_relay_send_quota_max_24h", "SES Max24HourSend", registry=REGISTRY)
+QUOTA_SENT_24H = Gauge("ses_relay_send_quota_sent_24h", "SES SentLast24Hours",
+                       registry=REGISTRY)
+BOUNCE_RATE = Gauge("ses_relay_bounce_rate", "Bounces per delivered recipient (window)",
+                    registry=REGISTRY)
+COMPLAINT_RATE = Gauge("ses_relay_complaint_rate", "Complaints per delivered recipient "
+                       "(window)", registry=REGISTRY)
+ACCEPT_LATENCY = Histogram("ses_relay_accept_seconds", "From connect to the 250 after DATA",
+                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                           registry=REGISTRY)
+DELIVERY_LATENCY = Histogram("ses_relay_delivery_seconds", "One upstream call",
+                             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                             registry=REGISTRY)
+
+Check = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+class MetricsServer:
+    """Serves /metrics, /healthz (the process answers) and /readyz (checks, cached)."""
+
+    def __init__(self, readiness: Check, refresh: Callable[[], None],
+                 cache_seconds: float = 15.0) -> None:
+        self._readiness = readiness
+        self._refresh = refresh
+        self._cache_seconds = cache_seconds
+        self._cached: tuple[float, bool, str] | None = None
+        self._server: asyncio.Server | None = None
+
+    async def start(self, address: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._client, address, port)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 10)
+            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request.decode("latin-1").split()
+            path = parts[1].split("?")[0] if len(parts) > 1 else ""
+            status, ctype, body = await self._route(parts[0] if parts else "", path)
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                         + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, UnicodeDecodeError):
+            pass
+        finally:
+            writer.close()
+
+    async def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
+        if method != "GET":
+            return "405 Method Not Allowed", "text/plain", b"GET only\n"
+        if path == "/metrics":
+            self._refresh()
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+        if path == "/healthz":
+            return "200 OK", "text/plain", b"ok\n"
+        if path == "/readyz":
+            ok, detail = await self._ready()
+            return ("200 OK" if ok else "503 Service Unavailable", "text/plain",
+                    (detail + "\n").encode())
+        return "404 Not Found", "text/plain", b"not found\n"
+
+    async def _ready(self) -> tuple[bool, str]:
+        now = time.monotonic()
+        if self._cached is None or now - self._cached[0] > self._cache_seconds:
+            try:
+                ok, detail = await asyncio.wait_for(self._readiness(), 20)
+            except Exception as e:  # a check that breaks means: not ready
+                ok, detail = False, f"check failed: {type(e).__name__}"
+            self._cached = (now, ok, detail)
+        return self._cached[1], self._cached[2]

@@ -1,0 +1,83 @@
+"""Prometheus metrics and health endpoints, read over HTTP like a scraper would."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+from clients import implicit
+from conftest import PASSWORD, SENDER, USER, Setup, free_port, wait_until
+
+MESSAGE = (b"From: sender@example.com\r\nSubject: m\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
+           b"Message-ID: <m@example.com>\r\n\r\nbody\r\n")
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def value(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def with_metrics(setup: Setup) -> int:
+    port = free_port()
+    setup.doc["metrics"] = {"address": "127.0.0.1", "port": port}
+    setup.write()
+    return port
+
+
+def test_metrics_count_what_happened(setup: Setup, start_relay) -> None:
+    port = with_metrics(setup)
+    start_relay(setup)
+    _, before = get(port, "/metrics")
+    with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
+        s.sendmail(SENDER, ["a@example.net", "b@example.net"], MESSAGE)
+        assert s.mail(SENDER)[0] == 250 and s.rcpt("not an address")[0] == 553
+    with implicit(setup.implicit_port, setup.certs.ca) as s:
+        try:
+            s.login(USER, "wrong-password")
+        except Exception:  # noqa: S110  # the failure is what we count
+            pass
+
+    def delivered() -> bool:
+        return value(get(port, "/metrics")[1],
+                     'ses_relay_messages_delivered_total{transport="outbox"}') >= 1
+
+    wait_until(delivered)
+    status, after = get(port, "/metrics")
+    assert status == 200
+    for name, delta in [("ses_relay_messages_queued_total", 1),
+                        ("ses_relay_messages_received_total", 1),
+                        ('ses_relay_recipients_delivered_total{transport="outbox"}', 2),
+                        ('ses_relay_rejected_total{code="553",step="RCPT"}', 1),
+                        ("ses_relay_accept_seconds_count", 1)]:
+        assert value(after, name) - value(before, name) == delta, name
+    assert value(after, "ses_relay_auth_failures_total") >= 1
+    assert "ses_relay_queue_depth 0.0" in after
+
+
+def test_health_and_readiness(setup: Setup, start_relay) -> None:
+    port = with_metrics(setup)
+    start_relay(setup)
+    assert get(port, "/healthz") == (200, "ok\n")
+    assert get(port, "/readyz") == (200, "ready\n")
+    assert get(port, "/nothing")[0] == 404
+
+
+def test_not_ready_when_ses_cannot_be_reached(make_setup, start_relay) -> None:
+    setup: Setup = make_setup("sesv2", region="us-east-1",
+                              endpoint_url=f"http://127.0.0.1:{free_port()}")
+    port = with_metrics(setup)
+    start_relay(setup)
+    status, text = get(port, "/readyz")
+    assert status == 503
+    assert "ConnectionError" in text
+    assert get(port, "/healthz")[0] == 200  # alive, just not ready
