@@ -192,3 +192,27 @@ def test_starttls_client_counts_once(setup: Setup, start_relay) -> None:
     wait_until(lambda: relay.relay.connections.count == 0, timeout=5)
     with smtplib.SMTP("127.0.0.1", setup.starttls_port, timeout=10) as s:
         assert s.noop()[0] == 250
+
+
+def test_the_fail2ban_filter_matches_auth_failure_lines(setup: Setup, start_process) -> None:
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "config" / "fail2ban-filter.conf").read_text()
+    block = text.split("failregex =", 1)[1].split("ignoreregex", 1)[0]
+    patterns = [re.compile(line.strip().replace("<HOST>", r"(?P<host>[0-9a-fA-F.:]+)"))
+                for line in block.splitlines() if line.strip()]
+    setup.doc["limits"] = {"max_auth_failures": 2}
+    setup.write()
+    relay = start_process(setup)
+    with implicit(setup.implicit_port, setup.certs.ca) as s, \
+            pytest.raises(smtplib.SMTPException):
+        s.login(USER, "wrong")  # smtplib tries PLAIN, then LOGIN: two failures
+    relay.wait_event("auth_locked")
+    lines = [line for line in relay.log_path.read_text().splitlines()
+             if '"auth_failed"' in line or '"auth_locked"' in line]
+    assert lines
+    for line in lines:
+        hosts = {m.group("host") for p in patterns if (m := p.search(line))}
+        assert hosts == {"127.0.0.1"}, line
