@@ -1,0 +1,125 @@
+"""Property-based tests of the parsers that face hostile input: no crash, no foreign
+exception, and round trips where they apply."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from clients import Dialog
+from conftest import SENDER, Setup
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relay import config
+from relay.addresses import AddressError, normalize
+from relay.errors import ConfigError
+from relay.message import SINGLETONS, HeaderError, rewrite, split_fields
+
+address_text = st.one_of(
+    st.text(max_size=80),
+    st.builds(lambda a, b: f"{a}@{b}", st.text(max_size=30), st.text(max_size=30)),
+    st.from_regex(r"[a-z0-9.+_-]{1,20}@[a-z0-9-]{1,15}\.[a-z]{2,6}", fullmatch=True),
+)
+
+
+@given(address_text)
+def test_address_checks_either_normalize_or_refuse(text: str) -> None:
+    try:
+        result = normalize(text)
+    except AddressError as e:
+        assert e.reason
+        return
+    assert result.isascii()
+    assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in result)
+    assert normalize(result) == result  # idempotent
+
+
+header_line = st.one_of(
+    st.sampled_from([b"Subject: x", b"From: a@example.com", b"Bcc: b@example.com",
+                     b"X-SES-CONFIGURATION-SET: set-1", b"X-SES-MESSAGE-TAGS: a=b, c=d",
+                     b"Date: Sun, 22 Nov 2026 10:00:00 +0000", b"Message-ID: <x@y>",
+                     b"  folded continuation", b"To: =?utf-8?q?J=C3=B6rg?= <j@example.com>"]),
+    st.binary(max_size=60).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+)
+
+
+@given(st.lists(header_line, max_size=12))
+def test_header_rewriting_never_crashes_and_keeps_its_promises(lines: list[bytes]) -> None:
+    block = b"".join(line + b"\r\n" for line in lines)
+    try:
+        out = rewrite(block, hostname="relay.test", now=0.0)
+    except HeaderError as e:
+        assert e.reply.startswith("554 5.6.0")
+        return
+    fields = split_fields(out.block)
+    names = [name for name, _ in fields]
+    assert "bcc" not in names and "x-ses-message-tags" not in names
+    assert all(names.count(n) <= 1 for n in SINGLETONS)
+    assert "date" in names and "message-id" in names
+    assert out.block.endswith(b"\r\n") and b"\r\n\r\n" not in out.block
+
+
+json_value = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20)
+config_doc = st.dictionaries(
+    st.sampled_from(["hostname", "listeners", "tls", "queue", "delivery", "limits", "policy",
+                     "suppression", "metrics", "log", "users_file", "bogus"]),
+    json_value, max_size=8)
+
+
+@given(config_doc)
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_the_config_loader_only_ever_answers_a_config_or_its_problems(doc: dict[str, object]
+                                                                      ) -> None:
+    try:
+        cfg = config.parse(doc, base=Path("/nonexistent"), environ={})
+    except ConfigError as e:
+        assert e.problems and all(isinstance(p, str) and ":" in p for p in e.problems)
+        return
+    assert cfg.hostname
+
+
+@given(st.binary(max_size=120))
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_auth_blob_gets_an_auth_answer_and_the_session_goes_on(
+        setup: Setup, start_relay, blob: bytes) -> None:
+    if not getattr(setup, "started", False):
+        start_relay(setup)
+        setup.started = True  # type: ignore[attr-defined]
+    with Dialog(setup.implicit_port, setup.certs.ca, implicit_tls=True) as d:
+        d.cmd("EHLO client.test")
+        reply = d.cmd("AUTH PLAIN " + base64.b64encode(blob).decode())
+        if reply.startswith(b"334 "):  # an empty blob asks for the credentials; abort
+            reply = d.cmd("*")
+        assert reply[:3] in (b"501", b"535"), reply
+        assert d.cmd("NOOP").startswith(b"250 2.0.0")
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_data_gets_an_answer_and_never_a_second_message(
+        setup: Setup, start_relay, data: bytes) -> None:
+    if not getattr(setup, "started", False):
+        start_relay(setup)
+        setup.started = True  # type: ignore[attr-defined]
+    from conftest import PASSWORD, USER
+
+    with Dialog(setup.implicit_port, setup.certs.ca, implicit_tls=True) as d:
+        d.cmd("EHLO client.test")
+        creds = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+        assert d.cmd(f"AUTH PLAIN {creds}").startswith(b"235")
+        d.cmd(f"MAIL FROM:<{SENDER}>")
+        d.cmd("RCPT TO:<a@example.net>")
+        assert d.cmd("DATA").startswith(b"354")
+        d.send(data + b"\r\n.\r\n")
+        reply = d.reply()
+        assert reply[:3] in (b"250", b"552", b"554"), reply
+        if reply[:3] != b"554" or b"Bare LF" not in reply:
+            after = d.cmd("NOOP")  # no smuggled command ran: the next reply is NOOP's
+            assert after.startswith(b"250 2.0.0 OK") or after.startswith(b"250 2.0.0"), after
