@@ -126,16 +126,27 @@ class Draft:
         self.queue_id = queue_id
         self.path = path
         self.size = 0
+        self.error: OSError | None = None
         self._file: BinaryIO | None = open(path, "xb", buffering=_WRITE_BUFFER)  # noqa: SIM115
 
     def write(self, data: bytes) -> None:
         # A buffered write to the page cache costs microseconds; the expensive part (fsync)
         # happens once, off the event loop, in commit.
-        assert self._file is not None
-        self._file.write(data)
+        #
+        # A failed write (a full disk) is remembered, not raised: the SMTP side must read
+        # the rest of DATA before it answers, or the message's remaining lines would be
+        # read as commands. commit() then fails, and the client gets a 4xx.
         self.size += len(data)
+        if self.error is not None or self._file is None:
+            return
+        try:
+            self._file.write(data)
+        except OSError as e:
+            self.error = e
 
     def _finish(self, envelope: Envelope, active: Path) -> None:
+        if self.error is not None:
+            raise self.error
         assert self._file is not None
         meta = envelope.to_json()
         self._file.write(meta + _TRAILER_MAGIC + b"%010d\n" % len(meta))
