@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from clients import implicit, tls_context
 from conftest import PASSWORD, SENDER, USER, Setup, events, wait_until
-from fakeses import FakeSES, Failure
+from fakeses import Failure, FakeSES
 
 
 def message(n: int) -> bytes:
