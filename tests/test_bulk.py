@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from conftest import SENDER, Setup
-from fakeses import FakeSES, Failure
+from fakeses import Failure, FakeSES
 from test_cli import run
 
 from relay.suppression import SuppressionList

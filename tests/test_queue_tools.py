@@ -7,7 +7,7 @@ from typing import Any
 
 from clients import implicit
 from conftest import PASSWORD, SENDER, USER, Setup, events, wait_until
-from fakeses import FakeSES, Failure
+from fakeses import Failure, FakeSES
 from test_cli import run
 
 MESSAGE = (b"From: sender@example.com\r\nSubject: queued\r\nDate: Sun, 22 Nov 2026 10:00:00 "
