@@ -88,6 +88,7 @@ def main() -> None:
                                    "trusted_networks": ["127.0.0.0/8"]}],
                     "queue": {"directory": str(home / "queue")},
                     "suppression": {"database": str(home / "s.sqlite3")},
+                    "feedback": {"database": str(home / "e.sqlite3")},
                     "delivery": {"transport": "sesv2", "region": "us-east-1",
                                  "endpoint_url": url},
                     "log": {"format": "json", "level": "warning"}}))

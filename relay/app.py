@@ -17,9 +17,12 @@ from relay import dsn, log, maillog, memory, metrics, systemd, users
 from relay.config import Config
 from relay.delivery import Scheduler
 from relay.errors import ConfigError, DeliveryError, UsersFileError
+from relay.events import EventStore
+from relay.feedback.service import FeedbackService
 from relay.limits import AuthGuard, Connections
 from relay.metrics import MetricsServer
 from relay.policy import Policy
+from relay.reputation import ReputationGuard
 from relay.smtp import listeners
 from relay.smtp.handler import Handler
 from relay.smtp.server import server_tls_context
@@ -48,6 +51,8 @@ class Relay:
     handlers: list[Handler] = field(default_factory=list)
     tls: ssl.SSLContext | None = None
     metrics_server: MetricsServer | None = None
+    events: EventStore | None = None
+    feedback: FeedbackService | None = None
     metrics_port: int | None = None
 
     def __post_init__(self) -> None:
@@ -81,6 +86,14 @@ class Relay:
                                    max_send_rate=cfg.delivery.max_send_rate,
                                    on_failed=self._notify_sender)
         self.scheduler.load_backlog(backlog)
+        self.events = EventStore(cfg.feedback.database)
+        self.events.start()
+        maillog.attach(self.events)
+        self.feedback = FeedbackService(
+            cfg.feedback, self.events, self.suppression,
+            ReputationGuard(self.events, cfg.feedback, self.scheduler.pause),
+            region=cfg.delivery.region)
+        await self.feedback.start()
         await self.scheduler.start()
         self.tls = tls = (server_tls_context(str(cfg.tls.cert), str(cfg.tls.key))
                           if cfg.tls.cert and cfg.tls.key else None)
@@ -191,12 +204,17 @@ class Relay:
             _log.warning("shutdown_grace_over", sessions=self.connections.count)
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+        if self.feedback is not None:
+            await self.feedback.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self.transport is not None:
             await self.transport.aclose()
         if self.suppression is not None:
             self.suppression.close()
+        if self.events is not None:
+            maillog.attach(None)
+            await asyncio.to_thread(self.events.close)
         _log.info("stopped")
 
 

@@ -122,6 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     q = qsub.add_parser("flush", help="retry every deferred message now")
     _add_config(q)
 
+    p = sub.add_parser("trace", help="one message's story: SMTP receipt, queue, SES, "
+                                     "Delivery/Bounce/Complaint...")
+    p.add_argument("key", metavar="QUEUE_ID|SES_MESSAGE_ID|ADDRESS")
+    _add_config(p)
+    p = sub.add_parser("events", help="SES events with the relay's context")
+    esub = p.add_subparsers(dest="events_command", required=True, metavar="ACTION")
+    e = esub.add_parser("export", help="export events, incrementally with --cursor")
+    e.add_argument("--since", metavar="TIME", help="ISO date/time, or a duration ago (7d)")
+    e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    e.add_argument("--cursor", type=Path, metavar="FILE",
+                   help="read the last exported position from FILE, write the new one")
+    _add_config(e)
+    p = sub.add_parser("resume", help="resume delivery paused by the reputation guard")
+    _add_config(p)
+
     p = sub.add_parser("send-test", help="send a test message through the configured "
                                          "transport (not through SMTP)")
     _add_config(p)
@@ -429,6 +444,79 @@ def _queue_one(spool: Spool, command: str, qid: str) -> int:
     return EXIT_OK
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from relay.events import EventStore
+
+    cfg = _load(args)
+    store = EventStore(cfg.feedback.database)
+    try:
+        story = store.trace(args.key)
+    finally:
+        store.close()
+    if not story:
+        print(f"ses-relay: nothing known about {args.key}", file=sys.stderr)
+        return EXIT_FAIL
+    for entry in story:
+        when = _iso(entry.pop("at"))
+        what = entry.pop("step", None) or entry.pop("kind", "?")
+        entry.pop("seq", None)
+        details = " ".join(f"{k}={v}" for k, v in entry.items() if v not in (None, "", []))
+        print(f"{when}  {what:<12} {details}")
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    import csv as csv_mod
+
+    from relay.events import EventStore
+
+    cfg = _load(args)
+    since = 0.0
+    if args.since:
+        try:
+            since = time.time() - config.parse_duration(args.since)
+        except ValueError:
+            try:
+                since = datetime.datetime.fromisoformat(args.since).timestamp()
+            except ValueError:
+                print("ses-relay: --since takes an ISO time or a duration (7d)",
+                      file=sys.stderr)
+                return EXIT_USAGE
+    after = int(args.cursor.read_text().strip() or 0) if args.cursor and \
+        args.cursor.exists() else 0
+    store = EventStore(cfg.feedback.database)
+    try:
+        rows = list(store.export(after_seq=after, since=since))
+    finally:
+        store.close()
+    fields = ["seq", "at", "ses_message_id", "queue_id", "kind", "recipient", "sender",
+              "user", "bounce_type", "bounce_subtype", "feedback_id", "diagnostic"]
+    if args.format == "csv":
+        w = csv_mod.DictWriter(sys.stdout, fields, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+    if args.cursor and rows:
+        args.cursor.write_text(f"{rows[-1]['seq']}\n")
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    spool = Spool(cfg.queue.directory)
+    spool.open_for_admin()
+    reason = spool.paused()
+    if reason is None:
+        print("delivery is not paused")
+        return EXIT_OK
+    spool.set_paused(None)
+    spool.trigger("resume")
+    print(f"resumed (was paused: {reason})")
+    return EXIT_OK
+
+
 def cmd_send_test(args: argparse.Namespace) -> int:
     cfg = _load(args)
     log.configure("console" if sys.stderr.isatty() else "json", "warning", stream=sys.stderr)
@@ -576,6 +664,9 @@ _COMMANDS = {
     "user": cmd_user,
     "suppress": cmd_suppress,
     "queue": cmd_queue,
+    "trace": cmd_trace,
+    "events": cmd_events,
+    "resume": cmd_resume,
     "send-test": cmd_send_test,
     "smtp-password": cmd_smtp_password,
     "send": cmd_send,

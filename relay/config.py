@@ -164,6 +164,34 @@ class SuppressionConfig:
 
 
 @dataclass(frozen=True)
+class FeedbackHttp:
+    address: str = "0.0.0.0"  # noqa: S104  # SNS comes from the internet
+    port: int = 8443
+    path: str = "/sns"
+    cert: Path | None = None  # TLS for the listener; None: plain HTTP (behind a proxy)
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    # The event store (every message's story); also where reputation is computed.
+    database: Path = Path("/var/lib/ses-relay/events.sqlite3")
+    topic_arns: tuple[str, ...] = ()
+    http: FeedbackHttp | None = None
+    sqs_queue_url: str | None = None
+    sqs_endpoint_url: str | None = None
+    transient_bounce_limit: int = 3
+    transient_window: float = 7 * 86400.0
+    # Reputation guard over the relay's own sends in the last `window`.
+    window: float = 86400.0
+    min_volume: int = 200
+    warn_bounce_rate: float = 0.025
+    warn_complaint_rate: float = 0.0005
+    pause_bounce_rate: float | None = 0.05
+    pause_complaint_rate: float | None = 0.001
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     address: str = "127.0.0.1"
     port: int = 9187
@@ -182,6 +210,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     metrics: MetricsConfig | None = None  # None: no metrics listener
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     source: Path | None = None
 
 
@@ -379,7 +408,7 @@ class _Reader:
     def config(self, raw: object) -> Config | None:
         top = self.section(raw, "", {"hostname", "listeners", "tls", "users_file", "queue",
                                      "delivery", "log", "limits", "policy", "suppression",
-                                     "metrics"})
+                                     "metrics", "feedback"})
         if top is None:
             self.problem("(top)", "the configuration must be a mapping of keys")
             return None
@@ -400,6 +429,7 @@ class _Reader:
             policy=self.policy(top.get("policy")),
             suppression=self.suppression(top.get("suppression")),
             metrics=self.metrics(top.get("metrics")),
+            feedback=self.feedback(top.get("feedback")),
         )
 
     def hostname(self, v: object, p: str) -> str:
@@ -642,6 +672,74 @@ class _Reader:
             configuration_set=self.get(d, "configuration_set", path, self.ses_name, None),
             tags=self.get(d, "tags", path, self.tags, ()),
         )
+
+    def feedback(self, raw: object) -> FeedbackConfig:
+        path = "feedback"
+        d = self.section(raw, path, {"database", "topic_arns", "http", "sqs_queue_url",
+                                     "sqs_endpoint_url", "transient_bounce_limit",
+                                     "transient_window", "window", "min_volume",
+                                     "warn_bounce_rate", "warn_complaint_rate",
+                                     "pause_bounce_rate", "pause_complaint_rate"})
+        if d is None:
+            return FeedbackConfig()
+        topics = d.get("topic_arns") or []
+        if not isinstance(topics, list):
+            self.problem(f"{path}.topic_arns", "must be a list of SNS topic ARNs")
+            topics = []
+        arns = []
+        for i, t in enumerate(topics):
+            try:
+                arns.append(self.arn(self.expand(t, path), f"{path}.topic_arns[{i}]"))
+            except _Invalid as e:
+                self.problem(f"{path}.topic_arns[{i}]", str(e))
+        fc = FeedbackConfig(
+            database=self.get(d, "database", path, self.path, FeedbackConfig.database),
+            topic_arns=tuple(arns),
+            http=self.feedback_http(d.get("http")),
+            sqs_queue_url=self.get(d, "sqs_queue_url", path, self.url, None),
+            sqs_endpoint_url=self.get(d, "sqs_endpoint_url", path, self.url, None),
+            transient_bounce_limit=self.get(d, "transient_bounce_limit", path,
+                                            self.positive_int, 3),
+            transient_window=self.get(d, "transient_window", path, self.duration,
+                                      FeedbackConfig.transient_window),
+            window=self.get(d, "window", path, self.duration, FeedbackConfig.window),
+            min_volume=self.get(d, "min_volume", path, self.positive_int, 200),
+            warn_bounce_rate=self.get(d, "warn_bounce_rate", path, self.fraction, 0.025),
+            warn_complaint_rate=self.get(d, "warn_complaint_rate", path, self.fraction,
+                                         0.0005),
+            pause_bounce_rate=self.get(d, "pause_bounce_rate", path, self.fraction, 0.05)
+            if d.get("pause_bounce_rate", 0) is not None else None,
+            pause_complaint_rate=self.get(d, "pause_complaint_rate", path, self.fraction,
+                                          0.001)
+            if d.get("pause_complaint_rate", 0) is not None else None,
+        )
+        if fc.http is not None and not fc.topic_arns:
+            self.problem(f"{path}.topic_arns", "required with feedback.http: only "
+                                               "notifications from these topics are accepted")
+        return fc
+
+    def feedback_http(self, raw: object) -> FeedbackHttp | None:
+        if raw is None:
+            return None
+        path = "feedback.http"
+        d = self.section(raw, path, {"address", "port", "path", "cert", "key"})
+        if d is None:
+            return None
+        http = FeedbackHttp(
+            address=self.get(d, "address", path, self.string, FeedbackHttp.address),
+            port=self.get(d, "port", path, self.port, 8443),
+            path=self.get(d, "path", path, self.string, "/sns"),
+            cert=self.get(d, "cert", path, self.path, None),
+            key=self.get(d, "key", path, self.path, None),
+        )
+        if bool(http.cert) != bool(http.key):
+            self.problem(f"{path}.cert", "set both cert and key, or neither")
+        return http
+
+    def fraction(self, v: object, _p: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1:
+            raise _Invalid("must be a fraction between 0 and 1, such as 0.05 for 5%")
+        return float(v)
 
     def metrics(self, raw: object) -> MetricsConfig | None:
         if raw is None:

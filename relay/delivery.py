@@ -97,6 +97,9 @@ class Scheduler:
         self._configured_rate = max_send_rate
         self._limiter = TokenBucket(max_send_rate)
         self._on_failed = on_failed
+        self._running = asyncio.Event()  # cleared while delivery is paused
+        self._running.set()
+        self.paused_reason: str | None = None
 
     # -- feeding
 
@@ -133,6 +136,11 @@ class Scheduler:
     # -- running
 
     async def start(self) -> None:
+        paused = self._spool.paused()
+        if paused is not None:
+            _log.warning("delivery_paused", reason=paused, hint="`ses-relay resume` resumes")
+            self.paused_reason = paused
+            self._running.clear()
         # Know the account's rate before the first send, or the backlog of a restart would
         # go out unthrottled and meet SES's throttling first.
         with contextlib.suppress(TimeoutError):
@@ -190,6 +198,20 @@ class Scheduler:
                 if not self._in_flight:
                     self._drained.set()
 
+    def pause(self, reason: str) -> None:
+        """Stop sending (mail stays queued) until ``resume``; survives a restart."""
+        if self.paused_reason is None:
+            self.paused_reason = reason
+            self._running.clear()
+            self._spool.set_paused(reason)
+
+    def resume(self) -> None:
+        if self.paused_reason is not None:
+            _log.info("delivery_resumed", was=self.paused_reason)
+        self.paused_reason = None
+        self._spool.set_paused(None)
+        self._running.set()
+
     async def _watch_queue(self) -> None:
         """Pick up what queue commands did while we run: released or requeued messages
         appear in active/, and trigger files ask for a flush or a retry."""
@@ -198,7 +220,9 @@ class Scheduler:
             triggers = await asyncio.to_thread(self._spool.take_triggers)
             now = self._clock()
             for name in triggers:
-                if name == "flush":
+                if name == "resume":
+                    self.resume()
+                elif name == "flush":
                     for qid in list(self._due):
                         self.enqueue(qid, now)
                 elif name.startswith("retry.") and name[6:] in self._due:
@@ -262,6 +286,7 @@ class Scheduler:
         """Send to one chunk of recipients; record who got it; return an error worth a retry.
         """
         name = self._transport.name
+        await self._running.wait()  # the reputation guard may have paused delivery
         await self._limiter.acquire(len(rcpts))
         started = time.monotonic()
         try:

@@ -32,6 +32,7 @@ tls: {{cert: tls/cert.pem, key: tls/key.pem}}
 users_file: users.yaml
 queue: {{directory: queue, max_age: 5d}}
 suppression: {{database: suppression.sqlite3}}
+feedback: {{database: events.sqlite3}}
 delivery:
   transport: outbox        # each message becomes outbox/<id>.eml (+ .json envelope)
   outbox_dir: outbox

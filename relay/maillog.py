@@ -10,8 +10,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from relay import log, metrics
+from relay.events import EventStore
 
 _log = log.get("mail")
+_store: EventStore | None = None
+
+
+def attach(store: EventStore | None) -> None:
+    """Also record each message's steps in the event store (for ses-relay trace)."""
+    global _store  # one sink, set by the composition root
+    _store = store
 
 
 def _peer(peer: Any) -> str:
@@ -66,8 +74,10 @@ def received(peer: Any, user: str | None, mail_from: str, rcpts: Sequence[str],
 
 
 def queued(queue_id: str, mail_from: str, rcpts: Sequence[str], size: int,
-           since_connect: float | None = None) -> None:
+           since_connect: float | None = None, user: str | None = None) -> None:
     metrics.QUEUED.inc()
+    if _store is not None:
+        _store.step(queue_id, "queued", sender=mail_from, user=user, rcpts=rcpts, size=size)
     if since_connect is not None:
         metrics.ACCEPT_LATENCY.observe(since_connect)
     _log.info("queued", queue_id=queue_id, mail_from=mail_from, rcpts=list(rcpts), size=size)
@@ -80,6 +90,9 @@ def queue_failed(peer: Any, error: str) -> None:
 def delivered(queue_id: str, transport: str, message_id: str, rcpts: Sequence[str],
               latency: float, attempt: int) -> None:
     metrics.DELIVERED.labels(transport).inc()
+    if _store is not None:
+        _store.step(queue_id, "delivered", ses_message_id=message_id, rcpts=rcpts,
+                    transport=transport, attempt=attempt)
     metrics.DELIVERED_RCPTS.labels(transport).inc(len(rcpts))
     metrics.DELIVERY_LATENCY.observe(latency)
     _log.info("delivered", queue_id=queue_id, transport=transport, ses_message_id=message_id,
@@ -89,6 +102,8 @@ def delivered(queue_id: str, transport: str, message_id: str, rcpts: Sequence[st
 def deferred(queue_id: str, transport: str, code: str, error: str, hint: str,
              attempt: int, next_attempt_in: float) -> None:
     metrics.DEFERRED.labels(code).inc()
+    if _store is not None:
+        _store.step(queue_id, "deferred", code=code, error=error, hint=hint, attempt=attempt)
     metrics.SES_ERRORS.labels(code).inc()
     _log.warning("deferred", queue_id=queue_id, transport=transport, code=code, error=error,
                  hint=hint, attempt=attempt, next_attempt_in=round(next_attempt_in, 1))
@@ -105,6 +120,8 @@ def throttled(queue_id: str, transport: str, code: str, kind: str,
 def failed(queue_id: str, transport: str, code: str, error: str, hint: str,
            attempt: int, rcpts: Sequence[str]) -> None:
     metrics.FAILED.labels(code).inc(len(rcpts))
+    if _store is not None:
+        _store.step(queue_id, "failed", rcpts=rcpts, code=code, error=error, hint=hint)
     metrics.SES_ERRORS.labels(code).inc()
     _log.error("failed", queue_id=queue_id, transport=transport, code=code, error=error,
                hint=hint, attempt=attempt, rcpts=list(rcpts))

@@ -5,8 +5,8 @@ event of a message's life is already reported, so metrics and logs cannot disagr
 registry is this module's own, not prometheus_client's global one, so nothing else in the
 process leaks into the relay's metrics.
 
-The HTTP side is a few lines of asyncio on purpose: three GET routes do not justify a web
-framework, and readiness must await the relay's own async checks.
+The HTTP side is relay.httpd: three GET routes do not justify a web framework, and
+readiness must await the relay's own async checks.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from relay import log
+from relay import httpd, log
 
 _log = log.get("metrics")
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -81,46 +81,26 @@ class MetricsServer:
         self._refresh = refresh
         self._cache_seconds = cache_seconds
         self._cached: tuple[float, bool, str] | None = None
-        self._server: asyncio.Server | None = None
+        self._http = httpd.Server(self._route)
 
     async def start(self, address: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._client, address, port)
-        return int(self._server.sockets[0].getsockname()[1])
+        return await self._http.start(address, port)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        await self._http.stop()
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), 10)
-            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = request.decode("latin-1").split()
-            path = parts[1].split("?")[0] if len(parts) > 1 else ""
-            status, ctype, body = await self._route(parts[0] if parts else "", path)
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                         + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeDecodeError):
-            pass
-        finally:
-            writer.close()
-
-    async def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
-        if method != "GET":
-            return "405 Method Not Allowed", "text/plain", b"GET only\n"
-        if path == "/metrics":
+    async def _route(self, request: httpd.Request) -> httpd.Response:
+        if request.method != "GET":
+            return httpd.Response(405, b"GET only\n")
+        if request.path == "/metrics":
             self._refresh()
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
-        if path == "/healthz":
-            return "200 OK", "text/plain", b"ok\n"
-        if path == "/readyz":
+            return httpd.Response(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+        if request.path == "/healthz":
+            return httpd.Response(200, b"ok\n")
+        if request.path == "/readyz":
             ok, detail = await self._ready()
-            return ("200 OK" if ok else "503 Service Unavailable", "text/plain",
-                    (detail + "\n").encode())
-        return "404 Not Found", "text/plain", b"not found\n"
+            return httpd.Response(200 if ok else 503, (detail + "\n").encode())
+        return httpd.Response(404, b"not found\n")
 
     async def _ready(self) -> tuple[bool, str]:
         now = time.monotonic()

@@ -375,6 +375,20 @@ class Spool:
         seconds. A file is the whole protocol: no socket, no PID file, no signal."""
         (self.triggers / name).touch()
 
+    def paused(self) -> str | None:
+        """Why delivery is paused (the reputation guard), or None."""
+        try:
+            return (self.directory / "paused").read_text().strip() or "paused"
+        except FileNotFoundError:
+            return None
+
+    def set_paused(self, reason: str | None) -> None:
+        path = self.directory / "paused"
+        if reason is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(reason + "\n")
+
     def take_triggers(self) -> list[str]:
         names = []
         for p in self.triggers.iterdir():

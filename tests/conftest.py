@@ -236,6 +236,7 @@ def make_setup(tmp_path: Path, certs: Certs, users_file: Path) -> Callable[..., 
                          "timeout": "5s", **delivery},
             "log": {"format": "json", "level": "info"},
             "suppression": {"database": str(tmp_path / "suppression.sqlite3")},
+            "feedback": {"database": str(tmp_path / "events.sqlite3")},
         }
         setup = Setup(tmp_path / "ses-relay.yaml", doc, starttls, implicit, certs)
         setup.write()

@@ -281,6 +281,6 @@ class Handler:
             maillog.queue_failed(session.peer, str(e))
             return replies.TEMPORARY
         maillog.queued(queue_id, record.mail_from, record.rcpt_tos, draft.size,
-                       since_connect=server.loop.time() - server.started)
+                       since_connect=server.loop.time() - server.started, user=user)
         self._on_queued(queue_id)
         return replies.QUEUED.format(queue_id=queue_id)

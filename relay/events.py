@@ -1,0 +1,230 @@
+"""The event store: every message's story, from SMTP receipt to SES's last word about it.
+
+Two tables in one SQLite file (the state directory): ``steps``, what the relay did with a
+message (received, queued, delivered with the SES MessageId, deferred, failed), and
+``events``, what SES reported later (Delivery, Bounce, Complaint, Open, Click...), keyed by
+SES MessageId, so ``ses-relay trace`` can join them by queue id, MessageId or address, and
+``ses-relay events export`` can hand them to a warehouse incrementally.
+
+Writes come from the event loop and must not wait for the disk: they go into a queue that
+a writer thread commits in batches. Losing the last fraction of a second of history in a
+crash is acceptable; the queue, not this store, is what guarantees delivery.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from relay.feedback.notifications import Event
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS steps (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    at             REAL NOT NULL,
+    queue_id       TEXT NOT NULL,
+    step           TEXT NOT NULL,
+    ses_message_id TEXT,
+    sender         TEXT,
+    user           TEXT,
+    rcpts          TEXT,             -- JSON list
+    detail         TEXT              -- JSON object
+);
+CREATE INDEX IF NOT EXISTS steps_queue ON steps (queue_id);
+CREATE INDEX IF NOT EXISTS steps_message ON steps (ses_message_id);
+CREATE TABLE IF NOT EXISTS events (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    at             REAL NOT NULL,    -- when SES says it happened
+    received_at    REAL NOT NULL,
+    ses_message_id TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    recipient      TEXT,
+    detail         TEXT
+);
+CREATE INDEX IF NOT EXISTS events_message ON events (ses_message_id);
+CREATE INDEX IF NOT EXISTS events_recipient ON events (recipient);
+CREATE INDEX IF NOT EXISTS events_at ON events (at);
+CREATE INDEX IF NOT EXISTS steps_at ON steps (at);
+"""
+
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class Rates:
+    delivered: int
+    bounces: int
+    complaints: int
+
+    @property
+    def bounce_rate(self) -> float:
+        return self.bounces / self.delivered if self.delivered else 0.0
+
+    @property
+    def complaint_rate(self) -> float:
+        return self.complaints / self.delivered if self.delivered else 0.0
+
+
+class EventStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                   timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._pending: queue.Queue[object] = queue.Queue()
+        self._writer: threading.Thread | None = None
+
+    # -- writing (from the event loop: never blocks)
+
+    def start(self) -> None:
+        self._writer = threading.Thread(target=self._write_loop, name="event-store",
+                                        daemon=True)
+        self._writer.start()
+
+    def step(self, queue_id: str, step: str, *, ses_message_id: str | None = None,
+             sender: str | None = None, user: str | None = None,
+             rcpts: Sequence[str] = (), **detail: Any) -> None:
+        row = (time.time(), queue_id, step, ses_message_id, sender, user,
+               json.dumps(list(rcpts)), json.dumps(detail) if detail else None)
+        if self._writer is None:
+            self._insert_steps([row])
+        else:
+            self._pending.put(("steps", row))
+
+    def event(self, event: Event) -> None:
+        at = event.timestamp.timestamp() if event.timestamp else time.time()
+        detail = {k: v for k, v in (("bounce_type", event.bounce_type),
+                                    ("bounce_subtype", event.bounce_subtype),
+                                    ("complaint_subtype", event.complaint_subtype),
+                                    ("feedback_id", event.feedback_id),
+                                    ("diagnostic", event.diagnostic)) if v}
+        rows = [(at, time.time(), event.ses_message_id, str(event.kind), r,
+                 json.dumps(detail) if detail else None) for r in event.recipients or ("",)]
+        with self._lock:
+            self._db.executemany("INSERT INTO events (at, received_at, ses_message_id, kind, "
+                                 "recipient, detail) VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything handed to ``step`` is written (tests, shutdown)."""
+        done = threading.Event()
+        self._pending.put(done)
+        done.wait(timeout)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._pending.put(_STOP)
+            self._writer.join(10)
+            self._writer = None
+        with self._lock:
+            self._db.close()
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._pending.get()
+            batch: list[Any] = []
+            waiters: list[threading.Event] = []
+            stop = False
+            while True:
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    waiters.append(item)
+                else:
+                    batch.append(item)
+                try:
+                    item = self._pending.get(timeout=0.05 if not batch else 0.01)
+                except queue.Empty:
+                    break
+            if batch:
+                self._insert_steps([row for kind, row in batch if kind == "steps"])
+            for w in waiters:
+                w.set()
+            if stop:
+                return
+
+    def _insert_steps(self, rows: list[Any]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT INTO steps (at, queue_id, step, ses_message_id, "
+                                 "sender, user, rcpts, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                 rows)
+            self._db.execute("COMMIT")
+
+    # -- reading
+
+    def rates(self, since: float) -> Rates:
+        """Delivered recipients and bounces/complaints about our own sends since *since*."""
+        with self._lock:
+            delivered = sum(len(json.loads(r)) for (r,) in self._db.execute(
+                "SELECT rcpts FROM steps WHERE step = 'delivered' AND at >= ?", (since,)))
+            counts = dict(self._db.execute(
+                "SELECT kind, count(*) FROM events WHERE at >= ? AND kind IN "
+                "('bounce', 'complaint') AND (kind = 'complaint' OR detail LIKE "
+                "'%\"bounce_type\": \"Permanent\"%') GROUP BY kind", (since,)).fetchall())
+        return Rates(delivered, int(counts.get("bounce", 0)), int(counts.get("complaint", 0)))
+
+    def trace(self, key: str) -> list[dict[str, Any]]:
+        """Every step and event about a queue id, an SES MessageId or an address."""
+        with self._lock:
+            if "@" in key:
+                address = key.lower()
+                queue_ids = [q for (q,) in self._db.execute(
+                    "SELECT DISTINCT queue_id FROM steps WHERE rcpts LIKE ?",
+                    (f'%"{address}"%',))]
+            else:
+                queue_ids = [q for (q,) in self._db.execute(
+                    "SELECT DISTINCT queue_id FROM steps WHERE queue_id = ? OR "
+                    "ses_message_id = ?", (key, key))]
+            story: list[dict[str, Any]] = []
+            for qid in queue_ids:
+                story += [self._step_row(r) for r in self._db.execute(
+                    "SELECT at, queue_id, step, ses_message_id, sender, user, rcpts, detail "
+                    "FROM steps WHERE queue_id = ? ORDER BY seq", (qid,))]
+            message_ids = {s["ses_message_id"] for s in story if s.get("ses_message_id")}
+            for mid in sorted(message_ids):
+                story += [self._event_row(r) for r in self._db.execute(
+                    "SELECT seq, at, ses_message_id, kind, recipient, detail FROM events "
+                    "WHERE ses_message_id = ? ORDER BY at, seq", (mid,))]
+            if "@" in key:
+                story = [s for s in story if s.get("kind") is None
+                         or s.get("recipient") in ("", key.lower())]
+        return sorted(story, key=lambda s: s["at"])
+
+    def export(self, *, after_seq: int = 0, since: float = 0.0
+               ) -> Iterator[dict[str, Any]]:
+        """SES events with the relay's context (queue id, sender, user), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT e.seq, e.at, e.ses_message_id, e.kind, e.recipient, e.detail, "
+                "s.queue_id, s.sender, s.user FROM events e LEFT JOIN steps s ON "
+                "s.ses_message_id = e.ses_message_id AND s.step = 'delivered' "
+                "WHERE e.seq > ? AND e.at >= ? GROUP BY e.seq ORDER BY e.seq",
+                (after_seq, since)).fetchall()
+        for seq, at, mid, kind, rcpt, detail, qid, sender, user in rows:
+            yield {"seq": seq, "at": at, "ses_message_id": mid, "kind": kind,
+                   "recipient": rcpt, "queue_id": qid, "sender": sender, "user": user,
+                   **(json.loads(detail) if detail else {})}
+
+    @staticmethod
+    def _step_row(r: tuple[Any, ...]) -> dict[str, Any]:
+        at, qid, step, mid, sender, user, rcpts, detail = r
+        return {"at": at, "queue_id": qid, "step": step, "ses_message_id": mid,
+                "sender": sender, "user": user, "rcpts": json.loads(rcpts or "[]"),
+                **(json.loads(detail) if detail else {})}
+
+    @staticmethod
+    def _event_row(r: tuple[Any, ...]) -> dict[str, Any]:
+        seq, at, mid, kind, rcpt, detail = r
+        return {"at": at, "seq": seq, "ses_message_id": mid, "kind": kind, "recipient": rcpt,
+                **(json.loads(detail) if detail else {})}
