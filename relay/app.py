@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from relay import config as config_mod
-from relay import dsn, log, maillog, memory, metrics, systemd, users
+from relay import dsn, log, maillog, memory, metrics, sessuppression, systemd, users
 from relay.config import Config
 from relay.delivery import Scheduler
 from relay.errors import ConfigError, DeliveryError, UsersFileError
@@ -52,6 +52,7 @@ class Relay:
     tls: ssl.SSLContext | None = None
     metrics_server: MetricsServer | None = None
     events: EventStore | None = None
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
     feedback: FeedbackService | None = None
     metrics_port: int | None = None
 
@@ -92,8 +93,13 @@ class Relay:
         self.feedback = FeedbackService(
             cfg.feedback, self.events, self.suppression,
             ReputationGuard(self.events, cfg.feedback, self.scheduler.pause),
-            region=cfg.delivery.region)
+            region=cfg.delivery.region,
+            share=self._share_suppression if cfg.suppression.backend == "ses" else None)
         await self.feedback.start()
+        if cfg.suppression.backend == "ses":
+            self._background.append(asyncio.create_task(sessuppression.keep_in_step(
+                cfg.delivery, self.suppression, cfg.suppression.sync_interval),
+                name="suppression-sync"))
         await self.scheduler.start()
         self.tls = tls = (server_tls_context(str(cfg.tls.cert), str(cfg.tls.key))
                           if cfg.tls.cert and cfg.tls.key else None)
@@ -133,6 +139,15 @@ class Relay:
             mail_from=delivery.bounce_from, rcpt_tos=(envelope.mail_from,), no_dsn=True))
         maillog.bounce_notice(queue_id, notice_id, envelope.mail_from)
         self.scheduler.enqueue(notice_id)
+
+    async def _share_suppression(self, entries: list[tuple[str, str]]) -> None:
+        """backend: ses. What feedback suppressed here goes to SES's list at once."""
+        try:
+            async with sessuppression.SESSuppression(self.config.delivery) as ses:
+                await ses.push(entries)
+        except DeliveryError as e:
+            _log.warning("suppression_push_failed", code=e.code, hint=e.hint,
+                         addresses=len(entries))
 
     def _refresh_gauges(self) -> None:
         if self.scheduler is not None:
@@ -204,6 +219,8 @@ class Relay:
             _log.warning("shutdown_grace_over", sessions=self.connections.count)
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+        for task in self._background:
+            task.cancel()
         if self.feedback is not None:
             await self.feedback.stop()
         if self.scheduler is not None:

@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(s)
     s = ssub.add_parser("export", help="write every entry as CSV to stdout")
     _add_config(s)
+    s = ssub.add_parser("sync", help="copy SES's account suppression list here, or ours there")
+    direction = s.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from-ses", action="store_true")
+    direction.add_argument("--to-ses", action="store_true")
+    _add_config(s)
 
     p = sub.add_parser("queue", help="inspect and manage the queue (safe while running)")
     qsub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
@@ -366,8 +371,32 @@ def _iso(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _suppress_sync(args: argparse.Namespace, db: SuppressionList) -> int:
+    from relay.sessuppression import SESSuppression
+
+    cfg = _load(args)
+
+    async def run() -> str:
+        async with SESSuppression(cfg.delivery) as ses:
+            with tqdm(unit="entry", file=sys.stderr, disable=None) as bar:
+                if args.from_ses:
+                    added = await ses.pull(db, progress=bar.update)
+                    return f"pulled from SES: {added} new entries"
+                entries = [(e.address, e.reason) for e in db.entries()]
+                pushed = await ses.push(entries, progress=bar.update)
+                return f"pushed to SES: {pushed} addresses"
+
+    try:
+        print(asyncio.run(run()))
+    except DeliveryError as e:
+        print(f"ses-relay: {e.code}: {e}", file=sys.stderr)
+        print(f"hint: {e.hint}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
 _SUPPRESS = {"add": _suppress_add, "remove": _suppress_remove, "list": _suppress_list,
-             "import": _suppress_import, "export": _suppress_export}
+             "import": _suppress_import, "export": _suppress_export, "sync": _suppress_sync}
 
 
 def cmd_queue(args: argparse.Namespace) -> int:

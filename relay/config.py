@@ -161,6 +161,11 @@ class SuppressionConfig:
     database: Path = Path("/var/lib/ses-relay/suppression.sqlite3")
     # reject: 550 5.1.1 at RCPT; drop: accept the RCPT but leave it out of the envelope.
     action: SuppressionAction = "reject"
+    # local: the SQLite list is the truth. ses: SES's account suppression list is, shared
+    # by every relay of the account; the local list caches it and is pulled every
+    # sync_interval, and feedback is pushed to SES as it arrives.
+    backend: Literal["local", "ses"] = "local"
+    sync_interval: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -752,13 +757,17 @@ class _Reader:
 
     def suppression(self, raw: object) -> SuppressionConfig:
         path = "suppression"
-        d = self.section(raw, path, {"database", "action"})
+        d = self.section(raw, path, {"database", "action", "backend", "sync_interval"})
         if d is None:
             return SuppressionConfig()
         return SuppressionConfig(
             database=self.get(d, "database", path, self.path, SuppressionConfig.database),
             action=cast(SuppressionAction, self.get(d, "action", path,
                                                     self.choice(SUPPRESSION_ACTIONS), "reject")),
+            backend=cast(Literal["local", "ses"], self.get(d, "backend", path,
+                                                           self.choice(("local", "ses")),
+                                                           "local")),
+            sync_interval=self.get(d, "sync_interval", path, self.duration, 300.0),
         )
 
     def boolean(self, v: object, _p: str) -> bool:

@@ -30,6 +30,9 @@ class FakeSES:
         self.accepted: list[dict[str, Any]] = []
         self.templated: list[dict[str, Any]] = []  # template sends, single and bulk
         self.reject_in_bulk: set[str] = set()
+        # SES's account suppression list: served in pages of 2, and what was put into it.
+        self.suppressed: list[tuple[str, str]] = []
+        self.suppressed_put: list[tuple[str, str]] = []
         self.calls = 0
         self._lock = threading.Lock()
         fake = self
@@ -38,6 +41,16 @@ class FakeSES:
             def do_POST(self) -> None:  # http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 fake._handle(self, body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                fake._suppression_get(self)
+
+            def do_PUT(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                request = json.loads(body)
+                with fake._lock:
+                    fake.suppressed_put.append((request["EmailAddress"], request["Reason"]))
+                fake._reply(self, 200, b"{}")
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -56,6 +69,26 @@ class FakeSES:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def _suppression_get(self, req: BaseHTTPRequestHandler) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        query = parse_qs(urlsplit(req.path).query)
+        start = int(query.get("NextToken", ["0"])[0])
+        page = self.suppressed[start:start + 2]
+        body: dict[str, Any] = {"SuppressedDestinationSummaries": [
+            {"EmailAddress": a, "Reason": r, "LastUpdateTime": 1790000000.0} for a, r in page]}
+        if start + 2 < len(self.suppressed):
+            body["NextToken"] = str(start + 2)
+        self._reply(req, 200, json.dumps(body).encode())
+
+    @staticmethod
+    def _reply(req: BaseHTTPRequestHandler, status: int, payload: bytes) -> None:
+        req.send_response(status)
+        req.send_header("Content-Type", "application/json")
+        req.send_header("Content-Length", str(len(payload)))
+        req.end_headers()
+        req.wfile.write(payload)
 
     def _bulk(self, request: dict[str, Any]) -> bytes:
         results = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Awaitable, Callable
 
 from relay import httpd, log
 from relay.config import FeedbackConfig
@@ -27,8 +28,12 @@ _log = log.get("feedback")
 class FeedbackService:
     def __init__(self, config: FeedbackConfig, store: EventStore,
                  suppression: SuppressionList, guard: ReputationGuard, *,
-                 region: str | None) -> None:
+                 region: str | None,
+                 share: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None
+                 ) -> None:
         self.config = config
+        self._share = share
+        self._suppression = suppression
         self._store = store
         self._guard = guard
         self._processor = FeedbackProcessor(
@@ -85,4 +90,10 @@ class FeedbackService:
         actions = await asyncio.to_thread(self._processor.process, event)
         _log.info("feedback", kind=str(event.kind), ses_message_id=event.ses_message_id,
                   recipients=list(event.recipients), actions=actions)
+        if self._share is not None:
+            found = [await self._suppression.check(r) for r in event.recipients]
+            shared = [(e.address, e.reason) for e in found
+                      if e is not None and e.source.startswith("ses:")]
+            if shared:
+                await self._share(shared)
         await asyncio.to_thread(self._guard.check)
