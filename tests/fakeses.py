@@ -42,10 +42,10 @@ class FakeSES:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 fake._handle(self, body)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 fake._suppression_get(self)
 
-            def do_PUT(self) -> None:  # noqa: N802
+            def do_PUT(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 request = json.loads(body)
                 with fake._lock:
