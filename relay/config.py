@@ -592,6 +592,11 @@ class _Reader:
             self.problem(f"{path}.password_file", "set password or password_file, not both")
         if (up.password or up.password_file) and not up.username:
             self.problem(f"{path}.username", "required with a password")
+        if up.username and not (up.password or up.password_file):
+            self.problem(f"{path}.password", "required with a username (or set neither, to "
+                                             "derive both from the IAM credentials)")
+        if up.password_file and not up.password_file.is_file():
+            self.problem(f"{path}.password_file", f"file not found: {up.password_file}")
         if up.ca_file and not up.ca_file.is_file():
             self.problem(f"{path}.ca_file", f"file not found: {up.ca_file}")
         return up

@@ -5,7 +5,8 @@ are kept byte for byte except for the ones this module removes or adds:
 
 - ``Bcc`` is removed (its recipients stay in the envelope);
 - ``X-SES-CONFIGURATION-SET`` and ``X-SES-MESSAGE-TAGS`` are read, validated and removed,
-  and become API parameters (SESv2 ignores these headers in raw mail);
+  and become API parameters (SESv2 ignores these headers in raw mail); any other
+  ``X-SES-*`` header (the sending-authorisation ARNs) is removed;
 - ``Date`` and ``Message-ID`` are added when missing;
 - a second copy of a field that may appear only once is refused, as SES would
   ("554 Transaction failed: Duplicate header"), but at DATA instead of after the 250.
@@ -90,7 +91,9 @@ def rewrite(block: bytes, *, hostname: str, now: float | None = None) -> Headers
             out.tags.extend(_tags(_value(raw)))
         elif name == "from":
             out.from_addresses = _addresses(_value(raw))
-        if name not in _REMOVE:
+        # Every other X-SES-* header goes too: over the SMTP transport SES would act on
+        # X-SES-SOURCE-ARN and friends, which are the operator's to set, not a client's.
+        if name not in _REMOVE and not name.startswith("x-ses-"):
             kept.append(raw)
     if "date" not in seen:
         kept.append(f"Date: {formatdate(now, usegmt=True)}\r\n".encode())
