@@ -229,10 +229,18 @@ class Relay:
             await self.transport.aclose()
         if self.suppression is not None:
             self.suppression.close()
+        if self.spool is not None:
+            await asyncio.to_thread(self.spool.close)
         if self.events is not None:
             maillog.attach(None)
             await asyncio.to_thread(self.events.close)
         _log.info("stopped")
+
+
+def run(config: Config) -> int:
+    """The process's event loop. (uvloop was measured and made the relay slower under
+    bench/compare.py's load, see bench/RESULTS.md; asyncio's loop it is.)"""
+    return asyncio.run(serve(config))
 
 
 async def serve(config: Config) -> int:

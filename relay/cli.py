@@ -211,7 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     log.configure(cfg.log.format, cfg.log.level)
-    return asyncio.run(app.serve(cfg))
+    return app.run(cfg)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

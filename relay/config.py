@@ -69,7 +69,9 @@ class SmtpUpstream:
 
     host: str | None = None  # None: email-smtp.<region>.amazonaws.com
     port: int = 587
-    tls: Literal["starttls", "implicit"] = "starttls"
+    # none: plain SMTP, only to a loopback host (a local sink for benchmarks), no AUTH
+    # unless credentials are configured.
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
     # SMTP credentials. With neither set, they are derived from the IAM credentials of the
     # standard chain (user name = access key id, password = the SES v4 SMTP password).
     username: str | None = None
@@ -580,14 +582,17 @@ class _Reader:
         up = SmtpUpstream(
             host=self.get(d, "host", path, self.string, None),
             port=self.get(d, "port", path, self.port, 587),
-            tls=cast(Literal["starttls", "implicit"],
-                     self.get(d, "tls", path, self.choice(("starttls", "implicit")),
+            tls=cast(Literal["starttls", "implicit", "none"],
+                     self.get(d, "tls", path, self.choice(("starttls", "implicit", "none")),
                               "starttls")),
             username=self.get(d, "username", path, self.string, None),
             password=self.get(d, "password", path, self.string, None),
             password_file=self.get(d, "password_file", path, self.path, None),
             ca_file=self.get(d, "ca_file", path, self.path, None),
         )
+        if up.tls == "none" and up.host not in ("127.0.0.1", "::1", "localhost"):
+            self.problem(f"{path}.tls", "none is only allowed to a loopback host "
+                                        "(127.0.0.1, ::1, localhost)")
         if up.password and up.password_file:
             self.problem(f"{path}.password_file", "set password or password_file, not both")
         if (up.password or up.password_file) and not up.username:

@@ -246,21 +246,19 @@ class Scheduler:
         if claim is None:
             return  # held or deleted by an operator meanwhile
         try:
-            size = await asyncio.to_thread(self._spool.size, qid)
-            async with self._budget.hold(size):
+            async with self._budget.hold(claim.size):
                 await self._attempt(claim)
         finally:
-            await asyncio.to_thread(claim.release)
+            claim.release()  # closing a file descriptor: no trip to a thread
 
     async def _attempt(self, claim: Claim) -> None:
         qid = claim.queue_id
         try:
-            envelope, data = await asyncio.to_thread(claim.read)
+            envelope, data, state = await asyncio.to_thread(claim.read)
         except CorruptEntry as e:
             await asyncio.to_thread(claim.quarantine)
             maillog.quarantined(qid, str(e))
             return
-        state = await asyncio.to_thread(self._spool.load_state, qid)
         state.attempts += 1
         state.last_attempt = self._clock()
         pending = [r for r in envelope.rcpt_tos if r not in state.done

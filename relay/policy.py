@@ -76,7 +76,9 @@ class Policy:
         if self._policy.redirect_all_to:
             return ACCEPT  # the envelope is rewritten at commit; originals do not get mail
         if self._suppression is not None:
-            entry = await self._suppression.check(address)
+            # Inline, not in a thread: a primary-key lookup in SQLite's page cache takes
+            # microseconds (bench/RESULTS.md), less than the hop to a thread would.
+            entry = self._suppression.lookup(address)
             if entry is not None:
                 reason = f"suppressed ({entry.reason}, {entry.address})"
                 if self._drop:

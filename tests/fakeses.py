@@ -43,7 +43,10 @@ class FakeSES:
                 fake._handle(self, body)
 
             def do_GET(self) -> None:
-                fake._suppression_get(self)
+                if self.path.startswith("/v2/email/suppression/addresses"):
+                    fake._suppression_get(self)
+                else:  # GetAccount and the rest: not implemented, as in moto
+                    fake._reply(self, 404, b'{"message": "not implemented here"}')
 
             def do_PUT(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))

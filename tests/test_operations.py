@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trustme
 from clients import Dialog, implicit, starttls
-from conftest import PASSWORD, SENDER, USER, Setup, wait_until
+from conftest import PASSWORD, SENDER, USER, Setup, free_port, wait_until
 from test_cli import run
 
 MESSAGE = (b"From: sender@example.com\r\nSubject: ops\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000"
@@ -216,3 +216,31 @@ def test_the_fail2ban_filter_matches_auth_failure_lines(setup: Setup, start_proc
     for line in lines:
         hosts = {m.group("host") for p in patterns if (m := p.search(line))}
         assert hosts == {"127.0.0.1"}, line
+
+
+def test_behind_a_load_balancer_the_proxy_header_names_the_client(setup: Setup,
+                                                                  start_relay) -> None:
+    port = free_port()
+    setup.doc["listeners"].append({"name": "behind-lb", "address": "127.0.0.1",
+                                   "port": port,
+                                   "tls": "none", "auth": "none", "proxy_protocol": True,
+                                   "trusted_networks": ["192.0.2.0/24"]})
+    setup.write()
+    start_relay(setup)
+
+    def session(client_ip: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"PROXY TCP4 {client_ip} 127.0.0.1 40000 25\r\n".encode())
+            f = s.makefile("rb")
+            assert f.readline().startswith(b"220 ")
+            s.sendall(b"EHLO lb.test\r\n")
+            while f.readline()[3:4] == b"-":
+                pass
+            s.sendall(f"MAIL FROM:<{SENDER}>\r\n".encode())
+            reply = f.readline()
+            f.close()
+            return reply
+
+    # Trusted networks are judged on the client the balancer names, not on the balancer.
+    assert session("192.0.2.10").startswith(b"250 2.1.0")
+    assert session("198.51.100.7").startswith(b"530 5.7.0")

@@ -36,7 +36,7 @@ def test_drafts_never_committed_are_dropped_at_start(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     spool.open()
     draft = spool.draft()
-    draft.write(b"half a message")
+    draft.write(b"x" * 300 * 1024)  # large enough to be written as it arrives
     draft._file.flush()  # type: ignore[union-attr]  # as if the process died here
     kept = commit(spool, b"Subject: kept\r\n\r\n")
     assert Spool(tmp_path).open() == [kept]  # as after a crash: a new process opens it

@@ -193,8 +193,10 @@ def test_a_client_that_disconnects_mid_data_leaves_nothing_behind(
     d.cmd(f"MAIL FROM:<{SENDER}>")
     d.cmd("RCPT TO:<rcpt@example.net>")
     assert d.cmd("DATA").startswith(b"354")
-    d.send(b"Subject: half\r\n\r\n" + b"x" * 500 + b"\r\n")
-    time.sleep(0.2)
+    d.send(b"Subject: half\r\n\r\n" + (b"x" * 500 + b"\r\n") * 600)  # 300 KB: on disk
+    deadline = time.monotonic() + 5
+    while not list((setup.queue_dir / "tmp").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert len(list((setup.queue_dir / "tmp").iterdir())) == 1  # the draft existed
     d.close()
     deadline = time.monotonic() + 5

@@ -71,7 +71,9 @@ class SESv1Transport:
             q = await self._client.get_send_quota()
         except Exception as e:
             raise classify(e, region=self.config.region) from e
-        return Quota(max_send_rate=float(q.get("MaxSendRate", 0)) or 1.0,
+        if not q.get("MaxSendRate"):
+            return None  # nothing to go by: no limit but SES's own throttling answers
+        return Quota(max_send_rate=float(q["MaxSendRate"]),
                      max_24_hour_send=float(q.get("Max24HourSend", 0)),
                      sent_last_24_hours=float(q.get("SentLast24Hours", 0)))
 

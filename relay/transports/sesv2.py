@@ -75,7 +75,9 @@ class SESv2Transport:
         except Exception as e:
             raise classify(e, region=self.config.region) from e
         q = account.get("SendQuota") or {}
-        return Quota(max_send_rate=float(q.get("MaxSendRate", 0)) or 1.0,
+        if not q.get("MaxSendRate"):
+            return None  # nothing to go by: no limit but SES's own throttling answers
+        return Quota(max_send_rate=float(q["MaxSendRate"]),
                      max_24_hour_send=float(q.get("Max24HourSend", 0)),
                      sent_last_24_hours=float(q.get("SentLast24Hours", 0)))
 

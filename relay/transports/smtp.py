@@ -72,7 +72,7 @@ class SMTPTransport:
             raise ConfigError(["delivery.region: required for transport smtp"])
         self._tls = await asyncio.to_thread(tls_context, self.config.smtp.ca_file)
         self._login = await asyncio.to_thread(configured_login, self.config.smtp)
-        if self._login is None:
+        if self._login is None and self.config.smtp.tls != "none":
             self._session = await aws.session(self.config)
         self._ehlo_name = _ehlo_name()
         self._arn_headers = arn_headers(self.config)
@@ -84,7 +84,9 @@ class SMTPTransport:
         if not rcpts:
             raise _nobody_accepted(refused)
         message = self._ses_headers(envelope) + data
-        username, password = await self._credentials()
+        plain = self.config.smtp.tls == "none"  # a loopback smarthost (benchmarks)
+        username, password = ("", "") if plain and self._login is None \
+            else await self._credentials()
         client = self._client()
         try:
             await self._open(client, username, password)
@@ -129,7 +131,8 @@ class SMTPTransport:
                          "with implicit) and that no middlebox strips STARTTLS")
             await client.starttls()
             await client.ehlo()  # RFC 3207: what the server said before TLS is forgotten
-        await _authenticate(client, username, password)
+        if username:
+            await _authenticate(client, username, password)
 
     async def _envelope(self, client: aiosmtplib.SMTP, sender: bytes,
                         rcpts: list[tuple[str, bytes]],
