@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEV    := .dev
 
-.PHONY: run test lint typecheck unit peers clean
+.PHONY: run test lint typecheck unit peers bench clean
 
 # The virtualenv is rebuilt when the project's dependencies change.
 $(BIN)/.installed: pyproject.toml
@@ -33,6 +33,11 @@ unit: $(BIN)/.installed
 ## peers: install the real SMTP clients the tests drive (Debian packages), if missing
 peers:
 	@scripts/install-peers
+
+## bench: ses-relay (sesv2, smtp) against a private Postfix, side by side (needs root)
+bench: $(BIN)/.installed peers
+	$(BIN)/python bench/compare.py --messages 5000 --sessions 50 --size 5120
+	$(BIN)/python bench/rate.py
 
 clean:
 	rm -rf $(VENV) $(DEV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
