@@ -1,0 +1,76 @@
+"""What the two SES API transports share: one long-lived client, the SDK's retries off,
+every error mapped through the one table, and the account's quota read the same way.
+
+One long-lived client (and its connection pool) serves the whole process: building a
+client costs milliseconds and a TLS handshake, which would dominate a small message.
+The scheduler owns retry policy, so a throttled message is retried on our schedule and
+counted once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from relay import aws
+from relay.config import DeliveryConfig
+from relay.errors import DeliveryError
+from relay.spool import Envelope
+from relay.transports.base import Quota, SendResult
+from relay.transports.errors import classify
+
+
+class SESAPITransport:
+    name = ""
+    service = ""  # the botocore service name
+    max_message_size = 0
+    max_recipients = 50
+
+    def __init__(self, config: DeliveryConfig) -> None:
+        self.config = config
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+
+    async def start(self) -> None:
+        session = await aws.session(self.config)
+        self._client = await self._stack.enter_async_context(session.client(
+            self.service, region_name=self.config.region,
+            endpoint_url=self.config.endpoint_url, config=aws.client_config(self.config)))
+
+    def params(self, envelope: Envelope, data: bytes) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _send(self, params: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _send_quota(self) -> dict[str, Any]:
+        """SES's quota fields: MaxSendRate, Max24HourSend, SentLast24Hours."""
+        raise NotImplementedError
+
+    async def send(self, envelope: Envelope, data: bytes) -> SendResult:
+        assert self._client is not None, "start() first"
+        try:
+            response = await self._send(self.params(envelope, data))
+        except Exception as e:  # mapped to ours at the one place that knows botocore
+            raise classify(e, region=self.config.region) from e
+        message_id = response.get("MessageId")
+        if not isinstance(message_id, str):
+            raise DeliveryError("SES answered without a MessageId", permanent=False,
+                                code="BadResponse", hint="unexpected SES response; retrying")
+        return SendResult(message_id)
+
+    async def quota(self) -> Quota | None:
+        assert self._client is not None, "start() first"
+        try:
+            q = await self._send_quota()
+        except Exception as e:
+            raise classify(e, region=self.config.region) from e
+        if not q.get("MaxSendRate"):
+            return None  # nothing to go by: no limit but SES's own throttling answers
+        return Quota(max_send_rate=float(q["MaxSendRate"]),
+                     max_24_hour_send=float(q.get("Max24HourSend", 0)),
+                     sent_last_24_hours=float(q.get("SentLast24Hours", 0)))
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+        self._client = None
