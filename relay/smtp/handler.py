@@ -13,7 +13,7 @@ from base64 import b64decode
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, AuthResult
+from aiosmtpd.smtp import MISSING, AuthResult, TLSSetupException
 
 from relay import log, maillog
 from relay.addresses import AddressError, normalize
@@ -98,6 +98,11 @@ class Handler:
     # -- errors
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # A client that does not trust our certificate, or speaks no common TLS
+            # version: its business, not a fault of ours (aiosmtpd closes the connection).
+            _log.info("tls_failed", error=repr(error.__cause__ or error))
+            return replies.TEMPORARY
         _log.error("session_error", error=repr(error), exc_info=error)
         return replies.TEMPORARY
 
