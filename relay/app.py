@@ -217,6 +217,10 @@ class Relay:
         grace = self.config.limits.shutdown_grace
         if not await self.connections.wait_idle(grace):
             _log.warning("shutdown_grace_over", sessions=self.connections.count)
+            for handler in self.handlers:
+                for session in list(handler.live):
+                    session.close()  # no 250 was given: the client keeps its message
+            await self.connections.wait_idle(5)
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         for task in self._background:

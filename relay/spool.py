@@ -190,7 +190,9 @@ class Draft:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
-        with contextlib.suppress(FileNotFoundError):
+        # Not only FileNotFoundError: when tmp/ itself is broken (gone, not a directory),
+        # there is nothing to remove either, and the commit's own error is what matters.
+        with contextlib.suppress(OSError):
             self.path.unlink()
 
 

@@ -267,6 +267,9 @@ class InProcess:
         if not self.stopped:
             self.stopped = True
             self.call(self.relay.stop())
+            # Let transports that are closing finish (their last callbacks are scheduled),
+            # or they are collected later, unclosed, in whichever test runs then.
+            self.call(asyncio.sleep(0.1))
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
 

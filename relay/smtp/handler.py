@@ -42,6 +42,7 @@ class Handler:
                  on_queued: Callable[[str], None], connections: Connections,
                  auth_guard: AuthGuard) -> None:
         self.listener = listener
+        self.live: set[RelaySMTP] = set()  # sessions open now, for a clean shutdown
         self._connections = connections
         self._guard = auth_guard
         self._users = users
@@ -64,8 +65,9 @@ class Handler:
 
     # -- connections
 
-    def connection_opened(self, session: Any) -> str | None:
+    def connection_opened(self, session: Any, server: RelaySMTP) -> str | None:
         """Count the connection; the reply refusing it, when it is one too many."""
+        self.live.add(server)
         ip = _ip(session.peer)
         session.client_ip = ip
         reply = self._connections.opened(ip)
@@ -77,7 +79,8 @@ class Handler:
             maillog.connected(session.peer, self.listener.name)
         return reply
 
-    def connection_closed(self, session: Any) -> None:
+    def connection_closed(self, session: Any, server: RelaySMTP) -> None:
+        self.live.discard(server)
         self._connections.closed(session.client_ip)
 
     async def handle_PROXY(self, server: RelaySMTP, session: Any, envelope: Any,

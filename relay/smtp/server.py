@@ -77,12 +77,12 @@ class RelaySMTP(SMTP):
             self.session.client_ip = previous.client_ip
         if not self._counted:  # not again after STARTTLS
             self._counted = True
-            self._refusal = self.event_handler.connection_opened(self.session)
+            self._refusal = self.event_handler.connection_opened(self.session, self)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._counted:
             self._counted = False
-            self.event_handler.connection_closed(self.session)
+            self.event_handler.connection_closed(self.session, self)
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
@@ -151,6 +151,10 @@ class RelaySMTP(SMTP):
         self._close()
 
     smtp_GET = smtp_POST = smtp_HEAD = smtp_PUT = smtp_CONNECT = smtp_OPTIONS = _not_smtp
+
+    def close(self) -> None:
+        """Hang up (shutdown: sessions still open after the grace period)."""
+        self._close()
 
     def _close(self) -> None:
         """Hang up now, and make sure nothing the client already sent is acted upon.
