@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from relay import log, maillog
+from relay import log, maillog, metrics
 from relay.config import QueueConfig
 from relay.errors import Busy, CorruptEntry, DeliveryError, SpoolError
 from relay.ratelimit import TokenBucket
@@ -382,6 +382,8 @@ class Scheduler:
             return
         if self._configured_rate is None:
             self._limiter.set_rate(quota.max_send_rate)
+        metrics.QUOTA_MAX_24H.set(quota.max_24_hour_send)
+        metrics.QUOTA_SENT_24H.set(quota.sent_last_24_hours)
         if quota.max_24_hour_send > 0 and quota.sent_last_24_hours >= quota.max_24_hour_send:
             _log.warning("daily_quota_reached", max_24_hour_send=quota.max_24_hour_send,
                          sent_last_24_hours=quota.sent_last_24_hours,

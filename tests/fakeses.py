@@ -33,6 +33,7 @@ class FakeSES:
         # SES's account suppression list: served in pages of 2, and what was put into it.
         self.suppressed: list[tuple[str, str]] = []
         self.suppressed_put: list[tuple[str, str]] = []
+        self.account: dict[str, Any] | None = None  # GetAccount's answer; None: 404
         self.calls = 0
         self._lock = threading.Lock()
         fake = self
@@ -45,6 +46,8 @@ class FakeSES:
             def do_GET(self) -> None:
                 if self.path.startswith("/v2/email/suppression/addresses"):
                     fake._suppression_get(self)
+                elif self.path.startswith("/v2/email/account") and fake.account:
+                    fake._reply(self, 200, json.dumps(fake.account).encode())
                 else:  # GetAccount and the rest: not implemented, as in moto
                     fake._reply(self, 404, b'{"message": "not implemented here"}')
 

@@ -81,3 +81,18 @@ def test_not_ready_when_ses_cannot_be_reached(make_setup, start_relay) -> None:
     assert status == 503
     assert "ConnectionError" in text
     assert get(port, "/healthz")[0] == 200  # alive, just not ready
+
+
+def test_quota_gauges_follow_get_account(make_setup, start_relay) -> None:
+    from fakeses import FakeSES
+
+    with FakeSES() as ses:
+        ses.account = {"SendQuota": {"MaxSendRate": 14.0, "Max24HourSend": 50000.0,
+                                     "SentLast24Hours": 1234.0}}
+        setup: Setup = make_setup("sesv2", region="us-east-1", endpoint_url=ses.url)
+        port = with_metrics(setup)
+        start_relay(setup)
+        _, text = get(port, "/metrics")
+    assert value(text, "ses_relay_send_rate_limit") == 14.0
+    assert value(text, "ses_relay_send_quota_max_24h") == 50000.0
+    assert value(text, "ses_relay_send_quota_sent_24h") == 1234.0
