@@ -249,7 +249,8 @@ class Scheduler:
             async with self._budget.hold(claim.size):
                 await self._attempt(claim)
         finally:
-            claim.release()  # closing a file descriptor: no trip to a thread
+            if not claim.released:  # deferred, or an error: let go of it in a thread too
+                await asyncio.to_thread(claim.release)
 
     async def _attempt(self, claim: Claim) -> None:
         qid = claim.queue_id
