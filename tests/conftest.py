@@ -267,11 +267,19 @@ class InProcess:
         if not self.stopped:
             self.stopped = True
             self.call(self.relay.stop())
-            # Let transports that are closing finish (their last callbacks are scheduled),
-            # or they are collected later, unclosed, in whichever test runs then.
-            self.call(asyncio.sleep(0.1))
+            # Let connections that are closing finish (a TLS shutdown waits on its peer),
+            # or their transports are collected later, unclosed, in whichever test runs
+            # then. The loop's selector is private, but this is the test harness.
+            self.call(_settle(self.loop))
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
+
+
+async def _settle(loop: asyncio.AbstractEventLoop, timeout: float = 3.0) -> None:
+    selector = loop._selector  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    while len(selector.get_map()) > 1 and time.monotonic() < deadline:  # 1: the self-pipe
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
