@@ -311,10 +311,6 @@ class Spool:
             os.fsync(f.fileno())
         path.unlink()
 
-    def size(self, queue_id: str) -> int:
-        """Bytes on disk of a committed message (raises FileNotFoundError if gone)."""
-        return (self.active / queue_id).stat().st_size
-
     def load_state(self, queue_id: str) -> DeliveryState:
         try:
             d = json.loads((self.state / f"{queue_id}.json").read_bytes())
