@@ -42,7 +42,11 @@ def test_aiosmtplib_delivers_over_each_tls_mode_and_auth_mechanism(
             await smtp.ehlo()
             auth = smtp.auth_plain if mechanism == "PLAIN" else smtp.auth_login
             await auth(USER, PASSWORD)
-            return await smtp.send_message(message(f"aiosmtplib {mode} {mechanism}"))
+            result = await smtp.send_message(message(f"aiosmtplib {mode} {mechanism}"))
+        # The TLS transport finishes closing in callbacks after QUIT; asyncio.run would
+        # close the loop first and leave the socket to the garbage collector.
+        await asyncio.sleep(0.2)
+        return result
 
     refused, reply = asyncio.run(asyncio.wait_for(send(), 30))
     assert refused == {}
