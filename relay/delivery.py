@@ -97,6 +97,7 @@ class Scheduler:
         self._configured_rate = max_send_rate
         self._limiter = TokenBucket(max_send_rate)
         self._on_failed = on_failed
+        self._down_streak = 0  # consecutive "cannot reach the upstream" failures
         self._running = asyncio.Event()  # cleared while delivery is paused
         self._running.set()
         self.paused_reason: str | None = None
@@ -297,6 +298,7 @@ class Scheduler:
                 state.rejected[r] = [e.code, str(e), e.hint]
             maillog.failed(qid, name, e.code, str(e), e.hint, state.attempts, rcpts)
             return None
+        self._down_streak = 0
         accepted = [r for r in rcpts if r not in result.refused]
         for r in accepted:
             state.done[r] = result.message_id
@@ -325,6 +327,8 @@ class Scheduler:
         name = self._transport.name
         state.last_error = f"{e.code}: {e}"
         age = self._clock() - queue_id_time(qid)
+        if e.code in _UPSTREAM_DOWN:
+            self._upstream_down()
         if age < self._max_age:
             delay = self._after_throttle(e) if e.throttle else self._backoff.delay(age)
             await asyncio.to_thread(self._spool.save_state, qid, state,
@@ -341,6 +345,18 @@ class Scheduler:
             state.rejected[r] = [e.code, str(e), hint]
         maillog.failed(qid, name, e.code, str(e), hint, state.attempts, left)
         await self._fail(claim, envelope, state, e.code, str(e), hint)
+
+    def _upstream_down(self) -> None:
+        """The upstream cannot be reached: stop trying every queued message against it.
+
+        Like Postfix marking a destination dead, the next attempts wait (1, 2, 4... up to
+        60 seconds) instead of each message failing in turn; with a large backlog that
+        would burn the CPU the SMTP side needs. Mail stays queued, nothing is lost.
+        """
+        self._down_streak += 1
+        pause = min(60.0, 2.0 ** (self._down_streak - 1))
+        self._limiter.pause(pause)
+        _log.warning("upstream_down", pause=pause, streak=self._down_streak)
 
     def _after_throttle(self, e: DeliveryError) -> float:
         """Slow down for everyone; retry this message soon, not at its next backoff step."""
@@ -397,6 +413,7 @@ class Scheduler:
 
 
 _DAILY_QUOTA_PAUSE = 900.0
+_UPSTREAM_DOWN = frozenset({"ConnectionError", "Timeout", "TLSError"})
 _QUEUE_WATCH = 2.0
 _QUOTA_REFRESH = 300.0
 

@@ -56,7 +56,10 @@ class TokenBucket:
             while True:
                 self._refill()
                 wait = self._paused_until - self._clock()
-                if wait <= 0 and self._tokens >= min(n, self._capacity):
+                if wait <= 0 and self._rate is None:
+                    return  # unlimited: only a pause holds us
+                # (The epsilon: 0.9999999 tokens must not mean one more near-zero wait.)
+                if wait <= 0 and self._tokens + 1e-9 >= min(n, self._capacity):
                     self._tokens -= n
                     return
                 if wait <= 0:
