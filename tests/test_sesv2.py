@@ -90,6 +90,8 @@ def test_an_unreachable_endpoint_defers_and_keeps_the_message(
     deferred = next(e for e in logs if e["event"] == "deferred")
     assert deferred["code"] == "ConnectionError"
     assert "endpoint" in deferred["hint"]
+    # The relay stops trying the rest of the queue for a while, instead of every message.
+    assert next(e for e in logs if e["event"] == "upstream_down")["pause"] == 1.0
     assert len(list((setup.queue_dir / "active").iterdir())) == 1
 
 
