@@ -22,7 +22,7 @@ run: $(BIN)/.installed
 test: $(BIN)/.installed peers lint typecheck unit
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check relay tests
+	$(BIN)/ruff check relay tests bench
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy --strict relay

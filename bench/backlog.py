@@ -11,7 +11,6 @@ with the same relay and an empty queue.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
 import sys
@@ -19,20 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import AWS_ENV, free_port, write_relay_config  # noqa: E402
 from relay.spool import _TRAILER_MAGIC, Envelope, new_queue_id  # noqa: E402
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prefill(active: Path, n: int) -> None:
@@ -50,22 +42,11 @@ def run(queued: int, messages: int) -> tuple[float, float]:
         home = Path(d)
         prefill(home / "queue" / "active", queued)
         port = free_port()
-        (home / "c.yaml").write_text(yaml.safe_dump({
-            "hostname": "bench.test",
-            "listeners": [{"name": "l", "address": "127.0.0.1", "port": port, "tls": "none",
-                           "auth": "none", "trusted_networks": ["127.0.0.0/8"]}],
-            "queue": {"directory": str(home / "queue")},
-            "suppression": {"database": str(home / "s.sqlite3")},
-            "feedback": {"database": str(home / "e.sqlite3")},
-            "limits": {"max_connections_per_ip": 10000},
-            "delivery": {"transport": "sesv2", "region": "us-east-1",
-                         "endpoint_url": f"http://127.0.0.1:{free_port()}"},
-            "log": {"format": "json", "level": "warning"}}))
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": "b", "AWS_SECRET_ACCESS_KEY": "b",
-               "AWS_EC2_METADATA_DISABLED": "true"}
+        config = write_relay_config(home, port, {
+            "transport": "sesv2", "endpoint_url": f"http://127.0.0.1:{free_port()}"})
         t0 = time.perf_counter()
-        relay = subprocess.Popen([BIN / "ses-relay", "serve", "--config", str(home / "c.yaml")],
-                                 env=env, stdout=subprocess.DEVNULL)
+        relay = subprocess.Popen([BIN / "ses-relay", "serve", "--config", str(config)],
+                                 env=AWS_ENV, stdout=subprocess.DEVNULL)
         try:
             while True:
                 try:

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import smtplib
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,28 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import AWS_ENV, free_port, wait_port, write_relay_config  # noqa: E402
+
 BIN = Path(sys.executable).parent
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing on port {port}")
 
 
 # --- process accounting ----------------------------------------------------------------
@@ -144,17 +128,8 @@ def relay_target(name: str, work: Path, delivery: dict[str, object], delivered: 
     home = work / name
     home.mkdir()
     port = free_port()
-    (home / "c.yaml").write_text(yaml.safe_dump({
-        "hostname": "bench.test",
-        "listeners": [{"name": "bench", "address": "127.0.0.1", "port": port, "tls": "none",
-                       "auth": "none", "trusted_networks": ["127.0.0.0/8"]}],
-        "queue": {"directory": str(home / "queue")},
-        "suppression": {"database": str(home / "s.sqlite3")},
-        "feedback": {"database": str(home / "e.sqlite3")},
-        "limits": {"max_connections_per_ip": 10000, "max_message_size": "4MiB"},
-        "delivery": {"region": "us-east-1", "concurrency": 20, **delivery},
-        "log": {"format": "json", "level": "warning"}}))
-    proc = subprocess.Popen([BIN / "ses-relay", "serve", "--config", str(home / "c.yaml")],
+    config = write_relay_config(home, port, {"concurrency": 20, **delivery})
+    proc = subprocess.Popen([BIN / "ses-relay", "serve", "--config", str(config)],
                             env=env, stdout=(home / "log").open("wb"), stderr=subprocess.STDOUT)
     wait_port(port)
 
@@ -325,8 +300,7 @@ def main() -> None:
     ap.add_argument("--only", action="append", choices=("sesv2", "smtp", "postfix"))
     args = ap.parse_args()
     names = args.only or ["sesv2", "smtp", "postfix"]
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_EC2_METADATA_DISABLED": "true"}
+    env = AWS_ENV
     results = []
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)

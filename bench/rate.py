@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,22 +19,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import AWS_ENV, free_port, write_relay_config  # noqa: E402
 from relay.spool import Envelope, Spool  # noqa: E402
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prefill(queue: Path, messages: int, rcpts: int) -> None:
@@ -72,8 +62,6 @@ def main() -> None:
     fake = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fake_ses.py"),
                              "--port", str(port), "--rate", str(args.rate)])
     relays: list[subprocess.Popen[bytes]] = []
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_EC2_METADATA_DISABLED": "true"}
     try:
         time.sleep(0.5)
         with tempfile.TemporaryDirectory() as d:
@@ -81,19 +69,10 @@ def main() -> None:
                 home = Path(d) / f"relay{n}"
                 home.mkdir()
                 prefill(home / "queue", args.messages, args.rcpts)
-                (home / "c.yaml").write_text(yaml.safe_dump({
-                    "hostname": "bench.test",
-                    "listeners": [{"name": "l", "address": "127.0.0.1", "port": free_port(),
-                                   "tls": "none", "auth": "none",
-                                   "trusted_networks": ["127.0.0.0/8"]}],
-                    "queue": {"directory": str(home / "queue")},
-                    "suppression": {"database": str(home / "s.sqlite3")},
-                    "feedback": {"database": str(home / "e.sqlite3")},
-                    "delivery": {"transport": "sesv2", "region": "us-east-1",
-                                 "endpoint_url": url},
-                    "log": {"format": "json", "level": "warning"}}))
+                config = write_relay_config(home, free_port(), {"transport": "sesv2",
+                                                                "endpoint_url": url})
                 relays.append(subprocess.Popen(
-                    [BIN / "ses-relay", "serve", "--config", str(home / "c.yaml")], env=env,
+                    [BIN / "ses-relay", "serve", "--config", str(config)], env=AWS_ENV,
                     stdout=subprocess.DEVNULL))
             want = args.relays * args.messages * args.rcpts
             started = time.monotonic()

@@ -1,0 +1,48 @@
+"""What the benchmarks share: loopback ports, and a relay configuration for a plain-SMTP
+listener open to loopback (smtp-source speaks no TLS) with its state in one folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Fake credentials: the benchmarks only ever talk to endpoints on this machine.
+AWS_ENV = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing on port {port}")
+
+
+def write_relay_config(home: Path, port: int, delivery: dict[str, Any]) -> Path:
+    path = home / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "hostname": "bench.test",
+        "listeners": [{"name": "bench", "address": "127.0.0.1", "port": port, "tls": "none",
+                       "auth": "none", "trusted_networks": ["127.0.0.0/8"]}],
+        "queue": {"directory": str(home / "queue")},
+        "suppression": {"database": str(home / "s.sqlite3")},
+        "feedback": {"database": str(home / "e.sqlite3")},
+        "limits": {"max_connections_per_ip": 10000, "max_message_size": "4MiB"},
+        "delivery": {"region": "us-east-1", **delivery},
+        "log": {"format": "json", "level": "warning"}}))
+    return path
