@@ -28,6 +28,7 @@ from tqdm import tqdm
 from relay import __version__, config, log, users
 from relay.addresses import AddressError, normalize, normalize_pattern
 from relay.errors import Busy, ConfigError, DeliveryError, SpoolError, UsersFileError
+from relay.message import valid_configuration_set, valid_tag
 from relay.spool import Envelope, Spool
 from relay.suppression import REASONS, SuppressionError, SuppressionList
 
@@ -283,14 +284,13 @@ def _apply_user_options(args: argparse.Namespace, user: users.User) -> users.Use
             senders.append(p)
     config_set = user.configuration_set
     if args.configuration_set is not None:
-        if not re.match(r"^[A-Za-z0-9_-]{1,64}$", args.configuration_set):
+        if not valid_configuration_set(args.configuration_set):
             raise ValueError("--configuration-set: 1-64 letters, digits, _ and -")
         config_set = args.configuration_set
     tags = dict(user.tags)
     for tag in args.tag:
         tag_name, eq, value = tag.partition("=")
-        if not eq or not re.match(r"^[A-Za-z0-9_-]{1,255}$", tag_name) \
-                or not re.match(r"^[A-Za-z0-9_-]{1,255}$", value):
+        if not eq or not valid_tag(tag_name) or not valid_tag(value):
             raise ValueError(f"--tag {tag}: NAME=VALUE with letters, digits, _ and -")
         tags[tag_name] = value
     return replace(user, allowed_senders=tuple(senders), configuration_set=config_set,

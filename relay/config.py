@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar, cast
 import yaml
 
 from relay.errors import ConfigError
+from relay.message import valid_configuration_set, valid_tag
 
 TlsMode = Literal["starttls", "implicit", "none"]
 AuthMode = Literal["required", "optional", "none"]
@@ -284,8 +285,6 @@ _SIZE_UNITS = {"b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _MISSING = object()
-_SES_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_TAG = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 
 
 class _Reader:
@@ -811,7 +810,7 @@ class _Reader:
 
     def ses_name(self, v: object, p: str) -> str:
         s = self.string(v, p)
-        if not _SES_NAME.match(s):
+        if not valid_configuration_set(s):
             raise _Invalid("must be 1-64 characters of letters, digits, _ and -")
         return s
 
@@ -820,7 +819,7 @@ class _Reader:
             raise _Invalid("must be a mapping of tag names to values")
         out = []
         for name, value in v.items():
-            if not _TAG.match(str(name)) or not _TAG.match(str(value)):
+            if not valid_tag(str(name)) or not valid_tag(str(value)):
                 raise _Invalid(f"tag {name}: names and values use letters, digits, _ and - "
                                "(at most 255)")
             out.append((str(name), str(value)))

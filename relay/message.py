@@ -28,8 +28,18 @@ SINGLETONS = frozenset({
 })
 _REMOVE = frozenset({"bcc", "x-ses-configuration-set", "x-ses-message-tags"})
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:")
-_SES_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_TAG = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+_SES_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TAG = re.compile(r"[A-Za-z0-9_-]{1,255}")
+
+
+def valid_configuration_set(name: str) -> bool:
+    """SES's rule for configuration set names; wherever one comes from, this decides."""
+    return _SES_NAME.fullmatch(name) is not None
+
+
+def valid_tag(text: str) -> bool:
+    """SES's rule for message tag names and values."""
+    return _TAG.fullmatch(text) is not None
 
 
 class HeaderError(Exception):
@@ -109,7 +119,7 @@ def _display(name: str) -> str:
 
 
 def _configuration_set(value: str) -> str:
-    if not _SES_NAME.match(value):
+    if not valid_configuration_set(value):
         raise HeaderError("554 5.6.0 Invalid X-SES-CONFIGURATION-SET header")
     return value
 
@@ -118,7 +128,7 @@ def _tags(value: str) -> list[tuple[str, str]]:
     tags = []
     for item in value.split(","):
         name, eq, tag_value = item.strip().partition("=")
-        if not eq or not _TAG.match(name.strip()) or not _TAG.match(tag_value.strip()):
+        if not eq or not valid_tag(name.strip()) or not valid_tag(tag_value.strip()):
             raise HeaderError("554 5.6.0 Invalid X-SES-MESSAGE-TAGS header")
         tags.append((name.strip(), tag_value.strip()))
     return tags

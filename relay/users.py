@@ -20,6 +20,7 @@ import yaml
 
 from relay.addresses import AddressError, normalize_pattern
 from relay.errors import UsersFileError
+from relay.message import valid_configuration_set, valid_tag
 
 # n=2**14, r=8 uses 16 MiB and ~40 ms per check on this class of machine: slow for an
 # attacker with a stolen file, fast enough for a relay that sees a login per connection.
@@ -120,11 +121,15 @@ def _user(path: Path, name: str, entry: object) -> User:
     except AddressError as e:
         raise UsersFileError(f"{path}: users.{name}.allowed_senders: {e.reason}") from None
     config_set = entry.get("configuration_set")
-    if config_set is not None and not isinstance(config_set, str):
-        raise UsersFileError(f"{path}: users.{name}.configuration_set: must be a string")
+    if config_set is not None and not (isinstance(config_set, str)
+                                       and valid_configuration_set(config_set)):
+        raise UsersFileError(f"{path}: users.{name}.configuration_set: 1-64 letters, digits, "
+                             "_ and -")
     tags = entry.get("tags") or {}
-    if not isinstance(tags, dict):
-        raise UsersFileError(f"{path}: users.{name}.tags: must be a mapping")
+    if not isinstance(tags, dict) or not all(valid_tag(str(k)) and valid_tag(str(v))
+                                             for k, v in tags.items()):
+        raise UsersFileError(f"{path}: users.{name}.tags: a mapping of names to values, "
+                             "each of letters, digits, _ and -")
     return User(name, entry["password_hash"], tuple(senders), config_set,
                 tuple((str(k), str(v)) for k, v in tags.items()))
 

@@ -122,3 +122,17 @@ def test_dev_init_and_serve_work_without_aws(tmp_path: Path) -> None:
         assert proc.wait(15) == 0
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def test_a_users_file_with_an_invalid_ses_option_is_refused(tmp_path: Path) -> None:
+    import pytest as _pytest
+
+    from relay.errors import UsersFileError
+
+    path = tmp_path / "users.yaml"
+    path.write_text(yaml.safe_dump({"users": {"app": {
+        "password_hash": users.hash_password("long-enough-pw"),
+        "tags": {"campaign": "fall sale"}}}}))
+    with _pytest.raises(UsersFileError) as e:
+        users.load(path)
+    assert "users.app.tags" in str(e.value)

@@ -35,6 +35,7 @@ import aiosmtplib
 from relay import aws, sescreds
 from relay.config import DeliveryConfig, SmtpUpstream
 from relay.errors import ConfigError, DeliveryError
+from relay.message import valid_configuration_set, valid_tag
 from relay.spool import Envelope
 from relay.transports.base import Quota, SendResult
 from relay.transports.errors import classify as classify_aws
@@ -49,7 +50,6 @@ _QUIT_TIMEOUT = 5.0
 # What may appear in a header value we add (an ARN) or in EHLO: printable ASCII, no spaces.
 _HEADER_VALUE = re.compile(r"[\x21-\x7e]+")
 # Configuration set names and tags, as SES defines them (relay.message checks the same).
-_SES_WORD = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
 
 class SMTPTransport:
@@ -301,7 +301,7 @@ def _header(name: str, value: str) -> bytes:
 
 def _ses_word(value: str) -> str:
     """A configuration set name, tag name or tag value, safe in an X-SES-* header."""
-    if not _SES_WORD.fullmatch(value):
+    if not (valid_configuration_set(value) or valid_tag(value)):
         raise DeliveryError(f"{value!r} cannot be sent as an SES configuration set or tag",
                             permanent=True, code="InvalidParameterValue",
                             hint="configuration set names and tags use letters, digits, _ "
