@@ -8,11 +8,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from clients import implicit, starttls
 from conftest import SENDER, Moto, Setup, free_port, ses_relay_exe, wait_port
 
 from relay import users
+from relay.errors import UsersFileError
 
 DEV_MESSAGE = (b"Subject: dev\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
                b"Message-ID: <dev@example.com>\r\n\r\nhello\r\n")
@@ -125,14 +127,10 @@ def test_dev_init_and_serve_work_without_aws(tmp_path: Path) -> None:
 
 
 def test_a_users_file_with_an_invalid_ses_option_is_refused(tmp_path: Path) -> None:
-    import pytest as _pytest
-
-    from relay.errors import UsersFileError
-
     path = tmp_path / "users.yaml"
     path.write_text(yaml.safe_dump({"users": {"app": {
         "password_hash": users.hash_password("long-enough-pw"),
         "tags": {"campaign": "fall sale"}}}}))
-    with _pytest.raises(UsersFileError) as e:
+    with pytest.raises(UsersFileError) as e:
         users.load(path)
     assert "users.app.tags" in str(e.value)
