@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 from clients import Dialog
-from conftest import SENDER, Setup
+from conftest import PASSWORD, SENDER, USER, Setup
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -83,15 +84,21 @@ def test_the_config_loader_only_ever_answers_a_config_or_its_problems(doc: dict[
     assert cfg.hostname
 
 
+def _session(setup: Setup, start_relay: Any) -> Dialog:
+    """A TLS session with the relay, started once for all of a property test's examples
+    (hypothesis calls the test many times with the same function-scoped fixtures)."""
+    if not getattr(setup, "started", False):
+        start_relay(setup)
+        setup.started = True  # type: ignore[attr-defined]
+    return Dialog(setup.implicit_port, setup.certs.ca, implicit_tls=True)
+
+
 @given(st.binary(max_size=120))
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_any_auth_blob_gets_an_auth_answer_and_the_session_goes_on(
         setup: Setup, start_relay, blob: bytes) -> None:
-    if not getattr(setup, "started", False):
-        start_relay(setup)
-        setup.started = True  # type: ignore[attr-defined]
-    with Dialog(setup.implicit_port, setup.certs.ca, implicit_tls=True) as d:
+    with _session(setup, start_relay) as d:
         d.cmd("EHLO client.test")
         reply = d.cmd("AUTH PLAIN " + base64.b64encode(blob).decode())
         if reply.startswith(b"334 "):  # an empty blob asks for the credentials; abort
@@ -105,12 +112,7 @@ def test_any_auth_blob_gets_an_auth_answer_and_the_session_goes_on(
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_any_data_gets_an_answer_and_never_a_second_message(
         setup: Setup, start_relay, data: bytes) -> None:
-    if not getattr(setup, "started", False):
-        start_relay(setup)
-        setup.started = True  # type: ignore[attr-defined]
-    from conftest import PASSWORD, USER
-
-    with Dialog(setup.implicit_port, setup.certs.ca, implicit_tls=True) as d:
+    with _session(setup, start_relay) as d:
         d.cmd("EHLO client.test")
         creds = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
         assert d.cmd(f"AUTH PLAIN {creds}").startswith(b"235")
