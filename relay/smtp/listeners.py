@@ -20,13 +20,15 @@ async def start(listener: Listener, handler: Handler, *, hostname: str,
                 limits: Limits) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     implicit = listener.tls == "implicit"
+    # aiosmtpd warns, for every connection, that AUTH is allowed without TLS; on implicit
+    # TLS it cannot see that TLS is on, which is the very reason auth_require_tls is off
+    # there. Filtered once here, not with catch_warnings per connection (process-wide
+    # state, changed and restored on the hot path).
+    warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS",
+                            module="aiosmtpd")
 
     def factory() -> RelaySMTP:
-        with warnings.catch_warnings():
-            # aiosmtpd warns that AUTH is allowed without TLS; on implicit TLS it cannot see
-            # that TLS is on, which is the very reason auth_require_tls is off there.
-            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
-            return _session(handler, hostname, tls, data_size_limit, limits, listener, loop)
+        return _session(handler, hostname, tls, data_size_limit, limits, listener, loop)
 
     return await loop.create_server(factory, host=listener.address, port=listener.port,
                                     ssl=tls if implicit else None, reuse_address=True)
