@@ -128,11 +128,10 @@ class Relay:
         if not delivery.bounce_notices or envelope.no_dsn or not delivery.bounce_from:
             return
         assert self.spool is not None and self.scheduler is not None
-        _, data = await asyncio.to_thread(self.spool.read, queue_id, "failed")
+        headers = await asyncio.to_thread(self.spool.read_headers, queue_id, "failed")
         notice = dsn.build(queue_id=queue_id, sender=envelope.mail_from,
                            bounce_from=delivery.bounce_from, hostname=self.config.hostname,
-                           failed=record.get("failed", {}),
-                           original_headers=data.split(b"\r\n\r\n", 1)[0])
+                           failed=record.get("failed", {}), original_headers=headers)
         draft = self.spool.draft()
         draft.write(notice)
         notice_id = await self.spool.commit(draft, Envelope(

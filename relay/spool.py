@@ -366,6 +366,12 @@ class Spool:
     def ids(self, folder: str) -> list[str]:
         return sorted(n for n in os.listdir(self.directory / folder) if _is_queue_id(n))
 
+    def read_headers(self, queue_id: str, folder: str, limit: int = 256 * 1024) -> bytes:
+        """The header section of a stored message, without reading its body."""
+        with open(self.directory / folder / queue_id, "rb") as f:
+            head = f.read(limit)
+        return head.split(b"\r\n\r\n", 1)[0]
+
     def failure_record(self, queue_id: str) -> dict[str, Any]:
         try:
             return dict(json.loads((self.failed / f"{queue_id}.json").read_bytes()))
