@@ -70,12 +70,12 @@ def show(spool: Spool, qid: str) -> str | None:
     folder = spool.find(qid)
     if folder is None:
         return None
-    envelope, data = spool.read(qid, folder)
-    header = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    envelope, size = spool.summary(qid, folder)
+    header = spool.read_headers(qid, folder).decode("utf-8", "replace")
     state = spool.load_state(qid)
     lines = [f"queue id:   {qid}", f"state:      {_state(spool, qid, folder)}",
              f"received:   {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(queue_id_time(qid)))}"
-             " UTC", f"size:       {len(data)}", f"sender:     {envelope.mail_from}",
+             " UTC", f"size:       {size}", f"sender:     {envelope.mail_from}",
              f"recipients: {', '.join(envelope.rcpt_tos)}",
              f"user:       {envelope.user or '-'} from {envelope.peer or '-'}",
              f"attempts:   {state.attempts}"]
