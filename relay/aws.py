@@ -45,11 +45,19 @@ async def session(config: DeliveryConfig) -> aioboto3.Session:
     return aioboto3.Session(botocore_session=core)
 
 
+def pool_size(config: DeliveryConfig) -> int:
+    return max(10, config.concurrency)
+
+
+def connect_timeout(config: DeliveryConfig) -> float:
+    return min(10.0, config.timeout)
+
+
 def client_config(config: DeliveryConfig) -> BotoConfig:
     """SDK retries off (the scheduler owns retries), a pool as large as the worker count."""
     return BotoConfig(
         retries={"mode": "standard", "total_max_attempts": 1},
-        max_pool_connections=max(10, config.concurrency),
-        connect_timeout=min(10.0, config.timeout),
+        max_pool_connections=pool_size(config),
+        connect_timeout=connect_timeout(config),
         read_timeout=config.timeout,
     )

@@ -147,6 +147,7 @@ class FakeSES:
             with self._lock:
                 self.accepted.append({"id": message_id, "from": request["FromEmailAddress"],
                                       "to": request["Destination"]["ToAddresses"], "raw": raw,
+                                      "authorization": req.headers.get("Authorization", ""),
                                       "configuration_set": request.get("ConfigurationSetName"),
                                       "tags": {t["Name"]: t["Value"]
                                                for t in request.get("EmailTags", [])}})

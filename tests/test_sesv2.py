@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
+from botocore.exceptions import ClientError
 from clients import implicit, starttls
 from conftest import PASSWORD, SENDER, USER, Moto, Setup, free_port
 from fakeses import Failure, FakeSES
+
+from relay.transports.errors import classify
+from relay.transports.sesv2http import _error_response
 
 MESSAGE = (b"From: sender@example.com\r\nTo: to@example.net\r\nCc: cc@example.net\r\n"
            b"Subject: via SES\r\nMessage-ID: <1@example.com>\r\n"
@@ -47,6 +52,38 @@ def test_a_permanent_ses_error_fails_the_message_with_a_hint(
     assert (setup.queue_dir / "failed" / record.stem).exists()
     assert list((setup.queue_dir / "active").iterdir()) == []
     assert moto.sent() == []
+
+
+def test_the_send_is_signed_sigv4_for_ses_in_the_region_with_the_chain_credentials(
+        make_setup, start_relay) -> None:
+    with FakeSES() as ses:
+        setup: Setup = make_setup("sesv2", region="eu-west-1", endpoint_url=ses.url)
+        start_relay(setup)
+        with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
+            s.sendmail(SENDER, ["to@example.net"], MESSAGE)
+        deadline = time.monotonic() + 10
+        while not ses.accepted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [sent] = ses.accepted
+    # AWS_ACCESS_KEY_ID=testing (conftest): the standard chain's key, SESv2's signing name.
+    assert re.fullmatch(r"AWS4-HMAC-SHA256 Credential=testing/\d{8}/eu-west-1/ses/aws4_request, "
+                        r"SignedHeaders=\S+, Signature=[0-9a-f]{64}", sent["authorization"])
+    assert sent["raw"] == MESSAGE
+
+
+def test_an_error_answer_is_read_as_the_sdk_reads_it() -> None:
+    # The header wins; a body's namespaced __type and a proxy's HTML page are read too.
+    assert _error_response(400, "MessageRejected:http://internal.amazon.com/", b"{}")[
+        "Error"]["Code"] == "MessageRejected"
+    body = b'{"__type": "com.amazonaws.ses#AccountSuspendedException", "message": "no"}'
+    assert _error_response(400, "", body) == {
+        "Error": {"Code": "AccountSuspendedException", "Message": "no"},
+        "ResponseMetadata": {"HTTPStatusCode": 400}}
+    gateway = _error_response(502, "", b"<html>Bad Gateway</html>")
+    assert gateway["Error"]["Code"] == ""
+    assert gateway["ResponseMetadata"]["HTTPStatusCode"] == 502
+    verdict = classify(ClientError(gateway, "SendEmail"), region="eu-west-1")  # type: ignore[arg-type]
+    assert not verdict.permanent and verdict.code == "Unknown"
 
 
 @pytest.mark.parametrize(("status", "code", "event"), [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import aiohttp
 import botocore.exceptions as bex
 
 from relay.errors import DeliveryError
@@ -77,7 +78,7 @@ _UNKNOWN = Verdict(False, "unexpected SES error; retrying")
 
 
 def classify(exc: BaseException, *, region: str | None) -> DeliveryError:
-    """Map a botocore or network exception to a DeliveryError."""
+    """Map a botocore, aiohttp or network exception to a DeliveryError."""
     if isinstance(exc, bex.ClientError):
         return _from_client_error(exc, region)
     if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError
@@ -90,7 +91,8 @@ def classify(exc: BaseException, *, region: str | None) -> DeliveryError:
         return DeliveryError(str(exc) or "timed out", permanent=False, code="Timeout",
                              hint="SES did not answer in time")
     if isinstance(exc, bex.EndpointConnectionError | bex.ConnectionClosedError
-                  | bex.HTTPClientError | bex.ConnectionError | OSError):
+                  | bex.HTTPClientError | bex.ConnectionError | OSError
+                  | aiohttp.ClientError):  # the SESv2 SendEmail path (sesv2http)
         return DeliveryError(str(exc), permanent=False, code="ConnectionError",
                              hint="cannot reach the SES endpoint: check network, DNS, proxy "
                                   "and delivery.endpoint_url")

@@ -30,9 +30,10 @@ class SESAPITransport:
         self.config = config
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self._session: Any = None
 
     async def start(self) -> None:
-        session = await aws.session(self.config)
+        session = self._session = await aws.session(self.config)
         self._client = await self._stack.enter_async_context(session.client(
             self.service, region_name=self.config.region,
             endpoint_url=self.config.endpoint_url, config=aws.client_config(self.config)))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from relay import aws
 from relay.spool import Envelope
 from relay.transports.sesapi import SESAPITransport
+from relay.transports.sesv2http import SendEmailClient
 
 # SES limits the message to 40 MB *after* base64 encoding, which inflates by 4/3.
 MAX_RAW_SIZE = 40 * 1000 * 1000 * 3 // 4
@@ -15,6 +17,7 @@ class SESv2Transport(SESAPITransport):
     name = "sesv2"
     service = "sesv2"
     max_message_size = MAX_RAW_SIZE
+    _sender: SendEmailClient | None = None
 
     def params(self, envelope: Envelope, data: bytes) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -34,8 +37,26 @@ class SESv2Transport(SESAPITransport):
             params["FeedbackForwardingEmailAddressIdentityArn"] = self.config.return_path_arn
         return params
 
+    async def start(self) -> None:
+        await super().start()
+        # SendEmail skips the SDK's request machinery (see sesv2http); the endpoint and the
+        # credentials are the SDK client's own, so both paths go to the same place.
+        self._sender = SendEmailClient(
+            self._client.meta.endpoint_url, self.config.region or "",
+            await self._session.get_credentials(),
+            pool_size=aws.pool_size(self.config), connect_timeout=aws.connect_timeout(
+                self.config), read_timeout=self.config.timeout)
+        await self._sender.start()
+
+    async def aclose(self) -> None:
+        if self._sender is not None:
+            await self._sender.aclose()
+            self._sender = None
+        await super().aclose()
+
     async def _send(self, params: dict[str, Any]) -> dict[str, Any]:
-        return dict(await self._client.send_email(**params))
+        assert self._sender is not None, "start() first"
+        return await self._sender.send_email(params)
 
     async def _send_quota(self) -> dict[str, Any]:
         return dict((await self._client.get_account()).get("SendQuota") or {})
