@@ -91,6 +91,8 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: set[str] = set()
+        self._waiting: set[asyncio.Task[None]] = set()  # workers in _wait_turn
+        self._stopping = False
         self._drained = asyncio.Event()
         self._drained.set()
         self._budget = ByteBudget(max_inflight_bytes)
@@ -157,8 +159,12 @@ class Scheduler:
         dispatcher, workers = self._tasks[:3], self._tasks[3:]
         for t in dispatcher:
             t.cancel()
-        # Let workers finish what they hold: an interrupted send may be re-sent after the
-        # restart, which is allowed but wasteful.
+        # Workers only waiting for their turn (a paused upstream, the rate limit) give
+        # their message back at once: nothing was sent. The others finish what they hold:
+        # an interrupted send may be re-sent after the restart, allowed but wasteful.
+        self._stopping = True
+        for t in list(self._waiting):
+            t.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), 30)
         for t in workers:
@@ -286,8 +292,7 @@ class Scheduler:
         """Send to one chunk of recipients; record who got it; return an error worth a retry.
         """
         name = self._transport.name
-        await self._running.wait()  # the reputation guard may have paused delivery
-        await self._limiter.acquire(len(rcpts))
+        await self._wait_turn(len(rcpts))
         started = time.monotonic()
         try:
             result = await self._transport.send(replace(envelope, rcpt_tos=rcpts), data)
@@ -313,6 +318,20 @@ class Scheduler:
             maillog.delivered(qid, name, result.message_id, accepted,
                               time.monotonic() - started, state.attempts)
         return None
+
+    async def _wait_turn(self, rcpts: int) -> None:
+        """Wait while delivery is paused (reputation guard, operator), for the rate limit,
+        and out a paused upstream; stop() cancels a worker waiting here."""
+        task = asyncio.current_task()
+        assert task is not None
+        if self._stopping:
+            raise asyncio.CancelledError
+        self._waiting.add(task)
+        try:
+            await self._running.wait()
+            await self._limiter.acquire(rcpts)
+        finally:
+            self._waiting.discard(task)
 
     async def _settled(self, claim: Claim, envelope: Envelope, state: DeliveryState) -> None:
         if not state.rejected:

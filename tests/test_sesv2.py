@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 
 import pytest
@@ -130,6 +131,23 @@ def test_an_unreachable_endpoint_defers_and_keeps_the_message(
     # The relay stops trying the rest of the queue for a while, instead of every message.
     assert next(e for e in logs if e["event"] == "upstream_down")["pause"] == 1.0
     assert len(list((setup.queue_dir / "active").iterdir())) == 1
+
+
+def test_sigterm_while_the_upstream_is_down_stops_at_once_and_keeps_the_queue(
+        make_setup, start_process) -> None:
+    setup: Setup = make_setup("sesv2", region="us-east-1",
+                              endpoint_url=f"http://127.0.0.1:{free_port()}")
+    relay = start_process(setup)
+    with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
+        for _ in range(8):
+            s.sendmail(SENDER, ["to@example.net"], MESSAGE)
+    # Eight failures in a row: the next attempts wait a minute for the upstream.
+    relay.wait_event("upstream_down", pause=60.0)
+    relay.proc.send_signal(signal.SIGTERM)
+    # Workers waiting out the pause give their messages back instead of holding the
+    # shutdown for the 30 s allowed to sends under way.
+    assert relay.proc.wait(10) == 0
+    assert len(list((setup.queue_dir / "active").iterdir())) == 8
 
 
 def test_a_message_that_got_250_survives_kill_9_and_is_delivered_after_restart(
