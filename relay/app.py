@@ -26,7 +26,7 @@ from relay.reputation import ReputationGuard
 from relay.smtp import listeners
 from relay.smtp.handler import Handler
 from relay.smtp.server import server_tls_context
-from relay.spool import Envelope, Spool
+from relay.spool import ALONE, Envelope, Share, Spool
 from relay.suppression import SuppressionList
 from relay.transports import Transport, build
 
@@ -34,11 +34,15 @@ _log = log.get("app")
 # The quota call may be refused while sending works (no ses:GetAccount permission, or an
 # emulator without GetAccount): the endpoint answered with our credentials, so we are ready.
 _READY_ANYWAY = frozenset({"AccessDenied", "AccessDeniedException", "NotFound", "404"})
+_GAUGES_EVERY = 5.0
 
 
 @dataclass
 class Relay:
     config: Config
+    # This process's part when several share the ports and the queue (relay.supervisor):
+    # the first one also runs what must run once (metrics and feedback listeners, syncs).
+    share: Share = ALONE
     transport: Transport | None = None
     spool: Spool | None = None
     scheduler: Scheduler | None = None
@@ -78,25 +82,30 @@ class Relay:
         self._users = users.load(cfg.users_file)
         self.suppression = await asyncio.to_thread(SuppressionList, cfg.suppression.database)
         self.policy = policy = Policy(cfg, self.suppression)
-        self.spool = Spool(cfg.queue.directory)
+        share = self.share
+        first = share.index == 0
+        self.spool = Spool(cfg.queue.directory, share)
         backlog = await asyncio.to_thread(self.spool.open)
         self.transport = build(cfg.delivery)
         await self.transport.start()
         self.scheduler = Scheduler(self.spool, self.transport, cfg.queue,
                                    concurrency=cfg.delivery.concurrency,
+                                   max_inflight_bytes=64 * 2**20 // share.count,
                                    max_send_rate=cfg.delivery.max_send_rate,
+                                   rate_share=1 / share.count,
                                    on_failed=self._notify_sender)
         self.scheduler.load_backlog(backlog)
         self.events = EventStore(cfg.feedback.database)
         self.events.start()
         maillog.attach(self.events)
-        self.feedback = FeedbackService(
-            cfg.feedback, self.events, self.suppression,
-            ReputationGuard(self.events, cfg.feedback, self.scheduler.pause),
-            region=cfg.delivery.region,
-            share=self._share_suppression if cfg.suppression.backend == "ses" else None)
-        await self.feedback.start()
-        if cfg.suppression.backend == "ses":
+        if first:
+            self.feedback = FeedbackService(
+                cfg.feedback, self.events, self.suppression,
+                ReputationGuard(self.events, cfg.feedback, self.scheduler.pause),
+                region=cfg.delivery.region,
+                share=self._share_suppression if cfg.suppression.backend == "ses" else None)
+            await self.feedback.start()
+        if cfg.suppression.backend == "ses" and first:
             self._background.append(asyncio.create_task(sessuppression.keep_in_step(
                 cfg.delivery, self.suppression, cfg.suppression.sync_interval),
                 name="suppression-sync"))
@@ -111,9 +120,13 @@ class Relay:
             self.handlers.append(handler)
             server = await listeners.start(
                 listener, handler, hostname=cfg.hostname, tls=tls,
-                data_size_limit=self.message_size_limit, limits=cfg.limits)
+                data_size_limit=self.message_size_limit, limits=cfg.limits,
+                reuse_port=share.count > 1)
             self.servers.append(server)
-        if cfg.metrics is not None:
+        if share.count > 1:  # the first process serves every process's gauges
+            self._background.append(asyncio.create_task(self._publish_gauges(),
+                                                        name="gauges"))
+        if cfg.metrics is not None and first:
             self.metrics_server = MetricsServer(self._readiness, self._refresh_gauges)
             self.metrics_port = await self.metrics_server.start(cfg.metrics.address,
                                                                 cfg.metrics.port)
@@ -153,6 +166,11 @@ class Relay:
             metrics.QUEUE_DEPTH.set(self.scheduler.pending)
             metrics.QUEUE_OLDEST.set(self.scheduler.oldest_age())
             metrics.SEND_RATE_LIMIT.set(self.scheduler.rate or 0)
+
+    async def _publish_gauges(self) -> None:
+        while True:
+            self._refresh_gauges()
+            await asyncio.sleep(_GAUGES_EVERY)
 
     async def _readiness(self) -> tuple[bool, str]:
         """Ready: the queue takes writes and the upstream answers with our credentials."""
@@ -194,7 +212,7 @@ class Relay:
             _log.error("reload_refused", problems=problems,
                        hint="the running configuration stays; fix the file and reload again")
             return False
-        restart = [k for k in ("listeners", "queue", "delivery", "suppression")
+        restart = [k for k in ("listeners", "queue", "delivery", "suppression", "workers")
                    if getattr(new, k) != getattr(old, k)]
         self.config = replace(new, listeners=old.listeners, queue=old.queue,
                               delivery=old.delivery, suppression=old.suppression)
@@ -240,17 +258,17 @@ class Relay:
         _log.info("stopped")
 
 
-def run(config: Config) -> int:
+def run(config: Config, share: Share = ALONE) -> int:
     """The process's event loop. (uvloop was measured and made the relay slower under
     bench/compare.py's load, see bench/RESULTS.md; asyncio's loop it is.)"""
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, share))
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, share: Share = ALONE) -> int:
     """Run until SIGTERM or SIGINT; return the process exit code."""
     memory.fix_mmap_threshold()
     notifier = systemd.Notifier()
-    relay = Relay(config)
+    relay = Relay(config, share)
     await relay.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

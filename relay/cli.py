@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the relay")
     _add_config(p)
+    # One of several relay processes, started by the supervisor (workers > 1).
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p = sub.add_parser("check-config", help="validate the configuration; exit 2 if invalid")
     _add_config(p)
     p = sub.add_parser("doctor", help="check configuration, TLS, ports, queue and the SES "
@@ -209,9 +211,17 @@ def _load(args: argparse.Namespace) -> config.Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from relay import app
+    from relay.spool import Share
 
     cfg = _load(args)
     log.configure(cfg.log.format, cfg.log.level)
+    if args.worker is not None:
+        log.bind(worker=args.worker)
+        return app.run(cfg, Share(args.worker, cfg.workers))
+    if cfg.workers > 1:
+        from relay import supervisor
+
+        return supervisor.run(cfg)
     return app.run(cfg)
 
 

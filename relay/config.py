@@ -219,6 +219,9 @@ class Config:
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     metrics: MetricsConfig | None = None  # None: no metrics listener
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    # Relay processes sharing the listeners' ports and the queue (relay.supervisor);
+    # "auto" in the file means one per CPU.
+    workers: int = 1
     source: Path | None = None
 
 
@@ -414,7 +417,7 @@ class _Reader:
     def config(self, raw: object) -> Config | None:
         top = self.section(raw, "", {"hostname", "listeners", "tls", "users_file", "queue",
                                      "delivery", "log", "limits", "policy", "suppression",
-                                     "metrics", "feedback"})
+                                     "metrics", "feedback", "workers"})
         if top is None:
             self.problem("(top)", "the configuration must be a mapping of keys")
             return None
@@ -436,7 +439,16 @@ class _Reader:
             suppression=self.suppression(top.get("suppression")),
             metrics=self.metrics(top.get("metrics")),
             feedback=self.feedback(top.get("feedback")),
+            workers=self.get(top, "workers", "", self.workers, Config.workers),
         )
+
+    def workers(self, v: object, p: str) -> int:
+        if v == "auto":
+            return os.cpu_count() or 1
+        n = self.positive_int(v, p)
+        if n > 64:
+            raise _Invalid("must be between 1 and 64, or auto (one per CPU)")
+        return n
 
     def hostname(self, v: object, p: str) -> str:
         s = self.string(v, p)

@@ -73,7 +73,7 @@ class ByteBudget:
 class Scheduler:
     def __init__(self, spool: Spool, transport: Transport, queue: QueueConfig, *,
                  concurrency: int, max_inflight_bytes: int = 64 * 2**20,
-                 max_send_rate: float | None = None,
+                 max_send_rate: float | None = None, rate_share: float = 1.0,
                  on_failed: FailureHook | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._spool = spool
@@ -96,8 +96,10 @@ class Scheduler:
         self._drained = asyncio.Event()
         self._drained.set()
         self._budget = ByteBudget(max_inflight_bytes)
+        # With several relay processes each keeps to its share of the account's rate.
+        self._rate_share = rate_share
         self._configured_rate = max_send_rate
-        self._limiter = TokenBucket(max_send_rate)
+        self._limiter = TokenBucket(max_send_rate * rate_share if max_send_rate else None)
         self._on_failed = on_failed
         self._down_streak = 0  # consecutive "cannot reach the upstream" failures
         self._running = asyncio.Event()  # cleared while delivery is paused
@@ -205,12 +207,13 @@ class Scheduler:
                 if not self._in_flight:
                     self._drained.set()
 
-    def pause(self, reason: str) -> None:
+    def pause(self, reason: str, *, persist: bool = True) -> None:
         """Stop sending (mail stays queued) until ``resume``; survives a restart."""
         if self.paused_reason is None:
             self.paused_reason = reason
             self._running.clear()
-            self._spool.set_paused(reason)
+            if persist:
+                self._spool.set_paused(reason)
 
     def resume(self) -> None:
         if self.paused_reason is not None:
@@ -226,6 +229,12 @@ class Scheduler:
             await asyncio.sleep(_QUEUE_WATCH)
             triggers = await asyncio.to_thread(self._spool.take_triggers)
             now = self._clock()
+            # Another relay process's reputation guard may have paused delivery.
+            if (self.paused_reason is None and self._spool.share.count > 1
+                    and (reason := await asyncio.to_thread(self._spool.paused)) is not None):
+                _log.warning("delivery_paused", reason=reason,
+                             hint="`ses-relay resume` resumes")
+                self.pause(reason, persist=False)
             for name in triggers:
                 if name == "resume":
                     self.resume()
@@ -235,7 +244,7 @@ class Scheduler:
                 elif name.startswith("retry.") and name[6:] in self._due:
                     self.enqueue(name[6:], now)
             for qid in await asyncio.to_thread(self._spool.active_ids):
-                if qid not in self._known:
+                if qid not in self._known and self._spool.share.owns(qid):
                     self.enqueue(qid, now)
 
     # -- one attempt
@@ -417,7 +426,7 @@ class Scheduler:
         if quota is None:
             return
         if self._configured_rate is None:
-            self._limiter.set_rate(quota.max_send_rate)
+            self._limiter.set_rate(quota.max_send_rate * self._rate_share)
         metrics.QUOTA_MAX_24H.set(quota.max_24_hour_send)
         metrics.QUOTA_SENT_24H.set(quota.sent_last_24_hours)
         if quota.max_24_hour_send > 0 and quota.sent_last_24_hours >= quota.max_24_hour_send:

@@ -44,3 +44,8 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
 def get(name: str) -> Any:
     """A logger for one module; events carry ``logger=name``."""
     return structlog.get_logger(name)
+
+
+def bind(**fields: Any) -> None:
+    """Fields on every event from here on (the worker number of a relay process)."""
+    structlog.contextvars.bind_contextvars(**fields)

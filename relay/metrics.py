@@ -12,11 +12,13 @@ readiness must await the relay's own async checks.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from relay import httpd, log
 
@@ -49,19 +51,21 @@ SES_ERRORS = Counter("ses_relay_ses_errors", "Errors from the upstream by code",
                      registry=REGISTRY)
 QUARANTINED = Counter("ses_relay_queue_quarantined", "Corrupt queue entries moved aside",
                       registry=REGISTRY)
+# multiprocess_mode: how the gauges of several relay processes (workers > 1) combine.
 QUEUE_DEPTH = Gauge("ses_relay_queue_depth", "Messages waiting or being delivered",
-                    registry=REGISTRY)
+                    registry=REGISTRY, multiprocess_mode="livesum")
 QUEUE_OLDEST = Gauge("ses_relay_queue_oldest_age_seconds", "Age of the oldest queued message",
-                     registry=REGISTRY)
+                     registry=REGISTRY, multiprocess_mode="livemax")
 SEND_RATE_LIMIT = Gauge("ses_relay_send_rate_limit", "Recipients per second in force",
-                        registry=REGISTRY)
-QUOTA_MAX_24H = Gauge("ses_relay_send_quota_max_24h", "SES Max24HourSend", registry=REGISTRY)
+                        registry=REGISTRY, multiprocess_mode="livesum")
+QUOTA_MAX_24H = Gauge("ses_relay_send_quota_max_24h", "SES Max24HourSend", registry=REGISTRY,
+                      multiprocess_mode="livemax")
 QUOTA_SENT_24H = Gauge("ses_relay_send_quota_sent_24h", "SES SentLast24Hours",
-                       registry=REGISTRY)
+                       registry=REGISTRY, multiprocess_mode="livemax")
 BOUNCE_RATE = Gauge("ses_relay_bounce_rate", "Bounces per delivered recipient (window)",
-                    registry=REGISTRY)
+                    registry=REGISTRY, multiprocess_mode="livemax")
 COMPLAINT_RATE = Gauge("ses_relay_complaint_rate", "Complaints per delivered recipient "
-                       "(window)", registry=REGISTRY)
+                       "(window)", registry=REGISTRY, multiprocess_mode="livemax")
 ACCEPT_LATENCY = Histogram("ses_relay_accept_seconds", "From connect to the 250 after DATA",
                            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
                            registry=REGISTRY)
@@ -70,6 +74,16 @@ DELIVERY_LATENCY = Histogram("ses_relay_delivery_seconds", "One upstream call",
                              registry=REGISTRY)
 
 Check = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+def exposition() -> bytes:
+    """Every relay process's metrics: prometheus_client's multiprocess mode when the
+    supervisor set PROMETHEUS_MULTIPROC_DIR (workers > 1), else this process's registry."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
 
 
 class MetricsServer:
@@ -94,7 +108,7 @@ class MetricsServer:
             return httpd.Response(405, b"GET only\n")
         if request.path == "/metrics":
             self._refresh()
-            return httpd.Response(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            return httpd.Response(200, exposition(), CONTENT_TYPE_LATEST)
         if request.path == "/healthz":
             return httpd.Response(200, b"ok\n")
         if request.path == "/readyz":

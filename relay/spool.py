@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -107,6 +108,28 @@ def new_queue_id(now: float | None = None) -> str:
     """
     micros = int((time.time() if now is None else now) * 1_000_000)
     return f"{micros:013X}{secrets.randbelow(16**5):05X}"
+
+
+@dataclass(frozen=True)
+class Share:
+    """Which entries of a shared queue this process owns (``workers`` > 1).
+
+    Several relay processes share one queue directory, so the queue tools see one queue.
+    Each entry has exactly one owner, a pure function of its id and the process count:
+    a process delivers, recovers and cleans up only what it owns, and gives itself the
+    ids of what it accepts. After a restart with another count, ownership is simply
+    recomputed; nothing needs moving. (The flock of a claim would keep two processes from
+    delivering one message anyway; ownership keeps them from trying.)
+    """
+
+    index: int = 0
+    count: int = 1
+
+    def owns(self, queue_id: str) -> bool:
+        return self.count == 1 or zlib.crc32(queue_id.encode()) % self.count == self.index
+
+
+ALONE = Share()  # the one relay process (workers: 1)
 
 
 def queue_id_time(queue_id: str) -> float:
@@ -197,8 +220,9 @@ class Draft:
 
 
 class Spool:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, share: Share = ALONE) -> None:
         self.directory = directory
+        self.share = share
         self.tmp = directory / "tmp"
         self.active = directory / "active"
         self.state = directory / "state"
@@ -206,6 +230,9 @@ class Spool:
         self.corrupt = directory / "corrupt"
         self.hold_dir = directory / "hold"
         self.triggers = directory / "trigger"
+        # With several processes each has its own trigger folder; a command writes to all.
+        self._trigger_dirs = ([self.triggers] if share.count == 1 else
+                              [self.triggers / str(i) for i in range(share.count)])
         self._committer = ThreadPoolExecutor(_COMMIT_THREADS, thread_name_prefix="commit")
 
     # -- start-up
@@ -213,40 +240,50 @@ class Spool:
     def open(self) -> list[str]:
         """Create the layout, drop unacknowledged drafts, and list the committed ids."""
         try:
-            for d in (self.tmp, self.active, self.state, self.failed, self.corrupt,
-                      self.hold_dir, self.triggers):
-                d.mkdir(parents=True, exist_ok=True)
+            self._make_folders()
             for leftover in self.tmp.iterdir():
-                leftover.unlink()
+                if self._mine(leftover.name):
+                    leftover.unlink()
         except OSError as e:
             raise SpoolError(f"cannot prepare queue directory {self.directory}: {e}") from e
         ids = []
         for name in os.listdir(self.active):
-            if _is_queue_id(name):
+            if not _is_queue_id(name):
+                if self.share.index == 0:
+                    self._move(self.active / name, self.corrupt / name)
+            elif self.share.owns(name):
                 ids.append(name)
-            else:
-                self._move(self.active / name, self.corrupt / name)
         self._drop_orphan_states(set(ids))
         return sorted(ids)
+
+    def _mine(self, name: str) -> bool:
+        """A draft or other file in tmp/ this process may clean up: its own ids; anything
+        else is the first process's."""
+        return self.share.owns(name) if _is_queue_id(name) else self.share.index == 0
+
+    def _make_folders(self) -> None:
+        for d in (self.tmp, self.active, self.state, self.failed, self.corrupt,
+                  self.hold_dir, self.triggers, *self._trigger_dirs):
+            d.mkdir(parents=True, exist_ok=True)
 
     def open_for_admin(self) -> None:
         """Make sure the folders exist, without the start-up clean-up (the relay may run)."""
         try:
-            for d in (self.tmp, self.active, self.state, self.failed, self.corrupt,
-                      self.hold_dir, self.triggers):
-                d.mkdir(parents=True, exist_ok=True)
+            self._make_folders()
         except OSError as e:
             raise SpoolError(f"cannot open queue directory {self.directory}: {e}") from e
 
     def _drop_orphan_states(self, ids: set[str]) -> None:
         for p in self.state.glob("*.json"):
-            if p.stem not in ids:
+            if p.stem not in ids and self.share.owns(p.stem):
                 p.unlink(missing_ok=True)
 
     # -- receiving
 
     def draft(self) -> Draft:
         queue_id = new_queue_id()
+        while not self.share.owns(queue_id):  # about `count` tries
+            queue_id = new_queue_id()
         try:
             return Draft(self.tmp / queue_id, queue_id)
         except OSError as e:
@@ -409,7 +446,9 @@ class Spool:
     def trigger(self, name: str) -> None:
         """Ask the running relay to act (``flush``, ``retry.<ID>``); it looks every few
         seconds. A file is the whole protocol: no socket, no PID file, no signal."""
-        (self.triggers / name).touch()
+        for d in self._trigger_dirs:
+            d.mkdir(exist_ok=True)
+            (d / name).touch()
 
     def paused(self) -> str | None:
         """Why delivery is paused (the reputation guard), or None."""
@@ -427,7 +466,9 @@ class Spool:
 
     def take_triggers(self) -> list[str]:
         names = []
-        for p in self.triggers.iterdir():
+        for p in self._trigger_dirs[self.share.index].iterdir():
+            if p.is_dir():
+                continue  # another process's folder
             names.append(p.name)
             p.unlink(missing_ok=True)
         return names

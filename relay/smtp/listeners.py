@@ -17,7 +17,7 @@ COMMAND_LIMITS = {"NOOP": 100, "RSET": 100, "VRFY": 100, "HELP": 100, "EXPN": 10
 
 async def start(listener: Listener, handler: Handler, *, hostname: str,
                 tls: ssl.SSLContext | None, data_size_limit: int,
-                limits: Limits) -> asyncio.Server:
+                limits: Limits, reuse_port: bool = False) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     implicit = listener.tls == "implicit"
     # aiosmtpd warns, for every connection, that AUTH is allowed without TLS; on implicit
@@ -31,7 +31,10 @@ async def start(listener: Listener, handler: Handler, *, hostname: str,
         return _session(handler, hostname, tls, data_size_limit, limits, listener, loop)
 
     return await loop.create_server(factory, host=listener.address, port=listener.port,
-                                    ssl=tls if implicit else None, reuse_address=True)
+                                    ssl=tls if implicit else None, reuse_address=True,
+                                    # Several relay processes (workers > 1) each bind the
+                                    # port; the kernel spreads connections between them.
+                                    reuse_port=reuse_port)
 
 
 def _session(handler: Handler, hostname: str, tls: ssl.SSLContext | None,

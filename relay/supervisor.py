@@ -1,0 +1,183 @@
+"""Several relay processes on one machine (``workers`` > 1): start them, stand for them
+before systemd, pass signals on, and restart one that dies.
+
+Why processes: one Python process runs the SMTP side, the queue and delivery under one
+GIL, and under load it is CPU-bound on one core (bench/RESULTS.md). Each worker is a whole
+relay (relay.app) binding the same ports with SO_REUSEPORT, so the kernel spreads
+connections between them. They share the queue directory, each owning part of it
+(relay.spool.Share), so the queue tools still see one queue. The first worker also runs
+what must run once: the metrics and feedback listeners and the suppression sync; the
+metrics of every worker are combined through prometheus_client's multiprocess mode.
+
+The workers speak sd_notify to this process (their NOTIFY_SOCKET is ours). It tells systemd
+READY=1 once every worker has, and feeds systemd's watchdog only while every worker feeds
+its own, so a hung worker still gets the service restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import socket
+import struct
+import sys
+import time
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from relay import log, systemd
+from relay.config import Config
+
+_log = log.get("supervisor")
+_RESTART_DELAY = 1.0
+# More deaths than this within the window: stop, and let systemd's Restart= take over.
+_MAX_RESTARTS = 5
+_RESTART_WINDOW = 60.0
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        assert config.source is not None, "workers are started from a configuration file"
+        self.config = config
+        self.count = config.workers
+        self.notifier = systemd.Notifier()
+        self.procs: dict[int, asyncio.subprocess.Process] = {}  # worker index: process
+        self.ready: set[int] = set()  # pids that said READY=1
+        self.fed: dict[int, float] = {}  # pid: when it last fed its watchdog
+        self.announced = False
+        self.stopping = asyncio.Event()
+        self.failed: int | None = None  # exit code, when a worker could not start
+        self.deaths: list[float] = []
+        self.metrics_dir = config.queue.directory / ".metrics"
+        self.notify_name = f"@ses-relay-{os.getpid()}-{secrets.token_hex(4)}"
+        self._sock: socket.socket | None = None
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)  # counts of an earlier life
+        self.metrics_dir.mkdir(parents=True, exist_ok=True)
+        self._sock = self._notify_socket()
+        loop.add_reader(self._sock, self._on_notify)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        tasks = [asyncio.create_task(self._keep(i)) for i in range(self.count)]
+        if self.notifier.watchdog_interval:
+            tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_interval)))
+        _log.info("supervisor_started", workers=self.count)
+        await self.stopping.wait()
+        self.notifier.stopping()
+        self._forward(signal.SIGTERM)
+        workers, watchdog = tasks[:self.count], tasks[self.count:]
+        await asyncio.gather(*workers, return_exceptions=True)
+        for t in watchdog:
+            t.cancel()
+        await asyncio.gather(*watchdog, return_exceptions=True)
+        codes = [p.returncode for p in self.procs.values()]
+        loop.remove_reader(self._sock)
+        self._sock.close()
+        if self.failed is not None:
+            return self.failed
+        return 0 if all(c == 0 for c in codes) else 1
+
+    # -- workers
+
+    async def _keep(self, index: int) -> None:
+        """Run worker *index*; start it again if it dies, unless we are stopping."""
+        while not self.stopping.is_set():
+            proc = await asyncio.create_subprocess_exec(*self._command(index),
+                                                        env=self._environment(index))
+            self.procs[index] = proc
+            if self.stopping.is_set():  # asked to stop while this one was starting
+                proc.send_signal(signal.SIGTERM)
+            code = await proc.wait()
+            self.ready.discard(proc.pid)
+            self.fed.pop(proc.pid, None)
+            mark_process_dead(proc.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+            if self.stopping.is_set():
+                return
+            if not self.announced:
+                # Could not start (a port taken, a bad file): the others would not either.
+                _log.error("worker_failed_to_start", worker=index, exit_code=code)
+                self.failed = code or 1
+                self.stopping.set()
+                return
+            now = time.monotonic()
+            self.deaths = [t for t in self.deaths if now - t < _RESTART_WINDOW] + [now]
+            if len(self.deaths) > _MAX_RESTARTS:
+                _log.error("workers_keep_dying", deaths=len(self.deaths),
+                           hint="see the workers' last log lines; systemd restarts the "
+                                "service")
+                self.failed = 1
+                self.stopping.set()
+                return
+            _log.error("worker_died", worker=index, exit_code=code, restart_in=_RESTART_DELAY)
+            await asyncio.sleep(_RESTART_DELAY)
+
+    def _command(self, index: int) -> list[str]:
+        return [sys.executable, "-m", "relay", "serve", "--config", str(self.config.source),
+                "--worker", str(index)]
+
+    def _environment(self, index: int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_PID",)}
+        env["NOTIFY_SOCKET"] = self.notify_name
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+        return env
+
+    def _forward(self, sig: signal.Signals) -> None:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(sig)
+
+    # -- what the workers tell us
+
+    def _notify_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # who sent each datagram
+        sock.bind("\0" + self.notify_name[1:])
+        sock.setblocking(False)
+        return sock
+
+    def _on_notify(self) -> None:
+        assert self._sock is not None
+        try:
+            data, ancillary, _, _ = self._sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        except (BlockingIOError, InterruptedError):
+            return
+        pid = _sender_pid(ancillary)
+        fields = data.decode("utf-8", "replace").split("\n")
+        if pid is None:
+            return
+        if "READY=1" in fields:
+            self.ready.add(pid)
+            self.fed[pid] = time.monotonic()
+            if not self.announced and len(self.ready) >= self.count:
+                self.announced = True
+                self.notifier.ready(f"accepting mail with {self.count} workers")
+                _log.info("workers_ready", workers=self.count)
+        if "WATCHDOG=1" in fields:
+            self.fed[pid] = time.monotonic()
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            live = [p.pid for p in self.procs.values() if p.returncode is None]
+            # A worker being restarted is not fed for a moment; one that hangs stays unfed.
+            if all(now - self.fed.get(pid, now) < 2 * interval for pid in live):
+                self.notifier.watchdog()
+
+
+def _sender_pid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= 12:
+            pid, _uid, _gid = struct.unpack("3i", data[:12])
+            return int(pid)
+    return None
+
+
+def run(config: Config) -> int:
+    return asyncio.run(Supervisor(config).run())
