@@ -29,7 +29,7 @@ from relay import __version__, config, log, users
 from relay.addresses import AddressError, normalize, normalize_pattern
 from relay.errors import Busy, ConfigError, DeliveryError, SpoolError, UsersFileError
 from relay.message import valid_configuration_set, valid_tag
-from relay.spool import Envelope, Spool
+from relay.spool import Envelope, Share, Spool
 from relay.suppression import REASONS, SuppressionError, SuppressionList
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -216,6 +216,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     log.configure(cfg.log.format, cfg.log.level)
     if args.worker is not None:
+        from relay import supervisor
+
+        supervisor.follow_parent()
         log.bind(worker=args.worker)
         return app.run(cfg, Share(args.worker, cfg.workers))
     if cfg.workers > 1:
@@ -414,7 +417,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from relay.spool import Spool
 
     cfg = _load(args)
-    spool = Spool(cfg.queue.directory)
+    spool = Spool(cfg.queue.directory, Share(0, cfg.workers))  # triggers reach every worker
     spool.open_for_admin()
     command = args.queue_command
     if command == "list":
@@ -544,7 +547,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    spool = Spool(cfg.queue.directory)
+    spool = Spool(cfg.queue.directory, Share(0, cfg.workers))  # triggers reach every worker
     spool.open_for_admin()
     reason = spool.paused()
     if reason is None:

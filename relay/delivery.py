@@ -239,6 +239,9 @@ class Scheduler:
                 if name == "resume":
                     self.resume()
                 elif name == "flush":
+                    # Like `postqueue -f`: try now, even an upstream thought down.
+                    self._limiter.unpause()
+                    self._down_streak = 0
                     for qid in list(self._due):
                         self.enqueue(qid, now)
                 elif name.startswith("retry.") and name[6:] in self._due:

@@ -65,7 +65,9 @@ class TokenBucket:
                 if wait <= 0:
                     assert self._rate is not None
                     wait = (min(n, self._capacity) - self._tokens) / self._rate
-                await self._sleep(wait)
+                # In steps of at most a second, so that lifting a pause (a queue flush)
+                # takes effect soon.
+                await self._sleep(min(wait, _STEP))
 
     def throttled(self) -> None:
         """SES said we are too fast: drain the bucket and slow down by a tenth."""
@@ -78,6 +80,10 @@ class TokenBucket:
         """Send nothing for a while (the daily quota is exhausted)."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
+    def unpause(self) -> None:
+        """Lift a pause now (an operator's flush: try the upstream again at once)."""
+        self._paused_until = 0.0
+
     def _refill(self) -> None:
         now = self._clock()
         elapsed, self._stamp = now - self._stamp, now
@@ -87,3 +93,6 @@ class TokenBucket:
             # Climb back by 1% of the ceiling per second without throttling.
             self._rate = min(self._ceiling, self._rate + 0.01 * self._ceiling * elapsed)
         self._tokens = min(self._capacity, self._tokens + elapsed * self._rate)
+
+
+_STEP = 1.0

@@ -17,6 +17,7 @@ its own, so a hung worker still gets the service restarted.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import secrets
 import shutil
@@ -125,6 +126,7 @@ class Supervisor:
         env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_PID",)}
         env["NOTIFY_SOCKET"] = self.notify_name
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+        env[_PARENT] = str(os.getpid())
         return env
 
     def _forward(self, sig: signal.Signals) -> None:
@@ -181,3 +183,16 @@ def _sender_pid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
 
 def run(config: Config) -> int:
     return asyncio.run(Supervisor(config).run())
+
+
+def follow_parent() -> None:
+    """In a worker: die with the supervisor, even when it is killed with SIGKILL and cannot
+    pass SIGTERM on (prctl PR_SET_PDEATHSIG; Linux, so ctypes and no library)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if str(os.getppid()) != os.environ.get(_PARENT, ""):  # gone before the call: stop now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+_PARENT = "SES_RELAY_SUPERVISOR"

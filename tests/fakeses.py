@@ -23,7 +23,7 @@ class Failure:
 
 
 class FakeSES:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.script: deque[Failure] = deque()
         # Optional rule: the failure for call number N (1-based), or None to accept it.
         self.rule: Callable[[int], Failure | None] | None = None
@@ -61,7 +61,7 @@ class FakeSES:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

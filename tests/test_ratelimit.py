@@ -16,6 +16,7 @@ class Clock:
 
     async def sleep(self, seconds: float) -> None:
         self.now += seconds
+        await asyncio.sleep(0)  # let other tasks run, as a real sleep would
 
 
 def run(bucket: TokenBucket, *sizes: int) -> None:
@@ -58,3 +59,18 @@ def test_a_pause_holds_even_an_unlimited_bucket() -> None:
     bucket.pause(30)
     run(bucket, 5, 5)
     assert clock.now == 30.0
+
+
+def test_lifting_a_pause_lets_a_waiting_sender_through_within_a_second() -> None:
+    clock = Clock()
+    bucket = TokenBucket(None, clock=clock, sleep=clock.sleep)
+    bucket.pause(600)
+
+    async def flush_soon() -> None:  # runs once the sender has started waiting
+        bucket.unpause()
+
+    async def main() -> None:
+        await asyncio.gather(bucket.acquire(1), flush_soon())
+
+    asyncio.run(main())
+    assert clock.now <= 1.0

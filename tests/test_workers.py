@@ -1,0 +1,159 @@
+"""workers > 1: several relay processes on the same ports and one queue, under a supervisor.
+
+Each test runs the real `ses-relay serve` with two workers; clients connect many times so
+the kernel spreads the sessions over both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from clients import implicit
+from conftest import PASSWORD, SENDER, USER, Setup, free_port, wait_until
+from fakeses import FakeSES
+from test_cli import run
+
+from relay.spool import Share, Spool
+
+MESSAGE = b"From: sender@example.com\r\nTo: to@example.net\r\nSubject: %d\r\n\r\nHello.\r\n"
+
+
+def two_workers(setup: Setup, **extra: object) -> None:
+    setup.doc["workers"] = 2
+    setup.doc.update(extra)
+    setup.write()
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def send(setup: Setup, n: int) -> None:
+    for i in range(n):  # a session each: new source ports, spread by the kernel
+        with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
+            s.sendmail(SENDER, ["to@example.net"], MESSAGE % i)
+
+
+def test_two_workers_share_the_ports_and_deliver_every_message_once(
+        make_setup, start_process) -> None:
+    metrics_port = free_port()
+    with FakeSES() as ses:
+        setup: Setup = make_setup("sesv2", region="us-east-1", endpoint_url=ses.url,
+                                  max_send_rate=200)
+        two_workers(setup, metrics={"address": "127.0.0.1", "port": metrics_port})
+        relay = start_process(setup)
+        relay.wait_event("workers_ready")
+        send(setup, 40)
+        wait_until(lambda: len(ses.accepted) >= 40, timeout=20)
+        time.sleep(0.5)  # anything sent twice would arrive now
+        subjects = sorted(int(m["raw"].split(b"Subject: ")[1].split(b"\r\n")[0])
+                          for m in ses.accepted)
+        assert subjects == list(range(40))
+        # Both processes took mail, and the metrics of both are served by the first.
+        queued = [e for e in relay.events() if e["event"] == "queued"]
+        assert {e["worker"] for e in queued} == {0, 1}
+        wait_until(lambda: "ses_relay_send_rate_limit 200.0" in scrape(metrics_port), 15)
+        assert "ses_relay_messages_queued_total 40.0" in scrape(metrics_port)
+        workers = children(relay.proc.pid)
+        relay.proc.send_signal(signal.SIGTERM)
+        assert relay.proc.wait(30) == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    assert list((setup.queue_dir / "active").iterdir()) == []
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def test_the_queue_tools_see_one_queue_and_reach_every_worker(
+        make_setup, start_process, tmp_path: Path) -> None:
+    closed = free_port()  # SES unreachable: everything stays queued
+    setup: Setup = make_setup("sesv2", region="us-east-1",
+                              endpoint_url=f"http://127.0.0.1:{closed}")
+    two_workers(setup)
+    relay = start_process(setup)
+    relay.wait_event("workers_ready")
+    send(setup, 12)
+    listing = run("queue", "list", "--config", str(setup.path)).stdout.splitlines()
+    assert len(listing) == 12
+    owners = {Share(0, 2).owns(line.split()[0]) for line in listing}
+    assert owners == {True, False}  # both workers hold part of it
+    # The endpoint comes back on its port; a flush reaches both workers, which try at
+    # once despite their upstream-down pause.
+    relay.wait_event("upstream_down", pause=8.0)
+    with FakeSES(port=closed) as ses:
+        assert run("queue", "flush", "--config", str(setup.path)).returncode == 0
+        wait_until(lambda: len(ses.accepted) >= 12, timeout=30)
+    wait_until(lambda: not list((setup.queue_dir / "active").iterdir()), timeout=10)
+
+
+def test_a_worker_that_dies_is_started_again(make_setup, start_process) -> None:
+    setup: Setup = make_setup()
+    two_workers(setup)
+    relay = start_process(setup)
+    relay.wait_event("workers_ready")
+    victim = children(relay.proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    died = relay.wait_event("worker_died")
+    assert died["exit_code"] == -signal.SIGKILL
+    wait_until(lambda: len(children(relay.proc.pid)) == 2 and victim not in children(
+        relay.proc.pid), timeout=15)
+    wait_until(lambda: sum(e["event"] == "started" for e in relay.events()) == 3, 15)
+    send(setup, 10)  # whichever worker a session meets, it is served
+    assert relay.proc.poll() is None
+
+
+def test_a_worker_that_cannot_start_stops_the_relay_with_its_exit_code(make_setup) -> None:
+    setup: Setup = make_setup()
+    two_workers(setup)
+    # Someone else holds the port without SO_REUSEPORT: no worker can bind it.
+    with socket.create_server(("127.0.0.1", setup.implicit_port)):
+        done = run("serve", "--config", str(setup.path))
+    assert done.returncode != 0
+    [failed] = [json.loads(line) for line in done.stdout.splitlines()
+                if "worker_failed_to_start" in line]
+    assert failed["exit_code"] == done.returncode
+
+
+def test_systemd_hears_ready_once_every_worker_is_and_stopping_at_the_end(
+        make_setup, start_process, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    setup: Setup = make_setup()
+    two_workers(setup)
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(20)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+        relay = start_process(setup)
+        got = [sock.recv(4096)]
+        while not any(b"READY=1" in m for m in got):
+            got.append(sock.recv(4096))
+        # READY came from the supervisor after both workers were ready.
+        assert sum(e["event"] == "started" for e in relay.events()) == 2
+        while not any(b"WATCHDOG=1" in m for m in got):  # fed while both feed theirs
+            got.append(sock.recv(4096))
+        relay.proc.send_signal(signal.SIGTERM)
+        while not any(b"STOPPING=1" in m for m in got):
+            got.append(sock.recv(4096))
+    assert relay.proc.wait(30) == 0
+
+
+def test_every_queue_id_has_exactly_one_owner_and_drafts_are_their_makers(
+        tmp_path: Path) -> None:
+    spools = [Spool(tmp_path, Share(i, 3)) for i in range(3)]
+    for spool in spools:
+        spool.open()
+    for i, spool in enumerate(spools):
+        for _ in range(50):
+            draft = spool.draft()
+            assert [s.share.owns(draft.queue_id) for s in spools] == [j == i for j in range(3)]
+            draft.abort()
