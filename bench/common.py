@@ -33,9 +33,11 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise TimeoutError(f"nothing on port {port}")
 
 
-def write_relay_config(home: Path, port: int, delivery: dict[str, Any]) -> Path:
+def write_relay_config(home: Path, port: int, delivery: dict[str, Any],
+                       workers: int | str = 1) -> Path:
     path = home / "c.yaml"
     path.write_text(yaml.safe_dump({
+        "workers": workers,
         "hostname": "bench.test",
         "listeners": [{"name": "bench", "address": "127.0.0.1", "port": port, "tls": "none",
                        "auth": "none", "trusted_networks": ["127.0.0.0/8"]}],

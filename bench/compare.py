@@ -124,14 +124,16 @@ class Sink:
 
 
 def relay_target(name: str, work: Path, delivery: dict[str, object], delivered: Callable[
-        [], int], env: dict[str, str]) -> Target:
+        [], int], env: dict[str, str], workers: int | str = "auto") -> Target:
     home = work / name
     home.mkdir()
     port = free_port()
-    config = write_relay_config(home, port, {"concurrency": 20, **delivery})
+    config = write_relay_config(home, port, {"concurrency": 20, **delivery}, workers)
     proc = subprocess.Popen([BIN / "ses-relay", "serve", "--config", str(config)],
                             env=env, stdout=(home / "log").open("wb"), stderr=subprocess.STDOUT)
     wait_port(port)
+    if workers != 1:
+        time.sleep(2)  # the other workers bind the port too
 
     def stop() -> None:
         proc.terminate()
@@ -298,6 +300,8 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=50)
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--only", action="append", choices=("sesv2", "smtp", "postfix"))
+    ap.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v),
+                    help="ses-relay's workers setting (default auto: one per CPU)")
     args = ap.parse_args()
     names = args.only or ["sesv2", "smtp", "postfix"]
     env = AWS_ENV
@@ -316,7 +320,7 @@ def main() -> None:
                     url = f"http://127.0.0.1:{port}"
                     target = relay_target("sesv2", work, {"transport": "sesv2",
                                                           "endpoint_url": url},
-                                          fake_ses_count(url), env)
+                                          fake_ses_count(url), env, args.workers)
                 else:
                     sink = Sink(work)
                     stops.append(sink.stop)
@@ -324,7 +328,7 @@ def main() -> None:
                         target = relay_target("smtp", work, {
                             "transport": "smtp", "smtp": {"host": "127.0.0.1",
                                                           "port": sink.port, "tls": "none"}},
-                            sink.count, env)
+                            sink.count, env, args.workers)
                     else:
                         target = postfix_target(work, sink)
                 stops.insert(0, target.stop)

@@ -254,7 +254,7 @@ class Scheduler:
 
     async def _deliver(self, qid: str) -> None:
         try:
-            claim = await asyncio.to_thread(self._spool.claim, qid)
+            claim = await asyncio.to_thread(self._spool.claim, qid, _READ_WITH_CLAIM)
         except Busy:
             self.enqueue(qid, self._clock() + 1.0)  # an operator's command holds it
             return
@@ -274,7 +274,11 @@ class Scheduler:
     async def _attempt(self, claim: Claim) -> None:
         qid = claim.queue_id
         try:
-            envelope, data, state = await asyncio.to_thread(claim.read)
+            entry = claim.prefetched
+            if entry is None:
+                entry = await asyncio.to_thread(claim.read)
+            claim.prefetched = None
+            envelope, data, state = entry
         except CorruptEntry as e:
             await asyncio.to_thread(claim.quarantine)
             maillog.quarantined(qid, str(e))
@@ -446,6 +450,7 @@ class Scheduler:
 _DAILY_QUOTA_PAUSE = 900.0
 _UPSTREAM_DOWN = frozenset({"ConnectionError", "Timeout", "TLSError"})
 _QUEUE_WATCH = 2.0
+_READ_WITH_CLAIM = 256 * 1024  # read small messages in the claim's trip to a thread
 _QUOTA_REFRESH = 300.0
 
 

@@ -82,7 +82,8 @@ class EventStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
-        self._pending: queue.Queue[object] = queue.Queue()
+        # SimpleQueue: put() is one C call, no Condition (a put per mail log step).
+        self._pending: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
 
     # -- writing (from the event loop: never blocks)

@@ -314,12 +314,16 @@ class Spool:
 
     # -- delivery side: a worker claims a message (an exclusive lock) while it delivers it
 
-    def claim(self, queue_id: str) -> Claim | None:
+    def claim(self, queue_id: str, read_below: int = 0) -> Claim | None:
         """Lock an active message for delivery; None if it is gone (held, deleted...).
 
         Raises Busy while an operator's command holds it. The lock is an flock on the file,
         so a queue command of another process cannot move a message out from under a
         delivery, nor a delivery send one an operator just held or deleted.
+
+        A message smaller than *read_below* bytes is read in the same trip to a thread
+        (``Claim.read`` then returns it without I/O): a thread hand-off costs more CPU than
+        reading a small file.
         """
         path = self.active / queue_id
         try:
@@ -336,7 +340,11 @@ class Spool:
         if not _same_file(f, path):  # moved away between our open and our lock
             f.close()
             return None
-        return Claim(self, queue_id, f)
+        claim = Claim(self, queue_id, f)
+        if claim.size < read_below:
+            with contextlib.suppress(CorruptEntry, SpoolError):  # raised again by read()
+                claim.prefetched = claim.read()
+        return claim
 
     def probe(self) -> None:
         """Write, fsync and remove a file in tmp/: raises OSError if the queue cannot take
@@ -491,6 +499,8 @@ class Claim:
         self.queue_id = queue_id
         self._file = f
         self.size = os.fstat(f.fileno()).st_size
+        # What Spool.claim already read (small messages); read() would return the same.
+        self.prefetched: tuple[Envelope, bytes, DeliveryState] | None = None
 
     def read(self) -> tuple[Envelope, bytes, DeliveryState]:
         """The message, its envelope, and its delivery state, in one trip to a thread."""

@@ -78,7 +78,8 @@ def test_messages_queued_before_start_are_delivered(setup: Setup, start_relay, l
     assert json.loads(eml.with_suffix(".json").read_text())["rcpt_tos"] == list(ENVELOPE.rcpt_tos)
     wait_until(lambda: events(logs, "delivered"))
     assert [e["queue_id"] for e in events(logs, "delivered")] == [qid]
-    assert list((setup.queue_dir / "active").iterdir()) == []
+    # Removed right after the "delivered" line is written, in a thread of its own.
+    wait_until(lambda: list((setup.queue_dir / "active").iterdir()) == [])
 
 
 def test_a_corrupt_entry_is_quarantined_and_the_rest_delivered(
