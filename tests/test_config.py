@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -32,6 +33,22 @@ def test_the_documented_example_lists_every_key_and_loads(tmp_path: Path) -> Non
     assert cfg.limits.max_header_size == 256 * 1024
     assert cfg.policy == config.PolicyConfig()
     assert cfg.suppression == config.SuppressionConfig()
+    assert cfg.workers == os.cpu_count()  # workers: auto, one per CPU
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    (0, "workers: must be at least 1"),
+    (65, "workers: must be between 1 and 64, or auto (one per CPU)"),
+    ("many", "workers: must be an integer"),
+])
+def test_a_bad_worker_count_is_named(tmp_path: Path, value: object, problem: str) -> None:
+    doc = {"hostname": "relay.example.com", "workers": value,
+           "listeners": [{"name": "a", "address": "127.0.0.1", "port": 2525, "tls": "none",
+                          "auth": "none", "trusted_networks": ["127.0.0.0/8"]}],
+           "delivery": {"transport": "outbox"}}
+    with pytest.raises(ConfigError) as e:
+        config.parse(doc, base=tmp_path, environ={})
+    assert problem in e.value.problems
 
 
 def test_check_config_accepts_a_valid_file(setup) -> None:
