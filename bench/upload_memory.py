@@ -37,12 +37,20 @@ def rss_kib(pid: int, field: str) -> int:
     return 0
 
 
+def family(pid: int) -> list[int]:
+    """The relay and its worker processes."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(c) for c in children)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--size-mb", type=float, default=10)
     ap.add_argument("--concurrency", type=int, default=10, help="delivery workers")
     ap.add_argument("--plain", action="store_true", help="no TLS, trusted network, no AUTH")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="relay processes (peak RSS is then the sum of their peaks)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         dev = Path(d)
@@ -60,12 +68,13 @@ def main() -> None:
         doc["limits"] = {"max_message_size": int(args.size_mb * 1.1 * 2**20)}
         doc["delivery"]["concurrency"] = args.concurrency
         doc["log"] = {"format": "json", "level": "warning"}
+        doc["workers"] = args.workers
         (dev / "ses-relay.yaml").write_text(yaml.safe_dump(doc))
         relay = subprocess.Popen([BIN / "ses-relay", "serve", "--config",
                                   str(dev / "ses-relay.yaml")])
         try:
-            time.sleep(1.5)
-            base = rss_kib(relay.pid, "VmRSS")
+            time.sleep(1.5 if args.workers == 1 else 4)
+            base = sum(rss_kib(pid, "VmRSS") for pid in family(relay.pid))
             line = b"x" * 76 + b"\r\n"
             body = b"Subject: big\r\n\r\n" + line * int(args.size_mb * 2**20 / len(line))
             ctx = ssl.create_default_context(cafile=str(dev / "tls" / "cert.pem"))
@@ -94,8 +103,11 @@ def main() -> None:
             accepted = time.monotonic() - t0
             while len(list((dev / "outbox").glob("*.eml"))) < args.clients - len(errors):
                 time.sleep(0.1)
-            peak = rss_kib(relay.pid, "VmHWM")
-            print(f"clients={args.clients} size={args.size_mb} MB workers={args.concurrency} "
+            # With workers, the sum of each process's own peak: an upper bound of the peak
+            # of the sum.
+            peak = sum(rss_kib(pid, "VmHWM") for pid in family(relay.pid))
+            print(f"clients={args.clients} size={args.size_mb} MB processes={args.workers} "
+                  f"delivery_concurrency={args.concurrency} "
                   f"errors={len(errors)} accepted_in={accepted:.1f}s "
                   f"rss_idle={base / 1024:.0f} MB peak_rss={peak / 1024:.0f} MB")
         finally:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relay import sqlitedb
 from relay.feedback.notifications import Event
 
 _SCHEMA = """
@@ -74,13 +74,8 @@ class Rates:
 
 class EventStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                   timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = sqlitedb.connect(path, _SCHEMA)
         self._lock = threading.Lock()
         # SimpleQueue: put() is one C call, no Condition (a put per mail log step).
         self._pending: queue.SimpleQueue[object] = queue.SimpleQueue()

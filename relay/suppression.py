@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from relay import sqlitedb
 from relay.addresses import AddressError, normalize_pattern
 from relay.errors import RelayError
 
@@ -57,13 +58,8 @@ class SuppressionList:
         self._clock = clock
         self._lock = threading.Lock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                       timeout=10)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as e:
+            self._db = sqlitedb.connect(path, _SCHEMA)
+        except (sqlite3.Error, OSError) as e:
             raise SuppressionError(f"cannot open suppression list {path}: {e}") from e
 
     def close(self) -> None:
