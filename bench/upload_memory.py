@@ -10,6 +10,7 @@ relay's peak RSS (VmHWM) from /proc.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import smtplib
 import ssl
 import subprocess
@@ -35,6 +36,17 @@ def rss_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+def pss_mb(pid: int) -> float:
+    """Shared pages (the workers share their code) counted once, split between sharers."""
+    kib = 0
+    for p in family(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    kib += int(line.split()[1])
+    return kib / 1024
 
 
 def family(pid: int) -> list[int]:
@@ -94,6 +106,16 @@ def main() -> None:
                 except BaseException as e:  # reported below
                     errors.append(e)
 
+            pss = [0.0]
+            sampling = threading.Event()
+
+            def sample() -> None:  # proportional set size of the relay and its workers
+                while not sampling.is_set():
+                    pss[0] = max(pss[0], pss_mb(relay.pid))
+                    time.sleep(0.1)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
             t0 = time.monotonic()
             threads = [threading.Thread(target=client) for _ in range(args.clients)]
             for t in threads:
@@ -106,10 +128,13 @@ def main() -> None:
             # With workers, the sum of each process's own peak: an upper bound of the peak
             # of the sum.
             peak = sum(rss_kib(pid, "VmHWM") for pid in family(relay.pid))
+            sampling.set()
+            sampler.join()
             print(f"clients={args.clients} size={args.size_mb} MB processes={args.workers} "
                   f"delivery_concurrency={args.concurrency} "
                   f"errors={len(errors)} accepted_in={accepted:.1f}s "
-                  f"rss_idle={base / 1024:.0f} MB peak_rss={peak / 1024:.0f} MB")
+                  f"rss_idle={base / 1024:.0f} MB peak_rss={peak / 1024:.0f} MB "
+                  f"peak_pss={pss[0]:.0f} MB")
         finally:
             relay.terminate()
             relay.wait(30)

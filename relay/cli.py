@@ -210,22 +210,21 @@ def _load(args: argparse.Namespace) -> config.Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from relay import app
-    from relay.spool import Share
+    # Imported here, and relay.app only where it runs: the supervisor of several workers
+    # stays a small process without the SMTP server or the AWS SDK in it.
+    from relay import supervisor
 
     cfg = _load(args)
     log.configure(cfg.log.format, cfg.log.level)
-    if args.worker is not None:
-        from relay import supervisor
-
-        supervisor.follow_parent()
-        log.bind(worker=args.worker)
-        return app.run(cfg, Share(args.worker, cfg.workers))
-    if cfg.workers > 1:
-        from relay import supervisor
-
+    if args.worker is None and cfg.workers > 1:
         return supervisor.run(cfg)
-    return app.run(cfg)
+    from relay import app
+
+    if args.worker is None:
+        return app.run(cfg)
+    supervisor.follow_parent()
+    log.bind(worker=args.worker)
+    return app.run(cfg, Share(args.worker, cfg.workers))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
