@@ -37,13 +37,13 @@ def prefill(active: Path, n: int) -> None:
         (active / new_queue_id(start + i * 0.001)).write_bytes(blob)
 
 
-def run(queued: int, messages: int) -> tuple[float, float]:
+def run(queued: int, messages: int, workers: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as d:
         home = Path(d)
         prefill(home / "queue" / "active", queued)
         port = free_port()
         config = write_relay_config(home, port, {
-            "transport": "sesv2", "endpoint_url": f"http://127.0.0.1:{free_port()}"})
+            "transport": "sesv2", "endpoint_url": f"http://127.0.0.1:{free_port()}"}, workers)
         t0 = time.perf_counter()
         relay = subprocess.Popen([BIN / "ses-relay", "serve", "--config", str(config)],
                                  env=AWS_ENV, stdout=subprocess.DEVNULL)
@@ -72,9 +72,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queued", type=int, default=100_000)
     ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
-    empty_ready, empty_rate = run(0, args.messages)
-    full_ready, full_rate = run(args.queued, args.messages)
+    empty_ready, empty_rate = run(0, args.messages, args.workers)
+    full_ready, full_rate = run(args.queued, args.messages, args.workers)
     print(f"| queued | ready after | accepted msg/s |\n|---|---|---|\n"
           f"| 0 | {empty_ready:.2f} s | {empty_rate:.0f} |\n"
           f"| {args.queued:,} (SES unreachable) | {full_ready:.2f} s | {full_rate:.0f} "

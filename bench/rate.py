@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=300, help="per relay")
     ap.add_argument("--rcpts", type=int, default=5)
     ap.add_argument("--relays", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1, help="workers of each relay")
     args = ap.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -70,7 +71,8 @@ def main() -> None:
                 home.mkdir()
                 prefill(home / "queue", args.messages, args.rcpts)
                 config = write_relay_config(home, free_port(), {"transport": "sesv2",
-                                                                "endpoint_url": url})
+                                                                "endpoint_url": url},
+                                            args.workers)
                 relays.append(subprocess.Popen(
                     [BIN / "ses-relay", "serve", "--config", str(config)], env=AWS_ENV,
                     stdout=subprocess.DEVNULL))
@@ -86,8 +88,9 @@ def main() -> None:
         fake.terminate()
         fake.wait(10)
     sustained = s["accepted_rcpts"] / s["span"] if s["span"] else 0.0
-    print(f"relays={args.relays} limit={args.rate:.0f}/s recipients={int(s['accepted_rcpts'])}"
-          f"/{want} sustained={sustained:.1f}/s utilisation={sustained / args.rate:.1%} "
+    print(f"relays={args.relays} workers={args.workers} limit={args.rate:.0f}/s "
+          f"recipients={int(s['accepted_rcpts'])}/{want} sustained={sustained:.1f}/s "
+          f"utilisation={sustained / args.rate:.1%} "
           f"calls={int(s['calls'])} throttled={int(s['throttled'])} "
           f"({s['throttled'] / max(1, s['calls']):.2%})")
 
