@@ -111,6 +111,24 @@ def test_a_worker_that_dies_is_started_again(make_setup, start_process) -> None:
     assert relay.proc.poll() is None
 
 
+def test_sighup_reaches_every_worker(make_setup, start_process, tmp_path: Path) -> None:
+    setup: Setup = make_setup()
+    users_file = tmp_path / "own-users.yaml"
+    users_file.write_bytes(Path(setup.doc["users_file"]).read_bytes())
+    two_workers(setup, users_file=str(users_file))
+    relay = start_process(setup)
+    relay.wait_event("workers_ready")
+    assert run("user", "add", "newcomer", "--config", str(setup.path),
+               stdin="newcomer-password\n").returncode == 0
+    relay.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: {e.get("worker") for e in relay.events()
+                        if e["event"] == "reloaded"} == {0, 1}, timeout=15)
+    for _ in range(6):  # whichever worker a session meets knows the new user
+        with implicit(setup.implicit_port, setup.certs.ca, "newcomer",
+                      "newcomer-password") as s:
+            assert s.noop()[0] == 250
+
+
 def test_a_worker_that_cannot_start_stops_the_relay_with_its_exit_code(make_setup) -> None:
     setup: Setup = make_setup()
     two_workers(setup)
