@@ -7,8 +7,8 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from clients import Dialog
-from conftest import PASSWORD, SENDER, USER, Setup
+from clients import Dialog, implicit
+from conftest import PASSWORD, SENDER, USER, Setup, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -125,3 +125,43 @@ def test_any_data_gets_an_answer_and_never_a_second_message(
         if reply[:3] != b"554" or b"Bare LF" not in reply:
             after = d.cmd("NOOP")  # no smuggled command ran: the next reply is NOOP's
             assert after.startswith(b"250 2.0.0 OK") or after.startswith(b"250 2.0.0"), after
+
+
+body_line = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=120),
+    st.sampled_from([".", "..", ". ", ".x", "...", "", " .", "From here"]),
+    st.builds(lambda t: "." + t, st.text(alphabet="ab.", max_size=10)),
+)
+
+
+@given(st.lists(body_line, max_size=60), st.integers(min_value=0, max_value=3))
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_body_of_valid_lines_arrives_byte_for_byte(
+        setup: Setup, start_relay, lines: list[str], filler_blocks: int) -> None:
+    # Dot-stuffed by smtplib, unstuffed by the relay; bodies up to ~80 KB cross the sizes
+    # at which transports and buffers read.
+    filler = ("filler line of ordinary text, seventy-odd characters long, no dots\r\n"
+              * 300).encode() * filler_blocks
+    body = b"".join(line.encode() + b"\r\n" for line in lines) + filler
+    if not getattr(setup, "started", False):
+        start_relay(setup)
+        setup.started = True  # type: ignore[attr-defined]
+        setup.sent = 0  # type: ignore[attr-defined]
+    setup.sent += 1  # type: ignore[attr-defined]
+    subject = f"case-{setup.sent}".encode()  # type: ignore[attr-defined]
+    message = b"From: " + SENDER.encode() + b"\r\nSubject: " + subject + b"\r\n\r\n" + body
+    with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
+        s.sendmail(SENDER, ["to@example.net"], message)
+
+    def delivered() -> bytes | None:
+        for eml in setup.outbox_dir.glob("*.eml"):
+            data = eml.read_bytes()
+            if b"\r\nSubject: " + subject + b"\r\n" in b"\r\n" + data:
+                return data
+        return None
+
+    wait_until(lambda: delivered() is not None)
+    data = delivered()
+    assert data is not None
+    assert data.split(b"\r\n\r\n", 1)[1] == body
