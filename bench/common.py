@@ -1,5 +1,6 @@
-"""What the benchmarks share: loopback ports, and a relay configuration for a plain-SMTP
-listener open to loopback (smtp-source speaks no TLS) with its state in one folder."""
+"""What the benchmarks share: loopback ports, a relay configuration for a plain-SMTP
+listener open to loopback (smtp-source speaks no TLS) with its state in one folder, and
+the CPU and memory of a process tree from /proc."""
 
 from __future__ import annotations
 
@@ -48,3 +49,55 @@ def write_relay_config(home: Path, port: int, delivery: dict[str, Any],
         "delivery": {"region": "us-east-1", **delivery},
         "log": {"format": "json", "level": "warning"}}))
     return path
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# --- process accounting ----------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _stat(int(entry))) is not None:
+            children.setdefault(int(st[1]), []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU of *root* and its descendants, living and reaped."""
+    total = 0
+    for pid in tree(root):
+        st = _stat(pid)
+        if st is not None:
+            total += sum(int(x) for x in st[11:15])  # utime stime cutime cstime
+    return total / TICK
+
+
+def pss_mb(root: int) -> float:
+    """Proportional set size of the whole tree: shared pages (Postfix's many processes
+    share their code, so do ses-relay's workers) are counted once, split between the
+    processes that share them."""
+    kib = 0
+    for pid in tree(root):
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    kib += int(line.split()[1])
+        except OSError:
+            pass
+    return kib / 1024

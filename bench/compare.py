@@ -39,58 +39,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import AWS_ENV, free_port, wait_port, write_relay_config  # noqa: E402
+from bench.common import (  # noqa: E402
+    AWS_ENV,
+    cpu_seconds,
+    free_port,
+    pss_mb,
+    wait_port,
+    write_relay_config,
+)
 
 BIN = Path(sys.executable).parent
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-# --- process accounting ----------------------------------------------------------------
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2:].split()
-
-
-def tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (st := _stat(int(entry))) is not None:
-            children.setdefault(int(st[1]), []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def cpu_seconds(root: int) -> float:
-    """CPU of *root* and its descendants, living and reaped."""
-    total = 0
-    for pid in tree(root):
-        st = _stat(pid)
-        if st is not None:
-            total += sum(int(x) for x in st[11:15])  # utime stime cutime cstime
-    return total / TICK
-
-
-def rss_mb(root: int) -> float:
-    """Proportional set size of the whole tree: shared pages (Postfix's many processes
-    share their code) are counted once, split between the processes that share them."""
-    kib = 0
-    for pid in tree(root):
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    kib += int(line.split()[1])
-        except OSError:
-            pass
-    return kib / 1024
 
 
 # --- targets ---------------------------------------------------------------------------
@@ -253,13 +211,13 @@ def run_load(target: Target, messages: int, sessions: int, size: int) -> Result:
     root = target.root_pid()
     before_delivered = target.delivered()
     cpu0 = cpu_seconds(root)
-    peak = [rss_mb(root)]
+    peak = [pss_mb(root)]
     done = threading.Event()
     latencies: list[float] = []
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], rss_mb(root))
+            peak[0] = max(peak[0], pss_mb(root))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -278,7 +236,7 @@ def run_load(target: Target, messages: int, sessions: int, size: int) -> Result:
     want = before_delivered + messages + len(latencies)
     deadline = time.monotonic() + 600
     while target.delivered() < want and time.monotonic() < deadline:
-        peak[0] = max(peak[0], rss_mb(root))
+        peak[0] = max(peak[0], pss_mb(root))
         time.sleep(0.05)
     delivered = time.perf_counter() - t0
     sampler.join(5)

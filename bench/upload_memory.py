@@ -10,7 +10,6 @@ relay's peak RSS (VmHWM) from /proc.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import smtplib
 import ssl
 import subprocess
@@ -25,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port  # noqa: E402
+from bench.common import free_port, pss_mb, tree  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -36,23 +35,6 @@ def rss_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
-
-
-def pss_mb(pid: int) -> float:
-    """Shared pages (the workers share their code) counted once, split between sharers."""
-    kib = 0
-    for p in family(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    kib += int(line.split()[1])
-    return kib / 1024
-
-
-def family(pid: int) -> list[int]:
-    """The relay and its worker processes."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid, *(int(c) for c in children)]
 
 
 def main() -> None:
@@ -86,7 +68,7 @@ def main() -> None:
                                   str(dev / "ses-relay.yaml")])
         try:
             time.sleep(1.5 if args.workers == 1 else 4)
-            base = sum(rss_kib(pid, "VmRSS") for pid in family(relay.pid))
+            base = sum(rss_kib(pid, "VmRSS") for pid in tree(relay.pid))
             line = b"x" * 76 + b"\r\n"
             body = b"Subject: big\r\n\r\n" + line * int(args.size_mb * 2**20 / len(line))
             ctx = ssl.create_default_context(cafile=str(dev / "tls" / "cert.pem"))
@@ -127,7 +109,7 @@ def main() -> None:
                 time.sleep(0.1)
             # With workers, the sum of each process's own peak: an upper bound of the peak
             # of the sum.
-            peak = sum(rss_kib(pid, "VmHWM") for pid in family(relay.pid))
+            peak = sum(rss_kib(pid, "VmHWM") for pid in tree(relay.pid))
             sampling.set()
             sampler.join()
             print(f"clients={args.clients} size={args.size_mb} MB processes={args.workers} "
