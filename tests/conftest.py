@@ -361,3 +361,31 @@ def start_process(tmp_path: Path) -> Iterator[Callable[[Setup], Process]]:
     yield start
     for p in running:
         p.kill()
+
+
+# --- systemd's side of sd_notify ----------------------------------------------------------
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.got: list[bytes] = []
+
+    def wait_for(self, field: bytes) -> None:
+        """Receive until a datagram carries *field* (READY=1, WATCHDOG=1...)."""
+        while not any(field in m for m in self.got):
+            self.got.append(self.sock.recv(4096))
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySocket]:
+    """NOTIFY_SOCKET and a 1 s WATCHDOG_USEC for the relay processes a test starts."""
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(20)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+        yield NotifySocket(sock)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trustme
 from clients import Dialog, implicit, starttls
-from conftest import PASSWORD, SENDER, USER, Setup, free_port, wait_until
+from conftest import PASSWORD, SENDER, USER, NotifySocket, Setup, free_port, wait_until
 from test_cli import run
 
 MESSAGE = (b"From: sender@example.com\r\nSubject: ops\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000"
@@ -106,26 +106,16 @@ def test_sigterm_lets_an_upload_finish_then_exits_0(setup: Setup, start_process)
         len(list(setup.outbox_dir.glob("*.eml"))) == 1
 
 
-def test_systemd_is_told_ready_and_stopping(setup: Setup, tmp_path: Path,
-                                            start_process, monkeypatch) -> None:
-    path = tmp_path / "notify.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(str(path))
-        sock.settimeout(15)
-        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-        monkeypatch.setenv("WATCHDOG_USEC", "2000000")
-        relay = start_process(setup)
-        got = []
-        while not any(b"READY=1" in m for m in got):
-            got.append(sock.recv(4096))
-        # READY comes after the listeners are bound: a connection works now.
-        with implicit(setup.implicit_port, setup.certs.ca) as s:
-            assert s.noop()[0] == 250
-        while not any(b"WATCHDOG=1" in m for m in got):
-            got.append(sock.recv(4096))
-        relay.proc.send_signal(signal.SIGTERM)
-        while not any(b"STOPPING=1" in m for m in got):
-            got.append(sock.recv(4096))
+def test_systemd_is_told_ready_and_stopping(setup: Setup, start_process,
+                                            notify_socket: NotifySocket) -> None:
+    relay = start_process(setup)
+    notify_socket.wait_for(b"READY=1")
+    # READY comes after the listeners are bound: a connection works now.
+    with implicit(setup.implicit_port, setup.certs.ca) as s:
+        assert s.noop()[0] == 250
+    notify_socket.wait_for(b"WATCHDOG=1")
+    relay.proc.send_signal(signal.SIGTERM)
+    notify_socket.wait_for(b"STOPPING=1")
     assert relay.proc.wait(30) == 0
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import re
 import signal
-import time
 
 import pytest
 from botocore.exceptions import ClientError
 from clients import implicit, starttls
-from conftest import PASSWORD, SENDER, USER, Moto, Setup, free_port
+from conftest import PASSWORD, SENDER, USER, Moto, Setup, free_port, wait_until
 from fakeses import Failure, FakeSES
 
 from relay.transports.errors import classify
@@ -62,9 +61,7 @@ def test_the_send_is_signed_sigv4_for_ses_in_the_region_with_the_chain_credentia
         start_relay(setup)
         with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
             s.sendmail(SENDER, ["to@example.net"], MESSAGE)
-        deadline = time.monotonic() + 10
-        while not ses.accepted and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: ses.accepted)
         [sent] = ses.accepted
     # AWS_ACCESS_KEY_ID=testing (conftest): the standard chain's key, SESv2's signing name.
     assert re.fullmatch(r"AWS4-HMAC-SHA256 Credential=testing/\d{8}/eu-west-1/ses/aws4_request, "
@@ -101,9 +98,7 @@ def test_transient_ses_errors_are_retried_until_delivered(
         start_relay(setup)
         with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
             s.sendmail(SENDER, ["to@example.net"], MESSAGE)
-        deadline = time.monotonic() + 15
-        while not ses.accepted and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: ses.accepted, timeout=15)
         assert [m["raw"] for m in ses.accepted] == [MESSAGE]
         assert ses.calls == 3
     retries = [e for e in logs if e["event"] == event]
@@ -122,9 +117,7 @@ def test_an_unreachable_endpoint_defers_and_keeps_the_message(
     start_relay(setup)
     with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
         assert s.sendmail(SENDER, ["to@example.net"], MESSAGE) == {}
-    deadline = time.monotonic() + 10
-    while not any(e["event"] == "deferred" for e in logs) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: any(e["event"] == "deferred" for e in logs))
     deferred = next(e for e in logs if e["event"] == "deferred")
     assert deferred["code"] == "ConnectionError"
     assert "endpoint" in deferred["hint"]

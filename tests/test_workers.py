@@ -14,9 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 from clients import implicit
-from conftest import PASSWORD, SENDER, USER, Setup, free_port, wait_until
+from conftest import PASSWORD, SENDER, USER, NotifySocket, Setup, free_port, wait_until
 from fakeses import FakeSES
 from test_cli import run
 
@@ -142,26 +141,16 @@ def test_a_worker_that_cannot_start_stops_the_relay_with_its_exit_code(make_setu
 
 
 def test_systemd_hears_ready_once_every_worker_is_and_stopping_at_the_end(
-        make_setup, start_process, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        make_setup, start_process, notify_socket: NotifySocket) -> None:
     setup: Setup = make_setup()
     two_workers(setup)
-    path = tmp_path / "notify.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(str(path))
-        sock.settimeout(20)
-        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-        monkeypatch.setenv("WATCHDOG_USEC", "1000000")
-        relay = start_process(setup)
-        got = [sock.recv(4096)]
-        while not any(b"READY=1" in m for m in got):
-            got.append(sock.recv(4096))
-        # READY came from the supervisor after both workers were ready.
-        assert sum(e["event"] == "started" for e in relay.events()) == 2
-        while not any(b"WATCHDOG=1" in m for m in got):  # fed while both feed theirs
-            got.append(sock.recv(4096))
-        relay.proc.send_signal(signal.SIGTERM)
-        while not any(b"STOPPING=1" in m for m in got):
-            got.append(sock.recv(4096))
+    relay = start_process(setup)
+    notify_socket.wait_for(b"READY=1")
+    # READY came from the supervisor after both workers were ready.
+    assert sum(e["event"] == "started" for e in relay.events()) == 2
+    notify_socket.wait_for(b"WATCHDOG=1")  # fed while both feed theirs
+    relay.proc.send_signal(signal.SIGTERM)
+    notify_socket.wait_for(b"STOPPING=1")
     assert relay.proc.wait(30) == 0
 
 
