@@ -285,6 +285,7 @@ class Scheduler:
             return
         state.attempts += 1
         state.last_attempt = self._clock()
+        state.last_deferred = {}  # this attempt's; every chunk adds its own
         pending = [r for r in envelope.rcpt_tos if r not in state.done
                    and r not in state.rejected]
         chunks = split(tuple(pending), self._transport.max_recipients)
@@ -323,7 +324,6 @@ class Scheduler:
         accepted = [r for r in rcpts if r not in result.refused]
         for r in accepted:
             state.done[r] = result.message_id
-        state.last_deferred = {}
         for r, err in result.refused.items():
             if err.permanent:
                 state.rejected[r] = [err.code, str(err), err.hint]

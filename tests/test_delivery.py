@@ -1,0 +1,70 @@
+"""The scheduler's bookkeeping across recipient chunks, with a scripted transport (the
+per-recipient refusals of an SMTP upstream, in chunks, without 50+ real recipients)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from relay.config import QueueConfig
+from relay.delivery import Scheduler
+from relay.errors import DeliveryError
+from relay.spool import Envelope, Spool
+from relay.transports.base import Quota, SendResult
+
+
+class Chunked:
+    """Two recipients per call; refuses *deferred* with a 451 once, accepts the rest."""
+
+    name = "scripted"
+    max_message_size = 10 * 2**20
+    max_recipients = 2
+
+    def __init__(self, deferred: str) -> None:
+        self.deferred = deferred
+        self.calls: list[tuple[str, ...]] = []
+
+    async def start(self) -> None: ...
+
+    async def send(self, envelope: Envelope, data: bytes) -> SendResult:
+        self.calls.append(envelope.rcpt_tos)
+        refused = {}
+        if self.deferred in envelope.rcpt_tos and len(self.calls) == 1:
+            refused[self.deferred] = DeliveryError("451 try later", permanent=False,
+                                                   code="451", hint="deferred")
+        return SendResult(f"id-{len(self.calls)}", refused)
+
+    async def quota(self) -> Quota | None:
+        return None
+
+    async def aclose(self) -> None: ...
+
+
+def test_a_recipient_deferred_in_one_chunk_is_retried_after_later_chunks_succeed(
+        tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    transport = Chunked(deferred="a@example.net")
+
+    async def main() -> None:
+        draft = spool.draft()
+        draft.write(b"Subject: chunks\r\n\r\nbody\r\n")
+        qid = await spool.commit(draft, Envelope(
+            "s@example.com", ("a@example.net", "b@example.net", "c@example.net")))
+        scheduler = Scheduler(spool, transport, QueueConfig(min_backoff=0.1, max_backoff=0.2),
+                              concurrency=1)
+        scheduler.enqueue(qid)
+        await scheduler.start()
+        for _ in range(200):
+            if not (tmp_path / "active" / qid).exists():
+                break
+            await asyncio.sleep(0.02)
+        await scheduler.stop()
+
+    asyncio.run(main())
+    spool.close()
+    # a was deferred in the first chunk, c went in the second: a is tried again, alone.
+    assert transport.calls == [("a@example.net", "b@example.net"), ("c@example.net",),
+                               ("a@example.net",)]
+    assert list((tmp_path / "active").iterdir()) == []
+    assert list((tmp_path / "failed").iterdir()) == []
