@@ -90,7 +90,7 @@ class Supervisor:
         """Run worker *index*; start it again if it dies, unless we are stopping."""
         while not self.stopping.is_set():
             proc = await asyncio.create_subprocess_exec(*self._command(index),
-                                                        env=self._environment(index))
+                                                        env=self._environment())
             self.procs[index] = proc
             if self.stopping.is_set():  # asked to stop while this one was starting
                 proc.send_signal(signal.SIGTERM)
@@ -103,7 +103,7 @@ class Supervisor:
             if not self.announced:
                 # Could not start (a port taken, a bad file): the others would not either.
                 _log.error("worker_failed_to_start", worker=index, exit_code=code)
-                self.failed = code or 1
+                self.failed = code if code > 0 else 1  # killed by a signal: 1
                 self.stopping.set()
                 return
             now = time.monotonic()
@@ -122,8 +122,8 @@ class Supervisor:
         return [sys.executable, "-m", "relay", "serve", "--config", str(self.config.source),
                 "--worker", str(index)]
 
-    def _environment(self, index: int) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_PID",)}
+    def _environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "WATCHDOG_PID"}
         env["NOTIFY_SOCKET"] = self.notify_name
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         env[_PARENT] = str(os.getpid())
