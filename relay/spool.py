@@ -253,7 +253,8 @@ class Spool:
                     self._move(self.active / name, self.corrupt / name)
             elif self.share.owns(name):
                 ids.append(name)
-        self._drop_orphan_states(set(ids))
+        # A held message keeps its delivery progress for when it is released.
+        self._drop_orphan_states(set(ids) | set(os.listdir(self.hold_dir)))
         return sorted(ids)
 
     def _mine(self, name: str) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from conftest import SENDER, Setup, events, wait_until
 
 from relay.errors import CorruptEntry
-from relay.spool import Envelope, Spool, new_queue_id, queue_id_time
+from relay.spool import DeliveryState, Envelope, Spool, new_queue_id, queue_id_time
 
 ENVELOPE = Envelope(mail_from=SENDER, rcpt_tos=("a@example.net", "b@example.net"), user="app")
 
@@ -101,3 +101,14 @@ def test_a_corrupt_entry_is_quarantined_and_the_rest_delivered(
     wait_until(lambda: events(logs, "delivered") and events(logs, "quarantined"))
     assert [e["queue_id"] for e in logs if e["event"] == "delivered"] == [good]
     assert [e["queue_id"] for e in logs if e["event"] == "quarantined"] == [bad]
+
+
+def test_a_held_message_keeps_its_delivery_progress_across_a_restart(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    qid = commit(spool, b"Subject: half sent\r\n\r\nbody\r\n")
+    spool.save_state(qid, DeliveryState(done={"a@example.net": "ses-1"}), durable=True)
+    spool.hold(qid)
+    Spool(tmp_path).open()  # a restart while it is held
+    spool.release(qid)
+    assert spool.load_state(qid).done == {"a@example.net": "ses-1"}
