@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from relay import sqlitedb
+from relay import log, sqlitedb
 from relay.feedback.notifications import Event
 
 _SCHEMA = """
@@ -54,7 +55,10 @@ CREATE INDEX IF NOT EXISTS events_at ON events (at);
 CREATE INDEX IF NOT EXISTS steps_at ON steps (at);
 """
 
+_log = log.get("events")
 _STOP = object()
+_BATCH = 1000
+_BATCH_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -126,11 +130,16 @@ class EventStore:
             self._db.close()
 
     def _write_loop(self) -> None:
+        """Write what ``step`` queued, in batches: everything that arrived together, but at
+        most _BATCH rows or _BATCH_SECONDS, so that a steady stream is written as it goes
+        rather than held until it pauses. A batch that cannot be written is logged and
+        dropped: history must never stop the writer, nor the mail."""
         while True:
             item = self._pending.get()
             batch: list[Any] = []
             waiters: list[threading.Event] = []
             stop = False
+            deadline = time.monotonic() + _BATCH_SECONDS
             while True:
                 if item is _STOP:
                     stop = True
@@ -138,6 +147,8 @@ class EventStore:
                     waiters.append(item)
                 else:
                     batch.append(item)
+                if stop or len(batch) >= _BATCH or time.monotonic() > deadline:
+                    break
                 try:
                     item = self._pending.get(timeout=0.05 if not batch else 0.01)
                 except queue.Empty:
@@ -151,11 +162,18 @@ class EventStore:
 
     def _insert_steps(self, rows: list[Any]) -> None:
         with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO steps (at, queue_id, step, ses_message_id, "
-                                 "sender, user, rcpts, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                 rows)
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT INTO steps (at, queue_id, step, ses_message_id, "
+                                     "sender, user, rcpts, detail) VALUES "
+                                     "(?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                _log.error("event_store_write_failed", error=str(e), rows=len(rows),
+                           hint="message history (trace, export) misses these steps; "
+                                "check the disk and feedback.database")
 
     # -- reading
 
