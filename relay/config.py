@@ -285,6 +285,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|k|mb|m|gb|g|kib|mib|gib)?\s*$",
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE_UNITS = {"b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
                "kib": 1024, "mib": 1024**2, "gib": 1024**3, None: 1}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _MISSING = object()
@@ -347,6 +348,10 @@ class _Reader:
         s = str(v)
         if not s:
             raise _Invalid("must not be empty")
+        # No value is ever more than one line: a newline in a host name or an ARN would
+        # end up in a header (Message-ID, bounce notices) or on a command line.
+        if _CONTROL.search(s):
+            raise _Invalid("must not contain control characters (such as a newline)")
         return s
 
     def path(self, v: object, p: str) -> Path:

@@ -121,3 +121,15 @@ def test_listener_settings_that_would_open_the_relay_are_refused(
     with pytest.raises(ConfigError) as e:
         config.parse(raw, base=tmp_path, environ={})
     assert any(p.startswith(problem) for p in e.value.problems), e.value.problems
+
+
+def test_a_value_with_a_newline_is_refused_before_it_reaches_a_header(tmp_path: Path) -> None:
+    doc = {"hostname": "relay.example.com\nX-Injected: yes",
+           "listeners": [{"name": "a", "address": "127.0.0.1", "port": 2525, "tls": "none",
+                          "auth": "none", "trusted_networks": ["127.0.0.0/8"]}],
+           "delivery": {"transport": "outbox", "bounce_from": "postmaster@example.com\n"}}
+    with pytest.raises(ConfigError) as e:
+        config.parse(doc, base=tmp_path, environ={})
+    assert "hostname: must not contain control characters (such as a newline)" in \
+        e.value.problems
+    assert any(p.startswith("delivery.bounce_from: ") for p in e.value.problems)
