@@ -92,6 +92,7 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(*self._command(index),
                                                         env=self._environment())
             self.procs[index] = proc
+            self.fed[proc.pid] = time.monotonic()  # its start-up counts as one interval
             if self.stopping.is_set():  # asked to stop while this one was starting
                 proc.send_signal(signal.SIGTERM)
             code = await proc.wait()
@@ -168,8 +169,8 @@ class Supervisor:
             await asyncio.sleep(interval)
             now = time.monotonic()
             live = [p.pid for p in self.procs.values() if p.returncode is None]
-            # A worker being restarted is not fed for a moment; one that hangs stays unfed.
-            if all(now - self.fed.get(pid, now) < 2 * interval for pid in live):
+            # A worker that hangs, even before its READY, stops feeding systemd's watchdog.
+            if all(now - self.fed.get(pid, 0.0) < 2 * interval for pid in live):
                 self.notifier.watchdog()
 
 
