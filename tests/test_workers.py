@@ -73,7 +73,7 @@ def scrape(port: int) -> str:
 
 
 def test_the_queue_tools_see_one_queue_and_reach_every_worker(
-        make_setup, start_process, tmp_path: Path) -> None:
+        make_setup, start_process) -> None:
     closed = free_port()  # SES unreachable: everything stays queued
     setup: Setup = make_setup("sesv2", region="us-east-1",
                               endpoint_url=f"http://127.0.0.1:{closed}")
@@ -85,12 +85,15 @@ def test_the_queue_tools_see_one_queue_and_reach_every_worker(
     assert len(listing) == 12
     owners = {Share(0, 2).owns(line.split()[0]) for line in listing}
     assert owners == {True, False}  # both workers hold part of it
+    # Both workers now wait at least 16 s before trying the upstream again.
+    wait_until(lambda: {e["worker"] for e in relay.events()
+                        if e["event"] == "upstream_down" and e["pause"] >= 16} == {0, 1},
+               timeout=20)
     # The endpoint comes back on its port; a flush reaches both workers, which try at
-    # once despite their upstream-down pause.
-    relay.wait_event("upstream_down", pause=8.0)
+    # once despite their pause: well within it.
     with FakeSES(port=closed) as ses:
         assert run("queue", "flush", "--config", str(setup.path)).returncode == 0
-        wait_until(lambda: len(ses.accepted) >= 12, timeout=30)
+        wait_until(lambda: len(ses.accepted) >= 12, timeout=8)
     wait_until(lambda: not list((setup.queue_dir / "active").iterdir()), timeout=10)
 
 
