@@ -16,7 +16,7 @@ from relay import config as config_mod
 from relay import dsn, log, maillog, memory, metrics, sessuppression, systemd, users
 from relay.config import Config
 from relay.delivery import Scheduler
-from relay.errors import ConfigError, DeliveryError, UsersFileError
+from relay.errors import ConfigError, DeliveryError, SpoolError, UsersFileError
 from relay.events import EventStore
 from relay.feedback.service import FeedbackService
 from relay.limits import AuthGuard, Connections
@@ -141,14 +141,23 @@ class Relay:
         if not delivery.bounce_notices or envelope.no_dsn or not delivery.bounce_from:
             return
         assert self.spool is not None and self.scheduler is not None
-        headers = await asyncio.to_thread(self.spool.read_headers, queue_id, "failed")
-        notice = dsn.build(queue_id=queue_id, sender=envelope.mail_from,
-                           bounce_from=delivery.bounce_from, hostname=self.config.hostname,
-                           failed=record.get("failed", {}), original_headers=headers)
-        draft = self.spool.draft()
-        draft.write(notice)
-        notice_id = await self.spool.commit(draft, Envelope(
-            mail_from=delivery.bounce_from, rcpt_tos=(envelope.mail_from,), no_dsn=True))
+        try:
+            headers = await asyncio.to_thread(self.spool.read_headers, queue_id, "failed")
+            notice = dsn.build(queue_id=queue_id, sender=envelope.mail_from,
+                               bounce_from=delivery.bounce_from,
+                               hostname=self.config.hostname,
+                               failed=record.get("failed", {}), original_headers=headers)
+            draft = self.spool.draft()
+            draft.write(notice)
+            notice_id = await self.spool.commit(draft, Envelope(
+                mail_from=delivery.bounce_from, rcpt_tos=(envelope.mail_from,), no_dsn=True))
+        except (OSError, SpoolError) as e:
+            # The failed message itself is safe in failed/; only its notice is missing.
+            # (Raised further, this would reach the delivery worker as a bug about a
+            # message that is no longer in active/.)
+            _log.error("bounce_notice_failed", queue_id=queue_id, error=str(e),
+                       hint="the message stays in failed/; `ses-relay queue show` says why")
+            return
         maillog.bounce_notice(queue_id, notice_id, envelope.mail_from)
         self.scheduler.enqueue(notice_id)
 
