@@ -108,7 +108,9 @@ class MetricsServer:
             return httpd.Response(405, b"GET only\n")
         if request.path == "/metrics":
             self._refresh()
-            return httpd.Response(200, exposition(), CONTENT_TYPE_LATEST)
+            # With workers, reading every worker's files is I/O: off the loop.
+            body = await asyncio.to_thread(exposition)
+            return httpd.Response(200, body, CONTENT_TYPE_LATEST)
         if request.path == "/healthz":
             return httpd.Response(200, b"ok\n")
         if request.path == "/readyz":
