@@ -38,7 +38,7 @@ def write_relay_config(home: Path, port: int, delivery: dict[str, Any],
                        workers: int | str = 1) -> Path:
     path = home / "c.yaml"
     path.write_text(yaml.safe_dump({
-        "workers": workers,
+        **({"workers": workers} if workers != 1 else {}),  # (older relays lack the key)
         "hostname": "bench.test",
         "listeners": [{"name": "bench", "address": "127.0.0.1", "port": port, "tls": "none",
                        "auth": "none", "trusted_networks": ["127.0.0.0/8"]}],
