@@ -1,5 +1,6 @@
-"""Per-connection and per-command costs in the SMTP front end, one core, no I/O:
-building a session object, and reading a MAIL/RCPT path (ours against aiosmtpd's).
+"""Per-connection, per-command and per-send costs, one core, no I/O: building a session
+object with the relay's handler, reading a MAIL/RCPT path (ours against aiosmtpd's), and
+signing a SendEmail (ours against botocore's SigV4Auth).
 
     .venv/bin/python bench/micro.py
 """
@@ -10,8 +11,16 @@ import asyncio
 import timeit
 
 from aiosmtpd.smtp import SMTP
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
+from relay.smtp.handler import Handler
 from relay.smtp.server import RelaySMTP
+from relay.transports.sesv2http import PATH, Signer
+
+URL = "https://email.us-east-1.amazonaws.com" + PATH
+BODY = b"x" * 7000  # a 5 KB message, base64 in its JSON document
 
 
 def per_call_us(f: object, n: int) -> float:
@@ -20,13 +29,14 @@ def per_call_us(f: object, n: int) -> float:
 
 def main() -> None:
     loop = asyncio.new_event_loop()
-    handler = object()
+    handler = Handler.__new__(Handler)  # the class is what aiosmtpd inspects
 
     def session() -> RelaySMTP:
-        return RelaySMTP(handler, starttls_required=False, implicit_tls=False, loop=loop)
+        return RelaySMTP(handler, starttls_required=False, implicit_tls=False, loop=loop,
+                         hostname="relay.example")
 
     def plain_session() -> SMTP:
-        return SMTP(handler, loop=loop)
+        return SMTP(handler, loop=loop, hostname="relay.example")
 
     smtp = session()
     path = "<load@example.com> SIZE=5120"
@@ -37,6 +47,20 @@ def main() -> None:
           f"{per_call_us(lambda: smtp._getaddr(path), 50000):.2f} us |")
     print(f"| path read by aiosmtpd's _getaddr | "
           f"{per_call_us(lambda: SMTP._getaddr(smtp, path), 20000):.2f} us |")
+    signer = Signer(URL, "us-east-1", "ses")
+    credentials = Credentials("AKIDEXAMPLE", "secret")
+
+    def botocore_sign() -> dict[str, str]:
+        request = AWSRequest("POST", URL, data=BODY,
+                             headers={"Content-Type": "application/json"})
+        SigV4Auth(credentials, "ses", "us-east-1").add_auth(request)
+        return dict(request.headers.items())
+
+    print(f"| SendEmail signed by sesv2http.Signer | "
+          f"{per_call_us(lambda: signer.headers('AKIDEXAMPLE', 'secret', None, BODY), 20000):.1f}"
+          " us |")
+    print(f"| SendEmail signed by botocore's SigV4Auth | {per_call_us(botocore_sign, 5000):.1f}"
+          " us |")
     loop.close()
 
 

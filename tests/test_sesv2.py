@@ -7,13 +7,16 @@ import re
 import signal
 
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from clients import implicit, starttls
 from conftest import PASSWORD, SENDER, USER, Moto, Setup, free_port, wait_until
 from fakeses import Failure, FakeSES
 
 from relay.transports.errors import classify
-from relay.transports.sesv2http import _error_response
+from relay.transports.sesv2http import PATH, Signer, _error_response
 
 MESSAGE = (b"From: sender@example.com\r\nTo: to@example.net\r\nCc: cc@example.net\r\n"
            b"Subject: via SES\r\nMessage-ID: <1@example.com>\r\n"
@@ -67,6 +70,25 @@ def test_the_send_is_signed_sigv4_for_ses_in_the_region_with_the_chain_credentia
     assert re.fullmatch(r"AWS4-HMAC-SHA256 Credential=testing/\d{8}/eu-west-1/ses/aws4_request, "
                         r"SignedHeaders=\S+, Signature=[0-9a-f]{64}", sent["authorization"])
     assert sent["raw"] == MESSAGE
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://email.eu-west-1.amazonaws.com", "http://127.0.0.1:8080", "http://[::1]:9000",
+    "https://SES.Example.com:443/prefix/", "https://vpce.example.com:8443/a b~c"])
+@pytest.mark.parametrize("token", [None, "FQoG  session/token=="])
+def test_the_signature_is_botocores_to_the_byte(endpoint: str, token: str | None) -> None:
+    # The hand-written signer must give the very headers botocore's SigV4Auth gives for
+    # the same request and instant: host (default port dropped, IPv6 bracketed), the
+    # quoted path, the token signed, the payload hash.
+    url = endpoint.rstrip("/") + PATH
+    body = b'{"Content":{"Raw":{"Data":"aGk="}}}'
+    request = AWSRequest("POST", url, data=body, headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", token), "ses",
+              "eu-west-1").add_auth(request)
+    want = dict(request.headers.items())
+    got = Signer(url, "eu-west-1", "ses").headers("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG",
+                                                 token, body, now=want["X-Amz-Date"])
+    assert got == want
 
 
 def test_an_error_answer_is_read_as_the_sdk_reads_it() -> None:
