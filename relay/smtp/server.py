@@ -292,6 +292,9 @@ class RelaySMTP(SMTP):
         before it is written; body lines go straight to the draft. The reader's limit
         (aiosmtpd sets it to 1001 bytes) bounds each line in memory. Only CRLF.CRLF ends
         DATA; a bare LF line end is refused at once (strict) or turned into CRLF (normalize).
+
+        Past the header, runs of lines that need none of the checks below are taken whole
+        (``_take_plain_lines``); only the rest goes through them one line at a time.
         """
         limit = self.data_size_limit
         normalize = self.event_handler.normalize_line_endings
@@ -308,6 +311,18 @@ class RelaySMTP(SMTP):
         while True:
             if clock() - started > self._data_timeout + received / self._min_data_rate:
                 return _TOO_SLOW  # a trickle that would hold a session and a draft forever
+            if (header is None or problem is not None) and not tail_of_long_line:
+                room = limit - size if limit and problem is None else None
+                block = _take_plain_lines(reader, room)
+                if block:
+                    received += len(block)
+                    if problem is None:
+                        size += len(block)
+                        draft.write(block)
+                    if received - kept_alive > 65536:
+                        kept_alive = received
+                        self._reset_timeout()
+                    continue
             try:
                 line: bytes = await reader.readuntil(b"\n")
             except asyncio.LimitOverrunError as e:
@@ -377,6 +392,33 @@ class RelaySMTP(SMTP):
             return result
         draft.write(result)
         return None
+
+
+# A run of whole lines that DATA's line checks would pass unchanged: none starts with a
+# dot (stuffing, or the end), none holds a CR, LF or NUL of its own, none is over MAX_LINE.
+_PLAIN_LINES = re.compile(
+    rb"(?:(?:[^.\r\n\x00][^\r\n\x00]{0,%d}+)?\r\n)*+" % (MAX_LINE - 1))
+
+
+def _take_plain_lines(reader: asyncio.StreamReader, room: int | None) -> bytes:
+    """Take the plain lines at the start of what *reader* holds (at most *room* bytes).
+
+    Why not readuntil() per line: a 1 MB message is 13,000 lines, and a line read plus its
+    checks cost about 3 us of the event loop each (35 ms per MB), while one regex match over
+    the same bytes costs 5 ms. StreamReader has no public "take what is buffered up to a
+    pattern", so this reads its buffer as aiosmtpd itself does, and resumes the transport as
+    its read methods do. Returns b"" when the next line needs a closer look, or is not all
+    there yet: the caller then reads it with readuntil(), which also waits for data.
+    """
+    buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
+    end = len(buffer) if room is None else min(len(buffer), room)
+    n = _PLAIN_LINES.match(buffer, 0, end).end()  # type: ignore[union-attr]  # always matches
+    if not n:
+        return b""
+    block = bytes(buffer[:n])
+    del buffer[:n]
+    reader._maybe_resume_transport()  # type: ignore[attr-defined]
+    return block
 
 
 class RelaySession(Session):
