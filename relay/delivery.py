@@ -254,7 +254,9 @@ class Scheduler:
 
     async def _deliver(self, qid: str) -> None:
         try:
-            claim = await asyncio.to_thread(self._spool.claim, qid, _READ_WITH_CLAIM)
+            # On the loop, not in a thread: opening, locking and reading a small file in
+            # the page cache costs less than the hand-off (see spool._COMMIT_THREADS).
+            claim = self._spool.claim(qid, _READ_WITH_CLAIM)
         except Busy:
             self.enqueue(qid, self._clock() + 1.0)  # an operator's command holds it
             return
@@ -268,8 +270,7 @@ class Scheduler:
             async with self._budget.hold(claim.size):
                 await self._attempt(claim)
         finally:
-            if not claim.released:  # deferred, or an error: let go of it in a thread too
-                await asyncio.to_thread(claim.release)
+            claim.release()  # idempotent: deferred, or an error
 
     async def _attempt(self, claim: Claim) -> None:
         qid = claim.queue_id
@@ -351,7 +352,7 @@ class Scheduler:
 
     async def _settled(self, claim: Claim, envelope: Envelope, state: DeliveryState) -> None:
         if not state.rejected:
-            await asyncio.to_thread(claim.remove)
+            claim.remove()  # two unlinks and a close: on the loop, like the claim
             return
         code, error, hint = next(iter(state.rejected.values()))
         await self._fail(claim, envelope, state, code, error, hint)
@@ -450,7 +451,7 @@ class Scheduler:
 _DAILY_QUOTA_PAUSE = 900.0
 _UPSTREAM_DOWN = frozenset({"ConnectionError", "Timeout", "TLSError"})
 _QUEUE_WATCH = 2.0
-_READ_WITH_CLAIM = 256 * 1024  # read small messages in the claim's trip to a thread
+_READ_WITH_CLAIM = 256 * 1024  # read with the claim; larger ones are read in a thread
 _QUOTA_REFRESH = 300.0
 
 

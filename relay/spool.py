@@ -41,8 +41,12 @@ _WRITE_BUFFER = 64 * 1024
 _SPILL = 256 * 1024
 # fsyncs run in parallel on threads of their own, apart from the default executor the
 # delivery side uses: concurrent fsyncs on one file system are merged by its journal
-# (ext4's jbd2 batches them into one commit), which is group commit for free.
+# (ext4's jbd2 batches them into one commit), which is group commit for free. Only the
+# fsyncs: creating, writing and renaming a file touch the page cache, not the device, and
+# cost less on the event loop (microseconds) than a trip to a thread does in GIL hand-offs
+# and context switches (bench/RESULTS.md, "thread hand-offs").
 _COMMIT_THREADS = 32
+_FILE_MODE = 0o666  # what open() gives, less the umask
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,56 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class _FolderSync:
+    """Group commit for a folder's fsync: ``wait()`` returns once an fsync of the folder
+    that started after the call has completed, so it covers every rename made before.
+
+    One fsync runs at a time; callers arriving meanwhile share the next one. Under load
+    that is two folder fsyncs in all for any number of messages, instead of one each.
+    """
+
+    def __init__(self, folder: Path, executor: ThreadPoolExecutor) -> None:
+        self._folder = folder
+        self._executor = executor
+        self._next: asyncio.Future[None] | None = None  # waited for, not started
+        self._running = False
+
+    async def wait(self) -> None:
+        waiters = self._next
+        if waiters is None:
+            waiters = self._next = asyncio.get_running_loop().create_future()
+            if not self._running:
+                self._start()
+        await asyncio.shield(waiters)
+
+    def _start(self) -> None:
+        assert self._next is not None
+        waiters, self._next = self._next, None
+        self._running = True
+        loop = asyncio.get_running_loop()
+        run = loop.run_in_executor(self._executor, _fsync_dir, self._folder)
+
+        def done(run: asyncio.Future[None]) -> None:
+            self._running = False
+            error = run.exception()
+            if waiters.done():  # cancelled with the loop at shutdown: nobody is waiting
+                pass
+            elif error is not None:
+                waiters.set_exception(error)
+            else:
+                waiters.set_result(None)
+            if self._next is not None:
+                self._start()
+
+        run.add_done_callback(done)
+
+
 class Draft:
     """A message being received. Write to it, then ``Spool.commit`` it or ``abort`` it."""
 
@@ -156,11 +210,12 @@ class Draft:
         self.path = path
         self.size = 0
         self.error: OSError | None = None
-        # Most mail is small: it stays in memory until commit, which then creates, writes
-        # and fsyncs the file in one trip to a worker thread. A message that outgrows
+        # Most mail is small: it stays in memory until commit, which then creates and
+        # writes the file in one go, and fsyncs it on a worker thread. A message that outgrows
         # _SPILL goes to its file as it arrives, so memory per upload stays bounded.
         self._buffer = bytearray()
         self._file: BinaryIO | None = None
+        self._fd: int | None = None  # the file, written out unbuffered at commit
         self._spilled = False
 
     def write(self, data: bytes) -> None:
@@ -190,29 +245,40 @@ class Draft:
         except OSError as e:
             self.error = e
 
-    def _finish(self, envelope: Envelope, active: Path) -> None:
+    def _write_out(self, envelope: Envelope) -> int:
+        """Write what is left and the envelope trailer; the open descriptor, to fsync."""
         if self.error is not None:
             raise self.error
-        if self._file is None:
-            self._file = open(self.path, "xb", buffering=_WRITE_BUFFER)  # noqa: SIM115
-            self._file.write(self._buffer)
-            self._buffer = bytearray()
-        meta = envelope.to_json()
-        self._file.write(meta + _TRAILER_MAGIC + b"%010d\n" % len(meta))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
-        os.rename(self.path, active / self.queue_id)
-        _fsync_dir(active)
+        trailer = envelope.to_json()
+        trailer += _TRAILER_MAGIC + b"%010d\n" % len(trailer)
+        if self._file is not None:  # spilled: most of it is in the file already
+            self._file.write(trailer)
+            self._file.flush()
+            return self._file.fileno()
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     _FILE_MODE)
+        try:
+            _write_all(fd, self._buffer + trailer)
+        except OSError:
+            os.close(fd)
+            raise
+        self._buffer = bytearray()
+        self._fd = fd
+        return fd
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def abort(self) -> None:
         """Throw the draft away; safe to call more than once and after a failed commit."""
         self._buffer = bytearray()
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
+        with contextlib.suppress(OSError):
+            self._close_file()
         # Not only FileNotFoundError: when tmp/ itself is broken (gone, not a directory),
         # there is nothing to remove either, and the commit's own error is what matters.
         with contextlib.suppress(OSError):
@@ -234,6 +300,7 @@ class Spool:
         self._trigger_dirs = ([self.triggers] if share.count == 1 else
                               [self.triggers / str(i) for i in range(share.count)])
         self._committer = ThreadPoolExecutor(_COMMIT_THREADS, thread_name_prefix="commit")
+        self._active_sync: _FolderSync | None = None  # made on the loop, at first use
 
     # -- start-up
 
@@ -293,25 +360,35 @@ class Spool:
     async def commit(self, draft: Draft, envelope: Envelope) -> str:
         """Make the draft durable, then return its queue id.
 
-        Runs in a thread and is shielded: a client that disconnects while we fsync cancels
-        our caller, but the commit still completes (or fails) as a whole. A commit that
-        completes for a vanished client may be delivered once more if the client resends;
-        that is the at-least-once half of the bargain.
+        The file is written and fsynced, renamed into active/, and active/ is fsynced: an
+        fsync of the folder that started after the rename, shared by every commit waiting
+        for one (``_ActiveSync``). Shielded: a client that disconnects while we fsync
+        cancels our caller, but the commit still completes (or fails) as a whole. A commit
+        that completes for a vanished client may be delivered once more if the client
+        resends; that is the at-least-once half of the bargain.
         """
+        return await asyncio.shield(self._commit(draft, envelope))
+
+    async def _commit(self, draft: Draft, envelope: Envelope) -> str:
         loop = asyncio.get_running_loop()
-        task = loop.run_in_executor(self._committer, self._commit_sync, draft, envelope)
-        return await asyncio.shield(task)
-
-    def close(self) -> None:
-        self._committer.shutdown(wait=True)
-
-    def _commit_sync(self, draft: Draft, envelope: Envelope) -> str:
         try:
-            draft._finish(envelope, self.active)
+            fd = draft._write_out(envelope)
+            await loop.run_in_executor(self._committer, os.fsync, fd)
+            draft._close_file()
+            os.rename(draft.path, self.active / draft.queue_id)
+            await self._active_synced()
         except OSError as e:
             draft.abort()
             raise SpoolError(f"cannot commit {draft.queue_id}: {e}") from e
         return draft.queue_id
+
+    async def _active_synced(self) -> None:
+        if self._active_sync is None:
+            self._active_sync = _FolderSync(self.active, self._committer)
+        await self._active_sync.wait()
+
+    def close(self) -> None:
+        self._committer.shutdown(wait=True)
 
     # -- delivery side: a worker claims a message (an exclusive lock) while it delivers it
 
@@ -322,9 +399,8 @@ class Spool:
         so a queue command of another process cannot move a message out from under a
         delivery, nor a delivery send one an operator just held or deleted.
 
-        A message smaller than *read_below* bytes is read in the same trip to a thread
-        (``Claim.read`` then returns it without I/O): a thread hand-off costs more CPU than
-        reading a small file.
+        A message smaller than *read_below* bytes is read at once (``Claim.read`` then
+        returns it without I/O).
         """
         path = self.active / queue_id
         try:
@@ -504,7 +580,7 @@ class Claim:
         self.prefetched: tuple[Envelope, bytes, DeliveryState] | None = None
 
     def read(self) -> tuple[Envelope, bytes, DeliveryState]:
-        """The message, its envelope, and its delivery state, in one trip to a thread."""
+        """The message, its envelope, and its delivery state."""
         try:
             envelope, data = _read_entry(self._file, self.queue_id)
         except OSError as e:
@@ -512,8 +588,8 @@ class Claim:
         return envelope, data, self.spool.load_state(self.queue_id)
 
     def remove(self) -> None:
-        """Forget a delivered message, and let go of it (one trip to a thread for both).
-        Not fsynced: a crash here re-sends, never loses."""
+        """Forget a delivered message, and let go of it. Not fsynced: a crash here
+        re-sends, never loses."""
         s = self.spool
         (s.active / self.queue_id).unlink(missing_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -534,14 +610,9 @@ class Claim:
         (s.state / f"{self.queue_id}.json").unlink(missing_ok=True)
 
     def release(self) -> None:
-        """Drop the lock; idempotent. Closing a locked file costs a noticeable syscall, so
-        callers do it in the thread that did the last work on the message."""
+        """Drop the lock; idempotent."""
         if not self._file.closed:
             self._file.close()
-
-    @property
-    def released(self) -> bool:
-        return self._file.closed
 
 
 def _same_file(f: BinaryIO, path: Path) -> bool:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from conftest import SENDER, Setup, events, wait_until
 
-from relay.errors import CorruptEntry
+from relay import spool as spool_mod
+from relay.errors import CorruptEntry, SpoolError
 from relay.spool import DeliveryState, Envelope, Spool, new_queue_id, queue_id_time
 
 ENVELOPE = Envelope(mail_from=SENDER, rcpt_tos=("a@example.net", "b@example.net"), user="app")
@@ -30,6 +33,50 @@ def test_a_committed_message_reads_back_exactly(tmp_path: Path) -> None:
     assert (tmp_path / "active" / qid).exists()
     assert list((tmp_path / "tmp").iterdir()) == []
     assert spool.read(qid) == (ENVELOPE, data)
+
+
+def test_the_folder_fsync_after_a_rename_is_shared_but_never_one_already_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Promise 1 rests on this: a commit's rename is durable only through an fsync of
+    # active/ that started after it. Commits arriving while one runs share the next one.
+    calls: list[str] = []
+    running = threading.Event()
+    gate = threading.Event()
+
+    def fsync_dir(path: Path) -> None:
+        calls.append("start")
+        running.set()
+        gate.wait(5)
+        calls.append("end")
+
+    monkeypatch.setattr(spool_mod, "_fsync_dir", fsync_dir)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(4) as pool:
+            sync = spool_mod._FolderSync(tmp_path, pool)
+            first = asyncio.create_task(sync.wait())
+            await asyncio.to_thread(running.wait, 5)
+            later = [asyncio.create_task(sync.wait()) for _ in range(10)]
+            await asyncio.sleep(0.1)
+            assert not first.done() and not any(t.done() for t in later)
+            gate.set()
+            await asyncio.wait_for(asyncio.gather(first, *later), 5)
+
+    asyncio.run(main())
+    assert calls == ["start", "end", "start", "end"]
+
+
+def test_a_failed_folder_fsync_fails_the_commit_and_leaves_no_draft(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fsync_dir(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(spool_mod, "_fsync_dir", fsync_dir)
+    spool = Spool(tmp_path / "queue")
+    spool.open()
+    with pytest.raises(SpoolError, match="Input/output error"):
+        commit(spool, b"Subject: x\r\n\r\nbody\r\n")
+    assert list(spool.tmp.iterdir()) == []
 
 
 def test_drafts_never_committed_are_dropped_at_start(tmp_path: Path) -> None:
