@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
@@ -16,7 +17,7 @@ from conftest import PASSWORD, SENDER, USER, Moto, Setup, free_port, wait_until
 from fakeses import Failure, FakeSES
 
 from relay.transports.errors import classify
-from relay.transports.sesv2http import PATH, Signer, _error_response
+from relay.transports.sesv2http import PATH, Signer, _error_response, _wire
 
 MESSAGE = (b"From: sender@example.com\r\nTo: to@example.net\r\nCc: cc@example.net\r\n"
            b"Subject: via SES\r\nMessage-ID: <1@example.com>\r\n"
@@ -89,6 +90,20 @@ def test_the_signature_is_botocores_to_the_byte(endpoint: str, token: str | None
     got = Signer(url, "eu-west-1", "ses").headers("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG",
                                                  token, body, now=want["X-Amz-Date"])
     assert got == want
+
+
+def test_the_request_document_is_what_the_sdk_would_send() -> None:
+    message = bytes(range(256)) * 40
+    params = {"FromEmailAddress": "app@example.com",
+              "Destination": {"ToAddresses": ["to@example.net", "zoë@example.net"]},
+              "ConfigurationSetName": "cs \"quoted\"",
+              "EmailTags": [{"Name": "campaign", "Value": "a/b"}],
+              "Content": {"Raw": {"Data": message}}}
+    document = json.loads(_wire(params))
+    assert document == {**params, "Content": {"Raw": {
+        "Data": base64.b64encode(message).decode()}}}
+    assert json.loads(_wire({"Content": {"Raw": {"Data": b""}}})) == {
+        "Content": {"Raw": {"Data": ""}}}
 
 
 def test_an_error_answer_is_read_as_the_sdk_reads_it() -> None:

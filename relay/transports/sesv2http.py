@@ -73,7 +73,7 @@ class SendEmailClient:
     async def send_email(self, params: dict[str, Any]) -> dict[str, Any]:
         """POST one SendEmail; the parsed JSON answer, or a botocore exception."""
         assert self._http is not None, "start() first"
-        body = json.dumps(_wire(params), separators=(",", ":")).encode()
+        body = _wire(params)
         headers = await self._sign(body)
         async with self._http.post(self._url, data=body, headers=headers,
                                    proxy=self._proxy) as response:
@@ -154,11 +154,18 @@ def _env_proxy(url: str) -> str | None:
     return urllib.request.getproxies_environment().get(parts.scheme)
 
 
-def _wire(params: dict[str, Any]) -> dict[str, Any]:
+def _wire(params: dict[str, Any]) -> bytes:
     """The request document as SES reads it: the raw message base64-encoded (the SDK does
-    the same for blob members)."""
-    content = params["Content"]["Raw"]["Data"]
-    return {**params, "Content": {"Raw": {"Data": base64.b64encode(content).decode()}}}
+    the same for blob members).
+
+    The message goes in as bytes, not through json.dumps: the base64 alphabet needs no
+    JSON escaping, and scanning (then re-encoding) a string of the message's size cost
+    3 ms per MB on the event loop.
+    """
+    data = base64.b64encode(params["Content"]["Raw"]["Data"])
+    rest = {k: v for k, v in params.items() if k != "Content"}
+    others = json.dumps(rest, separators=(",", ":")).encode()[1:]  # '"...":...}' or '}'
+    return b'{"Content":{"Raw":{"Data":"' + data + b'"}}' + (b"," if rest else b"") + others
 
 
 def _error_response(status: int, error_type: str, payload: bytes) -> dict[str, Any]:
