@@ -159,13 +159,14 @@ def _wire(params: dict[str, Any]) -> bytes:
     the same for blob members).
 
     The message goes in as bytes, not through json.dumps: the base64 alphabet needs no
-    JSON escaping, and scanning (then re-encoding) a string of the message's size cost
-    3 ms per MB on the event loop.
+    JSON escaping, and scanning (then re-encoding) a string of the message's size cost the
+    event loop 4.7 ms per MB, against 1.3 ms this way (bench/micro.py).
     """
     data = base64.b64encode(params["Content"]["Raw"]["Data"])
     rest = {k: v for k, v in params.items() if k != "Content"}
     others = json.dumps(rest, separators=(",", ":")).encode()[1:]  # '"...":...}' or '}'
-    return b'{"Content":{"Raw":{"Data":"' + data + b'"}}' + (b"," if rest else b"") + others
+    return b"".join((b'{"Content":{"Raw":{"Data":"', data, b'"}}', b"," if rest else b"",
+                     others))  # one copy of the message, not one per "+"
 
 
 def _error_response(status: int, error_type: str, payload: bytes) -> dict[str, Any]:
