@@ -291,6 +291,7 @@ async def serve(config: Config, share: Share = ALONE) -> int:
         task.add_done_callback(tasks.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    memory.freeze_startup_heap()
     if notifier.watchdog_interval:
         tasks.add(asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval)))
     notifier.ready(f"accepting mail on {len(relay.servers)} listeners")

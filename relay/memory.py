@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 
 _M_MMAP_THRESHOLD = -3
 _THRESHOLD = 128 * 1024
@@ -32,3 +33,17 @@ def fix_mmap_threshold() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _THRESHOLD))
+
+
+def freeze_startup_heap() -> None:
+    """Take what start-up built (the SDK's service models, the configuration, the modules)
+    out of the garbage collector's sight.
+
+    Those objects live as long as the process, yet every full collection walks them all:
+    under bench/compare.py's load (one worker, 5,000 messages) that was 6 collections of
+    about 77 ms each, one of 111 ms, with every session on the loop waiting. Frozen, they
+    are never walked again (5 full collections of at most 13 ms in the same run); what the
+    relay allocates from here on is collected as before.
+    """
+    gc.collect()
+    gc.freeze()

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import smtplib
 import ssl
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 from clients import Dialog, has_enhanced_code, implicit, starttls
-from conftest import PASSWORD, SENDER, USER, Setup
+from conftest import PASSWORD, SENDER, USER, Setup, wait_until
 
 from relay.smtp.server import server_tls_context
 
@@ -219,3 +221,24 @@ def test_banner_and_ehlo_use_the_configured_hostname(setup: Setup, start_relay) 
     assert d.greeting.startswith(b"220 relay.test ESMTP")
     assert d.cmd("EHLO client.test").startswith(b"250-relay.test\r\n")
     d.close()
+
+
+@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+def test_a_finished_session_is_freed_without_the_garbage_collector(
+        setup: Setup, start_relay, tls: str) -> None:
+    # A session that only the cycle collector could free piles up in its oldest
+    # generation under load, and each full collection then stalls every session.
+    relay = start_relay(setup)
+    gc.disable()
+    try:
+        if tls == "starttls":
+            client = starttls(setup.starttls_port, setup.certs.ca, USER, PASSWORD)
+        else:
+            client = implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD)
+        with client as s:
+            s.sendmail(SENDER, ["to@example.net"], b"Subject: x\r\n\r\nbody\r\n")
+            [session] = [weakref.ref(server) for handler in relay.relay.handlers
+                         for server in list(handler.live)]
+        wait_until(lambda: session() is None, timeout=5)
+    finally:
+        gc.enable()
