@@ -311,7 +311,9 @@ class Process:
 
     def events(self) -> list[dict[str, Any]]:
         out = []
-        for line in self.log_path.read_text().splitlines():
+        text = self.log_path.read_text()
+        complete = text[:text.rfind("\n") + 1]  # not a line the relay is writing right now
+        for line in complete.splitlines():
             if line.startswith("{"):
                 out.append(json.loads(line))
         return out
