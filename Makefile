@@ -36,8 +36,8 @@ peers:
 
 ## bench: ses-relay (sesv2, smtp) against a private Postfix, side by side (needs root)
 bench: $(BIN)/.installed peers
-	$(BIN)/python bench/compare.py --messages 5000 --sessions 50 --size 5120
-	$(BIN)/python bench/compare.py --messages 200 --sessions 20 --size 1048576
+	$(BIN)/python bench/compare.py --messages 5000 --sessions 50 --size 5120 --rounds 3
+	$(BIN)/python bench/compare.py --messages 200 --sessions 20 --size 1048576 --rounds 3
 	$(BIN)/python bench/rate.py
 
 clean:

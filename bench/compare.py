@@ -13,6 +13,7 @@ probe session running beside the load), peak RSS and CPU seconds per 1,000 messa
 the whole target (for Postfix: master and every child process).
 
     python bench/compare.py [--messages 5000] [--sessions 50] [--size 5120] [--only sesv2]
+                            [--workers auto] [--rounds 1]
 
 Needs root (Postfix, smtp-sink -u nobody) and the postfix package (make peers).
 """
@@ -252,6 +253,53 @@ def fake_ses_count(url: str) -> Callable[[], int]:
     return count
 
 
+def run_target(name: str, work: Path, args: argparse.Namespace) -> Result:
+    """Start one target in its own folder, load it, stop it."""
+    stops: list[Callable[[], None]] = []
+    try:
+        if name == "sesv2":
+            port = free_port()
+            fake = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fake_ses.py"),
+                                     "--port", str(port)])
+            stops.append(lambda: (fake.terminate(), fake.wait(10)))
+            wait_port(port)
+            url = f"http://127.0.0.1:{port}"
+            target = relay_target("sesv2", work, {"transport": "sesv2", "endpoint_url": url},
+                                  fake_ses_count(url), AWS_ENV, args.workers)
+        else:
+            sink = Sink(work)
+            stops.append(sink.stop)
+            if name == "smtp":
+                target = relay_target("smtp", work, {
+                    "transport": "smtp", "smtp": {"host": "127.0.0.1", "port": sink.port,
+                                                  "tls": "none"}},
+                    sink.count, AWS_ENV, args.workers)
+            else:
+                target = postfix_target(work, sink)
+        stops.insert(0, target.stop)
+        return run_load(target, args.messages, args.sessions, args.size)
+    finally:
+        for stop in stops:
+            stop()
+
+
+def row(name: str, accepted: float, delivered: float, p50: float, p99: float, rss: float,
+        cpu: float) -> str:
+    return (f"| {name} | {accepted:.0f} | {delivered:.0f} | {p50 * 1000:.1f} ms "
+            f"| {p99 * 1000:.1f} ms | {rss:.0f} MB | {cpu:.1f} |")
+
+
+def measures(r: Result) -> tuple[float, float, float, float, float, float]:
+    lat = sorted(r.latencies) or [0.0]
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    return (r.messages / r.accepted_s, r.messages / r.delivered_s, statistics.median(lat),
+            p99, r.peak_rss, r.cpu / r.messages * 1000)
+
+
+HEADER = ("| target | accepted msg/s | delivered msg/s | p50 connect-to-250 | p99 | peak RSS | "
+          "CPU s / 1000 msg |\n|---|---|---|---|---|---|---|")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=5000)
@@ -260,51 +308,36 @@ def main() -> None:
     ap.add_argument("--only", action="append", choices=("sesv2", "smtp", "postfix"))
     ap.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v),
                     help="ses-relay's workers setting (default auto: one per CPU)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every target this many times, in turn; medians at the end "
+                         "(this machine's speed drifts by 15%% or more within minutes)")
     args = ap.parse_args()
     names = args.only or ["sesv2", "smtp", "postfix"]
-    env = AWS_ENV
-    results = []
-    with tempfile.TemporaryDirectory() as d:
-        work = Path(d)
-        for name in names:
-            stops: list[Callable[[], None]] = []
-            try:
-                if name == "sesv2":
-                    port = free_port()
-                    fake = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fake_ses.py"),
-                                             "--port", str(port)])
-                    stops.append(lambda fake=fake: (fake.terminate(), fake.wait(10)))
-                    wait_port(port)
-                    url = f"http://127.0.0.1:{port}"
-                    target = relay_target("sesv2", work, {"transport": "sesv2",
-                                                          "endpoint_url": url},
-                                          fake_ses_count(url), env, args.workers)
-                else:
-                    sink = Sink(work)
-                    stops.append(sink.stop)
-                    if name == "smtp":
-                        target = relay_target("smtp", work, {
-                            "transport": "smtp", "smtp": {"host": "127.0.0.1",
-                                                          "port": sink.port, "tls": "none"}},
-                            sink.count, env, args.workers)
-                    else:
-                        target = postfix_target(work, sink)
-                stops.insert(0, target.stop)
-                results.append(run_load(target, args.messages, args.sessions, args.size))
-            finally:
-                for stop in stops:
-                    stop()
+    results: dict[str, list[Result]] = {name: [] for name in names}
     print(f"\n{args.messages} messages of {args.size} bytes, {args.sessions} sessions "
-          f"(smtp-source), {os.cpu_count()} CPUs\n")
-    print("| target | accepted msg/s | delivered msg/s | p50 connect-to-250 | p99 | "
-          "peak RSS | CPU s / 1000 msg |")
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        lat = sorted(r.latencies) or [0.0]
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-        print(f"| {r.name} | {r.messages / r.accepted_s:.0f} | {r.messages / r.delivered_s:.0f} "
-              f"| {statistics.median(lat) * 1000:.1f} ms | {p99 * 1000:.1f} ms "
-              f"| {r.peak_rss:.0f} MB | {r.cpu / r.messages * 1000:.1f} |")
+          f"(smtp-source), {os.cpu_count()} CPUs", flush=True)
+    with tempfile.TemporaryDirectory() as d:
+        for n in range(args.rounds):
+            work = Path(d) / f"round{n}"
+            work.mkdir()
+            for name in names:
+                results[name].append(run_target(name, work, args))
+            if args.rounds > 1:
+                print(f"\nround {n + 1} of {args.rounds}\n\n{HEADER}")
+                for name in names:
+                    print(row(name, *measures(results[name][-1])), flush=True)
+    print(f"\n{'median of ' + str(args.rounds) + ' rounds' if args.rounds > 1 else 'result'}"
+          f"\n\n{HEADER}")
+    for name in names:
+        per_round = [measures(r) for r in results[name]]
+        print(row(name, *(statistics.median(m[i] for m in per_round) for i in range(6))))
+    if "postfix" in names and args.rounds > 1:
+        for name in (n for n in names if n != "postfix"):
+            ratios = [measures(a)[1] / measures(b)[1]
+                      for a, b in zip(results[name], results["postfix"], strict=True)]
+            print(f"\n{name} / postfix, delivered msg/s, each round: "
+                  f"{' '.join(f'{x:.2f}' for x in ratios)} (median "
+                  f"{statistics.median(ratios):.2f})")
 
 
 if __name__ == "__main__":
