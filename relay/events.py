@@ -58,7 +58,7 @@ CREATE INDEX IF NOT EXISTS steps_at ON steps (at);
 _log = log.get("events")
 _STOP = object()
 _BATCH = 1000
-_BATCH_SECONDS = 0.2
+_GATHER_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,9 @@ class EventStore:
                                  "recipient, detail) VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def flush(self, timeout: float = 5.0) -> None:
-        """Wait until everything handed to ``step`` is written (tests, shutdown)."""
+        """Wait until everything handed to ``step`` is written (readers, tests)."""
+        if self._writer is None:
+            return  # written at once
         done = threading.Event()
         self._pending.put(done)
         done.wait(timeout)
@@ -130,34 +132,31 @@ class EventStore:
             self._db.close()
 
     def _write_loop(self) -> None:
-        """Write what ``step`` queued, in batches: everything that arrived together, but at
-        most _BATCH rows or _BATCH_SECONDS, so that a steady stream is written as it goes
-        rather than held until it pauses. A batch that cannot be written is logged and
+        """Write what ``step`` queued, in batches of at most _BATCH rows.
+
+        After the first item of a batch the writer sleeps _GATHER_SECONDS and then takes
+        whatever came meanwhile: one wake-up per batch. Waking for every step, as the queue
+        does by itself, cost about six context switches per message under load. A steady
+        stream is still written as it goes. A batch that cannot be written is logged and
         dropped: history must never stop the writer, nor the mail."""
+        behind = False  # the last batch was full: more is waiting, no need to gather
         while True:
-            item = self._pending.get()
-            batch: list[Any] = []
-            waiters: list[threading.Event] = []
-            stop = False
-            deadline = time.monotonic() + _BATCH_SECONDS
-            while True:
-                if item is _STOP:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    waiters.append(item)
-                else:
-                    batch.append(item)
-                if stop or len(batch) >= _BATCH or time.monotonic() > deadline:
-                    break
+            items = [self._pending.get()]
+            if not behind and isinstance(items[0], tuple):
+                time.sleep(_GATHER_SECONDS)
+            while len(items) < _BATCH:
                 try:
-                    item = self._pending.get(timeout=0.05 if not batch else 0.01)
+                    items.append(self._pending.get_nowait())
                 except queue.Empty:
                     break
-            if batch:
-                self._insert_steps([row for kind, row in batch if kind == "steps"])
-            for w in waiters:
-                w.set()
-            if stop:
+            behind = len(items) == _BATCH
+            rows = [item[1] for item in items if isinstance(item, tuple)]
+            if rows:
+                self._insert_steps(rows)
+            for item in items:
+                if isinstance(item, threading.Event):
+                    item.set()
+            if any(item is _STOP for item in items):
                 return
 
     def _insert_steps(self, rows: list[Any]) -> None:
@@ -178,7 +177,9 @@ class EventStore:
     # -- reading
 
     def rates(self, since: float) -> Rates:
-        """Delivered recipients and bounces/complaints about our own sends since *since*."""
+        """Delivered recipients and bounces/complaints about our own sends since *since*
+        (the steps still waiting for the writer included)."""
+        self.flush()
         with self._lock:
             delivered = sum(len(json.loads(r)) for (r,) in self._db.execute(
                 "SELECT rcpts FROM steps WHERE step = 'delivered' AND at >= ?", (since,)))
