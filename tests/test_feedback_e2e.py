@@ -27,7 +27,10 @@ SIGNER = make_signer("Test SNS CA")
 
 def ses_event(kind: str, message_id: str, recipients: list[str],
               bounce_type: str = "Permanent") -> str:
-    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+    # SES stamps milliseconds: round up, so the event is never stamped before a send that
+    # happened in the same millisecond (the trace orders by time).
+    now = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(milliseconds=1)
+           ).isoformat(timespec="milliseconds")
     mail = {"messageId": message_id, "timestamp": now,
             "source": SENDER, "destination": recipients}
     if kind == "Bounce":
