@@ -2,15 +2,17 @@
 
 What changes, and why (each measured on aiosmtpd 1.4.6, see docs/architecture.md):
 
-- DATA is streamed to a queue draft line by line instead of being buffered whole (aiosmtpd
-  holds ~4x the message size in memory), and is checked as it arrives: bare LF, bare CR,
-  NUL, over-long lines and size. A bare LF makes the framing ambiguous (smuggling), so the
+- DATA is streamed to a queue draft as it arrives instead of being buffered whole
+  (aiosmtpd holds ~4x the message size in memory), and is checked on the way: bare LF,
+  bare CR, NUL, over-long lines and size. A bare LF makes the framing ambiguous (smuggling), so the
   relay answers and closes the connection instead of guessing where the message ends.
 - Replies that aiosmtpd composes without an enhanced status code get one.
 - STARTTLS is enforced here instead of by aiosmtpd's ``require_starttls``, so that HTTP
   requests sent to the SMTP port are recognised and dropped even before TLS.
 - On implicit-TLS listeners aiosmtpd does not know TLS is on (``session.ssl`` stays None),
   so TLS state is read from the transport.
+- A finished session's reference cycles are broken, so it is freed without the garbage
+  collector (see ``_session_over``).
 """
 
 from __future__ import annotations
