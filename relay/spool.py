@@ -362,7 +362,7 @@ class Spool:
 
         The file is written and fsynced, renamed into active/, and active/ is fsynced: an
         fsync of the folder that started after the rename, shared by every commit waiting
-        for one (``_ActiveSync``). Shielded: a client that disconnects while we fsync
+        for one (``_FolderSync``). Shielded: a client that disconnects while we fsync
         cancels our caller, but the commit still completes (or fails) as a whole. A commit
         that completes for a vanished client may be delivered once more if the client
         resends; that is the at-least-once half of the bargain.
