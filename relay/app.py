@@ -278,9 +278,13 @@ async def serve(config: Config, share: Share = ALONE) -> int:
     memory.fix_mmap_threshold()
     notifier = systemd.Notifier()
     relay = Relay(config, share)
+    loop = asyncio.get_running_loop()
+    # A SIGHUP while starting (the listeners are open before start() returns) would kill
+    # the process with the signal's default action: remember it, reload once started.
+    early_hup = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, early_hup.set)
     await relay.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tasks: set[asyncio.Task[Any]] = set()
@@ -291,6 +295,8 @@ async def serve(config: Config, share: Share = ALONE) -> int:
         task.add_done_callback(tasks.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if early_hup.is_set():
+        on_hup()
     memory.freeze_startup_heap()
     if notifier.watchdog_interval:
         tasks.add(asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval)))
