@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,11 @@ def test_a_held_message_keeps_its_delivery_progress_across_a_restart(tmp_path: P
     Spool(tmp_path).open()  # a restart while it is held
     spool.release(qid)
     assert spool.load_state(qid).done == {"a@example.net": "ses-1"}
+
+
+def test_the_envelope_record_carries_every_field_and_reads_back_equal() -> None:
+    envelope = Envelope(mail_from=SENDER, rcpt_tos=("a@example.net",), user="app",
+                        peer="127.0.0.1", listener="submission", configuration_set="cs",
+                        tags=(("campaign", "x"),), no_dsn=True)
+    assert set(json.loads(envelope.to_json())) == {f.name for f in fields(Envelope)}
+    assert Envelope.from_json(envelope.to_json()) == envelope
