@@ -309,8 +309,9 @@ def main() -> None:
     ap.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v),
                     help="ses-relay's workers setting (default auto: one per CPU)")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="run every target this many times, in turn; medians at the end "
-                         "(this machine's speed drifts by 15%% or more within minutes)")
+                    help="run every target this many times, in turn (every other round in "
+                         "reverse order); medians at the end (this machine's speed drifts "
+                         "by 15%% or more within minutes)")
     args = ap.parse_args()
     names = args.only or ["sesv2", "smtp", "postfix"]
     results: dict[str, list[Result]] = {name: [] for name in names}
@@ -320,7 +321,9 @@ def main() -> None:
         for n in range(args.rounds):
             work = Path(d) / f"round{n}"
             work.mkdir()
-            for name in names:
+            # Every other round in reverse order: a machine that speeds up or slows down
+            # during a round favours neither end of the list.
+            for name in (names if n % 2 == 0 else names[::-1]):
                 results[name].append(run_target(name, work, args))
             if args.rounds > 1:
                 print(f"\nround {n + 1} of {args.rounds}\n\n{HEADER}")
