@@ -39,6 +39,7 @@ _TRAILER_MAGIC = b"\nSESRELAY1 "
 _TRAILER_LEN = len(_TRAILER_MAGIC) + 10 + 1  # magic, 10 digits of envelope length, "\n"
 _WRITE_BUFFER = 64 * 1024
 _SPILL = 256 * 1024
+_READ_WHOLE = 256 * 1024  # entries up to this size are read in one system call
 # fsyncs run in parallel on threads of their own, apart from the default executor the
 # delivery side uses: concurrent fsyncs on one file system are merged by its journal
 # (ext4's jbd2 batches them into one commit), which is group commit for free. Only the
@@ -221,6 +222,7 @@ class Draft:
         self._file: BinaryIO | None = None
         self._fd: int | None = None  # the file, written out unbuffered at commit
         self._spilled = False
+        self.committed = False  # in active/ now: abort() has nothing left to remove
 
     def write(self, data: bytes) -> None:
         # A buffered write to the page cache costs microseconds; the expensive part (fsync)
@@ -279,7 +281,10 @@ class Draft:
             self._fd = None
 
     def abort(self) -> None:
-        """Throw the draft away; safe to call more than once and after a failed commit."""
+        """Throw the draft away; safe to call more than once, and a no-op after a
+        commit."""
+        if self.committed:
+            return
         self._buffer = bytearray()
         with contextlib.suppress(OSError):
             self._close_file()
@@ -384,6 +389,7 @@ class Spool:
         except OSError as e:
             draft.abort()
             raise SpoolError(f"cannot commit {draft.queue_id}: {e}") from e
+        draft.committed = True
         return draft.queue_id
 
     async def _active_synced(self) -> None:
@@ -408,7 +414,9 @@ class Spool:
         """
         path = self.active / queue_id
         try:
-            f = open(path, "rb")  # noqa: SIM115  # closed by Claim.release
+            # Unbuffered: a claim reads a few known ranges, and a buffered reader's set-up
+            # (isatty, two seeks) would cost more system calls than the reads themselves.
+            f = open(path, "rb", buffering=0)  # noqa: SIM115  # closed by Claim.release
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -418,10 +426,11 @@ class Spool:
         except BlockingIOError:
             f.close()
             raise Busy(queue_id) from None
-        if not _same_file(f, path):  # moved away between our open and our lock
+        size = _size_if_same_file(f, path)
+        if size is None:  # moved away between our open and our lock
             f.close()
             return None
-        claim = Claim(self, queue_id, f)
+        claim = Claim(self, queue_id, f, size)
         if claim.size < read_below:
             with contextlib.suppress(CorruptEntry, SpoolError):  # raised again by read()
                 claim.prefetched = claim.read()
@@ -575,18 +584,22 @@ class Spool:
 class Claim:
     """An active message locked by the worker delivering it."""
 
-    def __init__(self, spool: Spool, queue_id: str, f: BinaryIO) -> None:
+    def __init__(self, spool: Spool, queue_id: str, f: BinaryIO, size: int) -> None:
         self.spool = spool
         self.queue_id = queue_id
         self._file = f
-        self.size = os.fstat(f.fileno()).st_size
+        self.size = size
         # What Spool.claim already read (small messages); read() would return the same.
         self.prefetched: tuple[Envelope, bytes, DeliveryState] | None = None
 
     def read(self) -> tuple[Envelope, bytes, DeliveryState]:
         """The message, its envelope, and its delivery state."""
         try:
-            envelope, data = _read_entry(self._file, self.queue_id)
+            if self.size <= _READ_WHOLE:
+                envelope, data = _parse_entry(os.pread(self._file.fileno(), self.size, 0),
+                                              self.queue_id)
+            else:
+                envelope, data = _read_entry(self._file, self.queue_id)
         except OSError as e:
             raise SpoolError(f"cannot read {self.queue_id}: {e}") from e
         return envelope, data, self.spool.load_state(self.queue_id)
@@ -619,11 +632,13 @@ class Claim:
             self._file.close()
 
 
-def _same_file(f: BinaryIO, path: Path) -> bool:
+def _size_if_same_file(f: BinaryIO, path: Path) -> int | None:
+    """The open file's size if *path* still names it, else None."""
+    opened = os.fstat(f.fileno())
     try:
-        return os.fstat(f.fileno()).st_ino == path.stat().st_ino
+        return opened.st_size if opened.st_ino == path.stat().st_ino else None
     except FileNotFoundError:
-        return False
+        return None
 
 
 def _read_entry(f: BinaryIO, queue_id: str) -> tuple[Envelope, bytes]:
@@ -634,23 +649,35 @@ def _read_entry(f: BinaryIO, queue_id: str) -> tuple[Envelope, bytes]:
     return envelope, f.read(size)
 
 
+def _parse_entry(entry: bytes, queue_id: str) -> tuple[Envelope, bytes]:
+    """A whole entry read at once (small messages): the envelope and the message."""
+    meta_start, meta_len = _meta_span(len(entry), entry[-_TRAILER_LEN:], queue_id)
+    return _envelope(entry[meta_start:meta_start + meta_len], queue_id), entry[:meta_start]
+
+
 def _read_meta(f: BinaryIO, queue_id: str) -> tuple[Envelope, int]:
     """The envelope and the message's size, without reading the message."""
     end = f.seek(0, os.SEEK_END)
-    if end < _TRAILER_LEN:
-        raise CorruptEntry(f"{queue_id}: no end-of-entry marker (incomplete write?)")
-    f.seek(end - _TRAILER_LEN)
-    trailer = f.read(_TRAILER_LEN)
+    f.seek(max(0, end - _TRAILER_LEN))
+    meta_start, meta_len = _meta_span(end, f.read(_TRAILER_LEN), queue_id)
+    f.seek(meta_start)
+    return _envelope(f.read(meta_len), queue_id), meta_start
+
+
+def _meta_span(end: int, trailer: bytes, queue_id: str) -> tuple[int, int]:
+    """Where the envelope starts and how long it is, from the entry's trailer."""
     digits = trailer[len(_TRAILER_MAGIC):-1]
-    if not trailer.startswith(_TRAILER_MAGIC) or not trailer.endswith(b"\n") \
-            or not digits.isdigit():
+    if end < _TRAILER_LEN or not trailer.startswith(_TRAILER_MAGIC) \
+            or not trailer.endswith(b"\n") or not digits.isdigit():
         raise CorruptEntry(f"{queue_id}: no end-of-entry marker (incomplete write?)")
     meta_start = end - _TRAILER_LEN - int(digits)
     if meta_start < 0:
         raise CorruptEntry(f"{queue_id}: envelope length out of range")
-    f.seek(meta_start)
+    return meta_start, int(digits)
+
+
+def _envelope(raw: bytes, queue_id: str) -> Envelope:
     try:
-        envelope = Envelope.from_json(f.read(int(digits)))
+        return Envelope.from_json(raw)
     except ValueError as e:
         raise CorruptEntry(f"{queue_id}: bad envelope ({e})") from None
-    return envelope, meta_start
