@@ -256,7 +256,7 @@ class Scheduler:
         try:
             # On the loop, not in a thread: opening, locking and reading a small file in
             # the page cache costs less than the hand-off (see spool._COMMIT_THREADS).
-            claim = self._spool.claim(qid, _READ_WITH_CLAIM)
+            claim = self._spool.claim(qid)
         except Busy:
             self.enqueue(qid, self._clock() + 1.0)  # an operator's command holds it
             return
@@ -275,11 +275,8 @@ class Scheduler:
     async def _attempt(self, claim: Claim) -> None:
         qid = claim.queue_id
         try:
-            entry = claim.prefetched
-            if entry is None:
-                entry = await asyncio.to_thread(claim.read)
-            claim.prefetched = None
-            envelope, data, state = entry
+            envelope, data, state = (claim.read() if claim.small
+                                     else await asyncio.to_thread(claim.read))
         except CorruptEntry as e:
             await asyncio.to_thread(claim.quarantine)
             maillog.quarantined(qid, str(e))
@@ -451,7 +448,6 @@ class Scheduler:
 _DAILY_QUOTA_PAUSE = 900.0
 _UPSTREAM_DOWN = frozenset({"ConnectionError", "Timeout", "TLSError"})
 _QUEUE_WATCH = 2.0
-_READ_WITH_CLAIM = 256 * 1024  # read with the claim; larger ones are read in a thread
 _QUOTA_REFRESH = 300.0
 
 

@@ -402,15 +402,12 @@ class Spool:
 
     # -- delivery side: a worker claims a message (an exclusive lock) while it delivers it
 
-    def claim(self, queue_id: str, read_below: int = 0) -> Claim | None:
+    def claim(self, queue_id: str) -> Claim | None:
         """Lock an active message for delivery; None if it is gone (held, deleted...).
 
         Raises Busy while an operator's command holds it. The lock is an flock on the file,
         so a queue command of another process cannot move a message out from under a
         delivery, nor a delivery send one an operator just held or deleted.
-
-        A message smaller than *read_below* bytes is read at once (``Claim.read`` then
-        returns it without I/O).
         """
         path = self.active / queue_id
         try:
@@ -430,11 +427,7 @@ class Spool:
         if size is None:  # moved away between our open and our lock
             f.close()
             return None
-        claim = Claim(self, queue_id, f, size)
-        if claim.size < read_below:
-            with contextlib.suppress(CorruptEntry, SpoolError):  # raised again by read()
-                claim.prefetched = claim.read()
-        return claim
+        return Claim(self, queue_id, f, size)
 
     def probe(self) -> None:
         """Write, fsync and remove a file in tmp/: raises OSError if the queue cannot take
@@ -589,13 +582,17 @@ class Claim:
         self.queue_id = queue_id
         self._file = f
         self.size = size
-        # What Spool.claim already read (small messages); read() would return the same.
-        self.prefetched: tuple[Envelope, bytes, DeliveryState] | None = None
+
+    @property
+    def small(self) -> bool:
+        """Read in one system call from the page cache: cheaper on the event loop than a
+        trip to a thread."""
+        return self.size <= _READ_WHOLE
 
     def read(self) -> tuple[Envelope, bytes, DeliveryState]:
         """The message, its envelope, and its delivery state."""
         try:
-            if self.size <= _READ_WHOLE:
+            if self.small:
                 envelope, data = _parse_entry(os.pread(self._file.fileno(), self.size, 0),
                                               self.queue_id)
             else:
