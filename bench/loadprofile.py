@@ -9,7 +9,8 @@ messages, 50 sessions). Measured over the load only, per message accepted:
 - garbage collector passes, and the longest one, during the load (--gc: a sitecustomize
   module in a temporary folder on the relay's PYTHONPATH records them, nothing else);
 - system calls by name (--strace: strace -c -f, which slows the relay down a lot, so the
-  rate and CPU of that run mean nothing; only the counts do).
+  rate and CPU of that run mean nothing; only the counts do. strace is not among the
+  test peers: `apt-get install strace`).
 
     .venv/bin/python bench/loadprofile.py [--messages 5000] [--size 5120] [--gc] [--strace]
 
