@@ -216,10 +216,12 @@ class Scheduler:
                 self._spool.set_paused(reason)
 
     def resume(self) -> None:
+        """Send again (the `resume` trigger). The pause file is the command's to remove:
+        with several workers, one removing it here could lift a pause that another
+        worker's reputation guard has set again since."""
         if self.paused_reason is not None:
             _log.info("delivery_resumed", was=self.paused_reason)
         self.paused_reason = None
-        self._spool.set_paused(None)
         self._running.set()
 
     async def _watch_queue(self) -> None:
@@ -246,8 +248,8 @@ class Scheduler:
                         self.enqueue(qid, now)
                 elif name.startswith("retry.") and name[6:] in self._due:
                     self.enqueue(name[6:], now)
-            for qid in await asyncio.to_thread(self._spool.active_ids):
-                if qid not in self._known and self._spool.share.owns(qid):
+            for qid in await asyncio.to_thread(self._spool.active_ids, owned=True):
+                if qid not in self._known:
                     self.enqueue(qid, now)
 
     # -- one attempt
