@@ -95,7 +95,8 @@ class Relay:
                                    rate_share=1 / share.count,
                                    on_failed=self._notify_sender)
         self.scheduler.load_backlog(backlog)
-        self.events = EventStore(cfg.feedback.database)
+        # Opening may wait on the schema lock while other workers start: not on the loop.
+        self.events = await asyncio.to_thread(EventStore, cfg.feedback.database)
         self.events.start()
         maillog.attach(self.events)
         if first:

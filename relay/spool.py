@@ -464,8 +464,10 @@ class Spool:
         os.replace(src, dst)
         _fsync_dir(dst.parent)
 
-    def active_ids(self) -> list[str]:
-        return [n for n in os.listdir(self.active) if _is_queue_id(n)]
+    def active_ids(self, *, owned: bool = False) -> list[str]:
+        """The queue ids in active/; with *owned*, only this process's (see Share)."""
+        return [n for n in os.listdir(self.active)
+                if _is_queue_id(n) and (not owned or self.share.owns(n))]
 
     # -- operator commands (ses-relay queue ...), safe while the relay runs
 

@@ -40,7 +40,7 @@ _NULL_SENDER = re.compile(r"^FROM:\s*<>", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-_COMMAND_NAMES: dict[type, tuple[str, ...]] = {}
+_HOOK_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def hook_names(cls: type) -> tuple[str, ...]:
@@ -52,9 +52,9 @@ def hook_names(cls: type) -> tuple[str, ...]:
     prefixes are all it looks for, and the names are fixed per class, so the classes'
     dir() lists just them.
     """
-    names = _COMMAND_NAMES.get(cls)
+    names = _HOOK_NAMES.get(cls)
     if names is None:
-        names = _COMMAND_NAMES[cls] = tuple(
+        names = _HOOK_NAMES[cls] = tuple(
             n for n in dir(cls) if n.startswith(("smtp_", "auth_", "handle_")))
     return names
 
@@ -108,7 +108,7 @@ class RelaySMTP(SMTP):
 
     @property
     def client_ip(self) -> str:
-        # Also read by aiosmtpd's constructor (inspect.getmembers), before any session.
+        # Read before the first session exists too (connection accounting): "" then.
         return self.session.client_ip if isinstance(self.session, RelaySession) else ""
 
     # -- connection accounting (limits per client and in all)
