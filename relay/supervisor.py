@@ -47,6 +47,7 @@ class Supervisor:
         self.notifier = systemd.Notifier()
         self.procs: dict[int, asyncio.subprocess.Process] = {}  # worker index: process
         self.ready: set[int] = set()  # pids that said READY=1
+        self.hup_pending: set[int] = set()  # pids to reload once ready (HUP while starting)
         self.fed: dict[int, float] = {}  # pid: when it last fed its watchdog
         self.announced = False
         self.stopping = asyncio.Event()
@@ -64,7 +65,7 @@ class Supervisor:
         loop.add_reader(self._sock, self._on_notify)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         tasks = [asyncio.create_task(self._keep(i)) for i in range(self.count)]
         if self.notifier.watchdog_interval:
             tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_interval)))
@@ -97,6 +98,7 @@ class Supervisor:
                 proc.send_signal(signal.SIGTERM)
             code = await proc.wait()
             self.ready.discard(proc.pid)
+            self.hup_pending.discard(proc.pid)
             self.fed.pop(proc.pid, None)
             mark_process_dead(proc.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
             if self.stopping.is_set():
@@ -135,6 +137,17 @@ class Supervisor:
             if proc.returncode is None:
                 proc.send_signal(sig)
 
+    def _reload(self) -> None:
+        """SIGHUP for every worker; one still starting gets it once it is READY: before its
+        handler is in place, the signal's default action would kill it."""
+        for proc in self.procs.values():
+            if proc.returncode is not None:
+                continue
+            if proc.pid in self.ready:
+                proc.send_signal(signal.SIGHUP)
+            else:
+                self.hup_pending.add(proc.pid)
+
     # -- what the workers tell us
 
     def _notify_socket(self) -> socket.socket:
@@ -151,12 +164,16 @@ class Supervisor:
         except (BlockingIOError, InterruptedError):
             return
         pid = _sender_pid(ancillary)
-        fields = data.decode("utf-8", "replace").split("\n")
-        if pid is None:
+        workers = {p.pid: p for p in self.procs.values() if p.returncode is None}
+        if pid not in workers:  # anyone on the machine can find an abstract socket
             return
+        fields = data.decode("utf-8", "replace").split("\n")
         if "READY=1" in fields:
             self.ready.add(pid)
             self.fed[pid] = time.monotonic()
+            if pid in self.hup_pending:
+                self.hup_pending.discard(pid)
+                workers[pid].send_signal(signal.SIGHUP)
             if not self.announced and len(self.ready) >= self.count:
                 self.announced = True
                 self.notifier.ready(f"accepting mail with {self.count} workers")
