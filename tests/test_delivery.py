@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from conftest import wait_until
+
 from relay.config import QueueConfig
 from relay.delivery import Scheduler
 from relay.errors import DeliveryError
@@ -55,11 +57,11 @@ def test_a_recipient_deferred_in_one_chunk_is_retried_after_later_chunks_succeed
                               concurrency=1)
         scheduler.enqueue(qid)
         await scheduler.start()
-        for _ in range(200):
-            if not (tmp_path / "active" / qid).exists():
-                break
-            await asyncio.sleep(0.02)
-        await scheduler.stop()
+        try:
+            await asyncio.to_thread(wait_until, lambda: not (tmp_path / "active" / qid).exists(),
+                                    5)
+        finally:
+            await scheduler.stop()
 
     asyncio.run(main())
     spool.close()

@@ -10,14 +10,13 @@ import json
 import os
 import signal
 import socket
-import time
-import urllib.request
 from pathlib import Path
 
 from clients import implicit
 from conftest import PASSWORD, SENDER, USER, NotifySocket, Setup, free_port, wait_until
 from fakeses import FakeSES
 from test_cli import run
+from test_metrics import get
 
 from relay.spool import Share, Spool
 
@@ -51,7 +50,8 @@ def test_two_workers_share_the_ports_and_deliver_every_message_once(
         relay.wait_event("workers_ready")
         send(setup, 40)
         wait_until(lambda: len(ses.accepted) >= 40, timeout=20)
-        time.sleep(0.5)  # anything sent twice would arrive now
+        # Every message removed from the queue: nothing is left that could be sent twice.
+        wait_until(lambda: not list((setup.queue_dir / "active").iterdir()), timeout=10)
         subjects = sorted(int(m["raw"].split(b"Subject: ")[1].split(b"\r\n")[0])
                           for m in ses.accepted)
         assert subjects == list(range(40))
@@ -68,8 +68,7 @@ def test_two_workers_share_the_ports_and_deliver_every_message_once(
 
 
 def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return str(r.read().decode())
+    return get(port, "/metrics")[1]
 
 
 def test_the_queue_tools_see_one_queue_and_reach_every_worker(
