@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import timeit
 
@@ -52,6 +53,10 @@ def main() -> None:
     print(f"| path read by aiosmtpd's _getaddr | "
           f"{per_call_us(lambda: SMTP._getaddr(smtp, path), 20000):.2f} us |")
     signer = Signer(URL, "us-east-1", "ses")
+
+    def sha(body: bytes) -> str:  # part of signing, as in botocore's
+        return hashlib.sha256(body).hexdigest()
+
     credentials = Credentials("AKIDEXAMPLE", "secret")
 
     def botocore_sign() -> dict[str, str]:
@@ -60,9 +65,10 @@ def main() -> None:
         SigV4Auth(credentials, "ses", "us-east-1").add_auth(request)
         return dict(request.headers.items())
 
-    print(f"| SendEmail signed by sesv2http.Signer | "
-          f"{per_call_us(lambda: signer.headers('AKIDEXAMPLE', 'secret', None, BODY), 20000):.1f}"
-          " us |")
+    def sign() -> dict[str, str]:
+        return signer.headers("AKIDEXAMPLE", "secret", None, sha(BODY))
+
+    print(f"| SendEmail signed by sesv2http.Signer | {per_call_us(sign, 20000):.1f} us |")
     print(f"| SendEmail signed by botocore's SigV4Auth | {per_call_us(botocore_sign, 5000):.1f}"
           " us |")
     params = {"FromEmailAddress": "load@example.com",
