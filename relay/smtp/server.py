@@ -339,6 +339,11 @@ class RelaySMTP(SMTP):
         while True:
             if clock() - started > self._data_timeout + received / self._min_data_rate:
                 return _TOO_SLOW  # a trickle that would hold a session and a draft forever
+            if received - kept_alive > 65536:
+                # aiosmtpd's idle timer only restarts on commands: restart it while data
+                # flows, so that only silence (or the deadline above) ends a long upload.
+                kept_alive = received
+                self._reset_timeout()
             if (header is None or problem is not None) and not tail_of_long_line:
                 room = limit - size if limit and problem is None else None
                 block = _take_plain_lines(reader, room)
@@ -347,9 +352,6 @@ class RelaySMTP(SMTP):
                     if problem is None:
                         size += len(block)
                         draft.write(block)
-                    if received - kept_alive > 65536:
-                        kept_alive = received
-                        self._reset_timeout()
                     continue
             try:
                 line: bytes = await reader.readuntil(b"\n")
@@ -359,11 +361,6 @@ class RelaySMTP(SMTP):
                 tail_of_long_line = True
                 continue
             received += len(line)
-            if received - kept_alive > 65536:
-                # aiosmtpd's idle timer only restarts on commands: restart it while data
-                # flows, so that only silence (or the deadline above) ends a long upload.
-                kept_alive = received
-                self._reset_timeout()
             if tail_of_long_line:
                 tail_of_long_line = False
                 continue
