@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     # One of several relay processes, started by the supervisor (workers > 1).
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    # The supervisor's worker count: the file may say otherwise by the time a worker is
+    # restarted, and the queue's ownership must not change under the running ones.
+    p.add_argument("--of", type=int, default=None, help=argparse.SUPPRESS)
     p = sub.add_parser("check-config", help="validate the configuration; exit 2 if invalid")
     _add_config(p)
     p = sub.add_parser("doctor", help="check configuration, TLS, ports, queue and the SES "
@@ -224,7 +227,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return app.run(cfg)
     supervisor.follow_parent()
     log.bind(worker=args.worker)
-    return app.run(cfg, Share(args.worker, cfg.workers))
+    return app.run(cfg, Share(args.worker, args.of or cfg.workers))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

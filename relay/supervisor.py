@@ -123,7 +123,7 @@ class Supervisor:
 
     def _command(self, index: int) -> list[str]:
         return [sys.executable, "-m", "relay", "serve", "--config", str(self.config.source),
-                "--worker", str(index)]
+                "--worker", str(index), "--of", str(self.count)]
 
     def _environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "WATCHDOG_PID"}
