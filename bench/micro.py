@@ -47,6 +47,8 @@ def main() -> None:
     path = "<load@example.com> SIZE=5120"
     print("| what | per call |\n|---|---|")
     print(f"| RelaySMTP session object | {per_call_us(session, 5000):.1f} us |")
+    print(f"| RelaySMTP session object, spawn() (each connection) | "
+          f"{per_call_us(smtp.spawn, 5000):.1f} us |")
     print(f"| aiosmtpd SMTP session object | {per_call_us(plain_session, 5000):.1f} us |")
     print(f"| path read by RelaySMTP._getaddr | "
           f"{per_call_us(lambda: smtp._getaddr(path), 50000):.2f} us |")

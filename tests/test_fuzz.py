@@ -206,3 +206,56 @@ def test_the_fast_address_reader_agrees_with_aiosmtpds_parser(arg: str) -> None:
         assert _outcome(ours._getaddr, arg) == expected
     finally:
         loop.close()
+
+
+_IMMUTABLE = (type(None), bool, int, float, str, bytes, tuple, frozenset, type)
+# Settings a session only reads; one object for every session of a listener.
+_SHARED = {"event_handler", "loop", "_loop", "_handle_hooks", "_call_limit_base",
+           "_auth_callback", "_authenticator", "tls_context"}
+
+
+def test_a_spawned_session_is_set_up_like_one_aiosmtpd_builds() -> None:
+    """listeners.start gives each connection a copy of one session (RelaySMTP.spawn)
+    instead of running aiosmtpd's constructor: the copy must have the same attributes with
+    the same values, and share nothing it could change with the session it came from."""
+    import collections
+    import types
+    import weakref
+
+    from relay.config import Limits, Listener
+    from relay.smtp.handler import Handler
+    from relay.smtp.listeners import _session
+
+    loop = asyncio.new_event_loop()
+    try:
+        handler = Handler.__new__(Handler)  # the class is what aiosmtpd inspects
+        for listener in (Listener("submission", "127.0.0.1", 0, "starttls", "required"),
+                         Listener("smtps", "127.0.0.1", 0, "implicit", "optional", (), True)):
+            def build(listener: Listener = listener) -> RelaySMTP:
+                return _session(handler, "relay.test", None, 1000, Limits(), listener, loop)
+
+            first, fresh = build(), build()
+            copy = first.spawn()
+            assert set(vars(copy)) == set(vars(fresh))
+            for name, value in vars(fresh).items():
+                ours, theirs = getattr(copy, name), getattr(first, name)
+                if isinstance(value, _IMMUTABLE) or name in _SHARED:
+                    if name != "started":
+                        assert ours == value, name
+                    continue
+                assert ours is not theirs, name  # its own: stream, futures, method tables
+                if name == "_smtp_methods":
+                    assert ours.keys() == value.keys()
+                    assert all(m.__self__ is copy for m in ours.values())
+                elif name == "_auth_methods":
+                    assert ours.keys() == value.keys()
+                    assert all(a.method.__self__ is (copy if a.is_builtin else handler)
+                               for a in ours.values())
+                else:
+                    assert type(ours) is type(value), name
+                    assert isinstance(value, (asyncio.StreamReader, asyncio.Future, weakref.ref,
+                                              collections.deque, types.MethodType)), name
+            assert copy._stream_reader is not first._stream_reader
+    finally:
+        loop.close()
+

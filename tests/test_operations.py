@@ -234,3 +234,18 @@ def test_behind_a_load_balancer_the_proxy_header_names_the_client(setup: Setup,
     # Trusted networks are judged on the client the balancer names, not on the balancer.
     assert session("192.0.2.10").startswith(b"250 2.1.0")
     assert session("198.51.100.7").startswith(b"530 5.7.0")
+
+
+def test_an_idle_session_is_told_and_closed_but_a_busy_one_is_not(setup: Setup,
+                                                                   start_relay) -> None:
+    setup.doc["limits"] = {"idle_timeout": "1s"}
+    setup.write()
+    start_relay(setup)
+    with logged_in(setup) as busy, logged_in(setup) as idle:
+        deadline = time.monotonic() + 2.5  # well past the timeout, for the busy one
+        while time.monotonic() < deadline:
+            assert busy.cmd("NOOP").startswith(b"250 2.0.0")
+            time.sleep(0.25)
+        assert idle.reply().startswith(b"421 4.4.2")
+        assert idle.closed()
+        assert busy.cmd("NOOP").startswith(b"250 2.0.0")

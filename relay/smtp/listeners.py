@@ -27,10 +27,9 @@ async def start(listener: Listener, handler: Handler, *, hostname: str,
     warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS",
                             module="aiosmtpd")
 
-    def factory() -> RelaySMTP:
-        return _session(handler, hostname, tls, data_size_limit, limits, listener, loop)
-
-    return await loop.create_server(factory, host=listener.address, port=listener.port,
+    # Built once through aiosmtpd's constructor; each connection gets a copy (see spawn).
+    first = _session(handler, hostname, tls, data_size_limit, limits, listener, loop)
+    return await loop.create_server(first.spawn, host=listener.address, port=listener.port,
                                     ssl=tls if implicit else None, reuse_address=True,
                                     # Several relay processes (workers > 1) each bind the
                                     # port; the kernel spreads connections between them.

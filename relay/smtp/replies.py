@@ -29,6 +29,7 @@ NUL_BYTE = "554 5.6.0 Message contains a NUL byte"
 BARE_LF = "554 5.6.0 Bare LF received; lines must end with CRLF"
 NOT_SMTP = "554 5.7.0 This is an SMTP server"
 TOO_SLOW = "421 4.4.2 Data transfer too slow, closing connection"
+IDLE = "421 4.4.2 Timeout exceeded, closing connection"
 
 # Enhanced codes for the replies aiosmtpd composes itself without one (RFC 3463 classes).
 ENHANCED_BY_CODE = {
