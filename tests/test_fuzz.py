@@ -259,3 +259,17 @@ def test_a_spawned_session_is_set_up_like_one_aiosmtpd_builds() -> None:
     finally:
         loop.close()
 
+
+@given(st.text(max_size=120).filter(lambda v: "=?" not in v))
+@settings(max_examples=400, deadline=None)
+def test_a_from_without_encoded_words_reads_as_through_the_decoder(value: str) -> None:
+    from email.header import decode_header, make_header
+    from email.utils import getaddresses
+
+    from relay.message import _addresses
+
+    try:
+        decoded = str(make_header(decode_header(value)))
+    except (ValueError, LookupError):
+        decoded = value
+    assert _addresses(value) == [a for _, a in getaddresses([decoded]) if a]
