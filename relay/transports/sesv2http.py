@@ -1,6 +1,6 @@
-"""SESv2 ``SendEmail`` on the delivery hot path: one aiohttp keep-alive pool, a SigV4
-signer for this one request shape, and errors handed back as botocore ``ClientError`` for
-the one error table.
+"""SESv2 ``SendEmail`` on the delivery hot path: a keep-alive connection pool (``http1``;
+aiohttp behind a proxy), a SigV4 signer for this one request shape, and errors handed back
+as botocore ``ClientError`` for the one error table.
 
 Why not the SDK client for this one call: profiled under load (bench/RESULTS.md), a
 botocore ``send_email`` spent about 0.54 ms of CPU per call on work a relay sending the
@@ -39,6 +39,7 @@ import botocore.exceptions as bex
 from botocore.httpsession import DEFAULT_CA_BUNDLE
 
 from relay import __version__
+from relay.transports import http1
 
 SIGNING_NAME = "ses"  # SESv2 signs as "ses", like SESv1
 OPERATION = "SendEmail"
@@ -54,44 +55,64 @@ class SendEmailClient:
         self._pool_size = pool_size
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
                                               sock_read=read_timeout)
-        self._http: aiohttp.ClientSession | None = None
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._pool: http1.Pool | None = None  # direct to the endpoint
+        self._http: aiohttp.ClientSession | None = None  # through a proxy
         self._proxy: str | None = None
 
     async def start(self) -> None:
         # The CA bundle botocore would use, so AWS_CA_BUNDLE means the same thing here.
         context = ssl.create_default_context(
             cafile=os.environ.get("AWS_CA_BUNDLE") or DEFAULT_CA_BUNDLE)
+        user_agent = f"ses-relay/{__version__}"
+        self._proxy = _env_proxy(self._url)
+        if self._proxy is None:
+            self._pool = http1.Pool(self._url, ssl_context=context, size=self._pool_size,
+                                    connect_timeout=self._connect_timeout,
+                                    read_timeout=self._read_timeout, user_agent=user_agent)
+            return
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._pool_size, ssl=context),
-            timeout=self._timeout, headers={"User-Agent": f"ses-relay/{__version__}"},
+            timeout=self._timeout, headers={"User-Agent": user_agent},
             skip_auto_headers=("Accept-Encoding",))
-        self._proxy = _env_proxy(self._url)
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._http is not None:
             await self._http.close()
             self._http = None
 
     async def send_email(self, params: dict[str, Any]) -> dict[str, Any]:
         """POST one SendEmail; the parsed JSON answer, or a botocore exception."""
-        assert self._http is not None, "start() first"
         if len(params["Content"]["Raw"]["Data"]) > _BUILD_IN_THREAD:
             body, digest = await asyncio.to_thread(_document, params)
         else:
             body, digest = _document(params)
         headers = await self._sign(digest)
-        # aiohttp warns about bytes over 1 MiB and streams a BytesIO in chunks instead.
-        data = io.BytesIO(body) if len(body) > _BUILD_IN_THREAD else body
-        async with self._http.post(self._url, data=data, headers=headers,
-                                   proxy=self._proxy) as response:
-            payload = await response.read()
-            status = response.status
-            error_type = response.headers.get("x-amzn-ErrorType", "")
+        if self._pool is not None:
+            response = await self._pool.post(body, headers)
+            status, payload = response.status, response.body
+            error_type = response.headers.get("x-amzn-errortype", "")
+        else:
+            status, error_type, payload = await self._post_via_proxy(body, headers)
         if status == 200:
             answer: dict[str, Any] = json.loads(payload)
             return answer
         raise bex.ClientError(_error_response(status, error_type, payload),  # type: ignore[arg-type]
                               OPERATION)
+
+    async def _post_via_proxy(self, body: bytes, headers: dict[str, str]
+                              ) -> tuple[int, str, bytes]:
+        assert self._http is not None, "start() first"
+        # aiohttp warns about bytes over 1 MiB and streams a BytesIO in chunks instead.
+        data = io.BytesIO(body) if len(body) > _BUILD_IN_THREAD else body
+        async with self._http.post(self._url, data=data, headers=headers,
+                                   proxy=self._proxy) as response:
+            return (response.status, response.headers.get("x-amzn-ErrorType", ""),
+                    await response.read())
 
     async def _sign(self, payload_hash: str) -> dict[str, str]:
         if self._credentials is None:
@@ -106,13 +127,7 @@ class Signer:
 
     def __init__(self, url: str, region: str, service: str) -> None:
         parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(
-                parts.scheme):
-            host = f"{host}:{parts.port}"
-        self._host = host
+        self._host = http1.host_header(url)
         self._path = urllib.parse.quote(parts.path or "/", safe="/~")
         self._region = region
         self._service = service
