@@ -249,3 +249,31 @@ def test_an_idle_session_is_told_and_closed_but_a_busy_one_is_not(setup: Setup,
         assert idle.reply().startswith(b"421 4.4.2")
         assert idle.closed()
         assert busy.cmd("NOOP").startswith(b"250 2.0.0")
+
+
+def test_a_module_logger_follows_each_new_configuration() -> None:
+    # Module loggers are bound once per configure() (relay/log.py): a reload that changes
+    # the level or the stream must still take effect on the loggers already in use.
+    import io
+    import json as _json
+
+    import structlog
+
+    from relay import log
+
+    logger = log.get("test")
+    quiet, loud = io.StringIO(), io.StringIO()
+    saved, bound = structlog.get_config(), log._LOGGERS_BOUND
+    try:
+        log.configure("json", "warning", stream=quiet)
+        logger.info("hidden")
+        logger.warning("shown", n=1)
+        log.configure("json", "info", stream=loud)
+        logger.info("now shown", n=2)
+    finally:  # as it was, for the tests after this one
+        structlog.configure(**saved)
+        log._LOGGERS_BOUND = bound
+        for each in log._LOGGERS:
+            each.rebind()
+    assert [_json.loads(line)["event"] for line in quiet.getvalue().splitlines()] == ["shown"]
+    assert [_json.loads(line)["n"] for line in loud.getvalue().splitlines()] == [2]
