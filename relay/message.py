@@ -135,11 +135,22 @@ def _tags(value: str) -> list[tuple[str, str]]:
     return tags
 
 
+_ATEXT = "A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+# One address in the common shapes: "a@b.c", "<a@b.c>", "Plain Name <a@b.c>".
+_ADDRESS = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_ONE_ADDRESS = re.compile(rf"[ \t]*(?:[A-Za-z0-9 _-]*<({_ADDRESS})>|({_ADDRESS}))[ \t]*\Z")
+
+
 def _addresses(value: str) -> list[str]:
-    # decode_header() changes only a value holding an encoded word ("=?"), and the
-    # round trip through make_header() was most of a header rewrite's cost; a From
-    # without one is read as it is (tests/test_fuzz.py checks the two agree).
+    # The email package's address parser and the decode_header()/make_header() round
+    # trip were most of a header rewrite's cost. decode_header() changes only a value
+    # with an encoded word ("=?") in it, and a From of the common shapes is read with one
+    # regex; tests/test_fuzz.py checks both shortcuts give the parser's answer.
     if "=?" in value:
         with contextlib.suppress(ValueError, LookupError):
             value = str(make_header(decode_header(value)))
+    else:
+        one = _ONE_ADDRESS.match(value)
+        if one is not None:
+            return [one.group(1) or one.group(2)]
     return [addr for _, addr in getaddresses([value]) if addr]

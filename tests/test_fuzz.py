@@ -12,7 +12,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP
 from clients import Dialog, implicit
 from conftest import PASSWORD, SENDER, USER, Setup, wait_until
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from relay import config
@@ -260,8 +260,26 @@ def test_a_spawned_session_is_set_up_like_one_aiosmtpd_builds() -> None:
         loop.close()
 
 
-@given(st.text(max_size=120).filter(lambda v: "=?" not in v))
-@settings(max_examples=400, deadline=None)
+_FROM_LIKE = st.one_of(
+    st.text(max_size=120),
+    # Near the shortcut's shapes ("a@b.c", "<a@b.c>", "Name <a@b.c>"), with a special
+    # character here and there.
+    st.builds(lambda name, local, domain, bracket: (
+        f"{name}<{local}@{domain}>" if bracket else f"{name}{local}@{domain}"),
+        st.text(alphabet="Ab9 _-.\"", max_size=6),
+        st.text(alphabet="ab9.+'`{}!(),;:\"\\ <>[]", min_size=1, max_size=6),
+        st.from_regex(r"[a-z0-9-]{1,6}(\.[a-z0-9-]{1,6}){0,2}", fullmatch=True),
+        st.booleans()),
+).filter(lambda v: "=?" not in v)
+
+
+@given(_FROM_LIKE)
+@example("<a(b@c.d>")
+@example('x"y <a@b.c>')
+@example("a.b <c@d.e>")
+@example("a..b@c.d")
+@example(".a@b.c")
+@settings(max_examples=600, deadline=None)
 def test_a_from_without_encoded_words_reads_as_through_the_decoder(value: str) -> None:
     from email.header import decode_header, make_header
     from email.utils import getaddresses
