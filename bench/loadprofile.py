@@ -102,7 +102,7 @@ def main() -> None:
                 "transport": "sesv2", "endpoint_url": f"http://127.0.0.1:{fake_port}",
                 "concurrency": 20})
             relay = subprocess.Popen([BIN / "ses-relay", "serve", "--config", str(config)],
-                                     env=env, stdout=subprocess.DEVNULL)
+                                     env=env, stdout=(home / "relay.log").open("wb"))
             wait_port(port)
             time.sleep(1)  # start-up is over (the heap frozen) before the load
             tracer = (subprocess.Popen(["strace", "-c", "-f", "-o", str(home / "strace"),
