@@ -14,6 +14,9 @@ from dataclasses import dataclass
 # RFC 5321 dot-string local part (atext and dots), or a quoted string of printable ASCII.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _DOT_STRING = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+# The common shape of an address, dot-atom@host.name, as a regex fragment (one group-free
+# pattern) for the fast paths that read addresses out of commands and headers.
+SIMPLE_ADDRESS = rf"{_DOT_STRING}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
 _LOCAL = re.compile(rf"^(?:{_DOT_STRING}|{_QUOTED})$")
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")

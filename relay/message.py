@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from email.utils import formatdate, getaddresses
 
+from relay.addresses import SIMPLE_ADDRESS
+
 # Fields SES accepts only once (RFC 5322 section 3.6 singletons plus MIME and DKIM ones).
 SINGLETONS = frozenset({
     "date", "from", "sender", "reply-to", "to", "cc", "message-id", "in-reply-to",
@@ -135,10 +137,9 @@ def _tags(value: str) -> list[tuple[str, str]]:
     return tags
 
 
-_ATEXT = "A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
 # One address in the common shapes: "a@b.c", "<a@b.c>", "Plain Name <a@b.c>".
-_ADDRESS = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-_ONE_ADDRESS = re.compile(rf"[ \t]*(?:[A-Za-z0-9 _-]*<({_ADDRESS})>|({_ADDRESS}))[ \t]*\Z")
+_ONE_ADDRESS = re.compile(
+    rf"[ \t]*(?:[A-Za-z0-9 _-]*<({SIMPLE_ADDRESS})>|({SIMPLE_ADDRESS}))[ \t]*\Z")
 
 
 def _addresses(value: str) -> list[str]:
