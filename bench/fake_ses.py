@@ -6,6 +6,14 @@ rate in recipients per second the way SES does (a token bucket holding one secon
 it: HTTP 429 TooManyRequestsException, the message is dropped), and on SIGTERM writes its
 counters as JSON.
 
+It runs on the same cores as the relay it measures, where real SES costs the relay's
+machine nothing, so it does as little as it can, as smtp-sink does for Postfix in the same
+comparison: requests are parsed from the protocol's data_received (no coroutine per
+request), and a SendEmail's message is not decoded: its size is read off the base64
+text's length, and only the rest of the document goes through the JSON parser. (Decoding
+a 1 MB message's request cost this process 3.7 ms of CPU, half of what Postfix spends on
+the whole message.)
+
     python bench/fake_ses.py --port 8999 [--rate 100] [--stats out.json]
 """
 
@@ -55,13 +63,12 @@ class Endpoint:
                 "MaxSendRate": rate, "Max24HourSend": 1e9, "SentLast24Hours": 0},
                 "ProductionAccessEnabled": True, "SendingEnabled": True}).encode()
         if method == "POST" and path.endswith("/outbound-emails"):
-            request: dict[str, Any] = json.loads(body)
+            request, size = _send_email(body)
             rcpts = len(request["Destination"]["ToAddresses"])
             if not self.admit(rcpts):
                 self.throttled += 1
                 return 429, {"x-amzn-ErrorType": "TooManyRequestsException"}, \
                     b'{"message": "Maximum sending rate exceeded."}'
-            size = len(base64.b64decode(request["Content"]["Raw"]["Data"]))
             now = time.monotonic()
             self.first = self.first if self.first is not None else now
             self.last = now
@@ -77,30 +84,67 @@ class Endpoint:
                 "span": span, "rate_limit": self.rate}
 
 
-async def serve_connection(endpoint: Endpoint, reader: asyncio.StreamReader,
-                           writer: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            request_line = await reader.readline()
-            if not request_line:
-                return
-            method, path, _ = request_line.decode("latin-1").split(" ", 2)
+def _send_email(body: bytes) -> tuple[dict[str, Any], int]:
+    """A SendEmail document without its message, and the message's size in bytes.
+
+    The base64 text of Content.Raw.Data holds no quote or backslash, so it ends at the
+    next quote; it is cut out before the JSON parser sees the document.
+    """
+    start = body.find(b'"Data":"')
+    if start < 0:
+        request = json.loads(body)
+        return request, len(base64.b64decode(request["Content"]["Raw"]["Data"]))
+    start += len(b'"Data":"')
+    end = body.index(b'"', start)
+    padding = body.count(b"=", max(start, end - 2), end)
+    return json.loads(body[:start] + body[end:]), (end - start) // 4 * 3 - padding
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection: requests parsed as their bytes arrive, answered in order."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.buffer = bytearray()
+        self.request: tuple[str, str, int] | None = None  # method, path, its end in buffer
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while self._answer_one():
+            pass
+
+    def _answer_one(self) -> bool:
+        if self.request is None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return False
+            lines = self.buffer[:end].decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
             length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                name, _, value = line.decode("latin-1").partition(":")
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
                 if name.strip().lower() == "content-length":
                     length = int(value)
-            body = await reader.readexactly(length) if length else b""
-            status, headers, payload = endpoint.handle(method, path, body)
-            head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}",
-                    "Content-Type: application/json", f"Content-Length: {len(payload)}",
-                    *(f"{k}: {v}" for k, v in headers.items())]
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
-            await writer.drain()
-    except (ConnectionError, asyncio.IncompleteReadError):
-        return
-    finally:
-        writer.close()
+            del self.buffer[:end + 4]
+            self.request = (method, path, length)
+        method, path, length = self.request
+        if len(self.buffer) < length:
+            return False
+        body = bytes(self.buffer[:length])
+        del self.buffer[:length]
+        self.request = None
+        status, headers, payload = self.endpoint.handle(method, path, body)
+        head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}",
+                "Content-Type: application/json", f"Content-Length: {len(payload)}",
+                *(f"{k}: {v}" for k, v in headers.items())]
+        assert self.transport is not None
+        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+        return True
 
 
 async def main() -> None:
@@ -110,8 +154,8 @@ async def main() -> None:
     ap.add_argument("--stats", type=Path, default=None)
     args = ap.parse_args()
     endpoint = Endpoint(args.rate)
-    server = await asyncio.start_server(lambda r, w: serve_connection(endpoint, r, w),
-                                        "127.0.0.1", args.port)
+    server = await asyncio.get_running_loop().create_server(
+        lambda: Connection(endpoint), "127.0.0.1", args.port)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
