@@ -96,13 +96,14 @@ def main() -> None:
                                  "--port", str(fake_port)])
         port = free_port()
         relay = None
+        relay_log = (home / "relay.log").open("wb")
         try:
             wait_port(fake_port)
             config = write_relay_config(home, port, {
                 "transport": "sesv2", "endpoint_url": f"http://127.0.0.1:{fake_port}",
                 "concurrency": 20})
             relay = subprocess.Popen([BIN / "ses-relay", "serve", "--config", str(config)],
-                                     env=env, stdout=(home / "relay.log").open("wb"))
+                                     env=env, stdout=relay_log)
             wait_port(port)
             time.sleep(1)  # start-up is over (the heap frozen) before the load
             tracer = (subprocess.Popen(["strace", "-c", "-f", "-o", str(home / "strace"),
@@ -128,6 +129,7 @@ def main() -> None:
                 relay.wait(60)
             fake.terminate()
             fake.wait(10)
+            relay_log.close()
         report(args, rate, before, after, relay.pid if relay else 0, home)
 
 
