@@ -231,7 +231,6 @@ def run_load(target: Target, messages: int, sessions: int, size: int) -> Result:
                     "-f", "load@example.com", "-t", "sink@example.net",
                     f"127.0.0.1:{target.port}"], check=True, timeout=1800)
     accepted = time.perf_counter() - t0
-    probe_count_at_end = len(latencies)
     done.set()
     prober.join(60)
     want = before_delivered + messages + len(latencies)
@@ -241,7 +240,6 @@ def run_load(target: Target, messages: int, sessions: int, size: int) -> Result:
         time.sleep(0.05)
     delivered = time.perf_counter() - t0
     sampler.join(5)
-    del probe_count_at_end
     return Result(target.name, messages, accepted, delivered, latencies, peak[0],
                   cpu_seconds(root) - cpu0)
 
