@@ -222,6 +222,7 @@ class Draft:
         self._file: BinaryIO | None = None
         self._fd: int | None = None  # the file, written out unbuffered at commit
         self._spilled = False
+        self.committing = False  # Spool.commit has it: it finishes, or cleans up, itself
         self.committed = False  # in active/ now: abort() has nothing left to remove
 
     def write(self, data: bytes) -> None:
@@ -281,10 +282,13 @@ class Draft:
             self._fd = None
 
     def abort(self) -> None:
-        """Throw the draft away; safe to call more than once, and a no-op after a
-        commit."""
-        if self.committed:
-            return
+        """Throw the draft away; safe to call more than once, and a no-op once a commit
+        has it (the client hanging up mid-commit must not pull the file out from under
+        the fsync)."""
+        if not (self.committing or self.committed):
+            self._discard()
+
+    def _discard(self) -> None:
         self._buffer = bytearray()
         with contextlib.suppress(OSError):
             self._close_file()
@@ -381,7 +385,11 @@ class Spool:
         that completes for a vanished client may be delivered once more if the client
         resends; that is the at-least-once half of the bargain.
         """
-        return await asyncio.shield(self._commit(draft, envelope))
+        draft.committing = True  # before anything can cancel our caller
+        task = asyncio.ensure_future(self._commit(draft, envelope))
+        # Retrieved even when our caller is gone, so a failure is not logged as unhandled.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(task)
 
     async def _commit(self, draft: Draft, envelope: Envelope) -> str:
         loop = asyncio.get_running_loop()
@@ -392,7 +400,7 @@ class Spool:
             os.rename(draft.path, f"{self._active}/{draft.queue_id}")
             await self._active_synced()
         except OSError as e:
-            draft.abort()
+            draft._discard()
             raise SpoolError(f"cannot commit {draft.queue_id}: {e}") from e
         draft.committed = True
         return draft.queue_id

@@ -80,6 +80,43 @@ def test_a_failed_folder_fsync_fails_the_commit_and_leaves_no_draft(
     assert list(spool.tmp.iterdir()) == []
 
 
+def test_a_commit_goes_on_whole_when_the_client_hangs_up_during_its_fsync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder
+) -> None:
+    # The SMTP side's task is cancelled when the client goes, and its finally aborts the
+    # draft: that must not pull the file out from under the fsync running for it.
+    release = threading.Event()
+    real_fsync = spool_mod.os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        release.wait(5)
+        real_fsync(fd)
+
+    monkeypatch.setattr(spool_mod.os, "fsync", slow_fsync)
+    spool = Spool(tmp_path)
+    spool.open()
+    errors: list[dict[str, object]] = []
+
+    async def main() -> str:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+        draft = spool.draft()
+        draft.write(b"Subject: x\r\n\r\nbody\r\n")
+        session = asyncio.create_task(spool.commit(draft, ENVELOPE))
+        await asyncio.sleep(0.1)  # in the fsync now
+        session.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await session
+        draft.abort()  # as RelaySMTP.smtp_DATA's finally does
+        release.set()
+        await asyncio.to_thread(wait_until, lambda: (tmp_path / "active" / draft.queue_id).exists())
+        return draft.queue_id
+
+    qid = asyncio.run(main())
+    assert spool.read(qid) == (ENVELOPE, b"Subject: x\r\n\r\nbody\r\n")
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert errors == []  # no "Task exception was never retrieved"
+
+
 def test_drafts_never_committed_are_dropped_at_start(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     spool.open()
