@@ -1,10 +1,10 @@
 """A small HTTP/1.1 client for the SendEmail hot path: POST to one origin over keep-alive
 connections, plain or TLS.
 
-Why by hand, when aiohttp is already installed (aiobotocore needs it): under `make bench`
-an aiohttp request cost the event loop about 0.2 ms per send, a quarter of all the relay
-did for a message (`bench/loadprofile.py`: loop user CPU 0.77 -> 0.56 ms per message with
-this client, same load). A general client does that work for what SES's API never uses:
+Why by hand, when aiohttp is already installed (aiobotocore needs it): under load an
+aiohttp request was 16% of the event loop's time, the largest single cost left
+(`bench/loadprofile.py`, A/B: loop user CPU 0.62 -> 0.50 ms per message with this
+client). A general client does that work for what SES's API never uses:
 redirects, cookies, compression, multipart and streaming bodies, URL building, tracing,
 per-request timer and header merging machinery. What is left for one JSON POST is small
 and fully specified (RFC 9112): write a head and a body, read a status line, header
