@@ -277,3 +277,15 @@ def test_a_module_logger_follows_each_new_configuration() -> None:
             each.rebind()
     assert [_json.loads(line)["event"] for line in quiet.getvalue().splitlines()] == ["shown"]
     assert [_json.loads(line)["n"] for line in loud.getvalue().splitlines()] == [2]
+
+
+def test_the_mail_command_length_limit_is_per_session_not_grown_by_every_ehlo(
+        setup: Setup, start_relay) -> None:
+    # aiosmtpd keeps the per-command length limits on the class and raises MAIL's for each
+    # EHLO (SIZE and 8BITMIME parameters): shared by every session, it grew without bound.
+    start_relay(setup)
+    for _ in range(15):
+        logged_in(setup).close()
+    with logged_in(setup) as d:
+        too_long = f"MAIL FROM:<{'a' * 600}@example.com>"  # 512 + 36 allowed after EHLO
+        assert d.cmd(too_long).startswith(b"500 5.5.2")

@@ -18,6 +18,7 @@ What changes, and why (each measured on aiosmtpd 1.4.6, see docs/architecture.md
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import ssl
 from enum import Enum
@@ -60,6 +61,13 @@ def hook_names(cls: type) -> tuple[str, ...]:
     return names
 
 
+def _command_size_limits() -> collections.defaultdict[str, int]:
+    """A session's own command length limits. aiosmtpd keeps them on the class, shared by
+    every session, and each EHLO raises MAIL's: it only stayed bounded because its
+    constructor reset them, which no longer runs per connection (see spawn)."""
+    return collections.defaultdict(lambda: SMTP.command_size_limit)
+
+
 class DataProblem(Enum):
     TOO_BIG = replies.TOO_BIG
     HEADER_TOO_BIG = replies.HEADER_TOO_BIG
@@ -85,6 +93,7 @@ class RelaySMTP(SMTP):
         self._refusal: str | None = None
         self.started = self.loop.time()
         self._idle_deadline = 0.0
+        self.command_size_limits = _command_size_limits()
 
     def spawn(self) -> RelaySMTP:
         """A session for a new connection, set up like this one (the listener's first).
@@ -111,6 +120,7 @@ class RelaySMTP(SMTP):
             name: _AuthMechAttr(MethodType(mech.method.__func__, new), True)  # type: ignore[attr-defined]
             if mech.is_builtin else mech
             for name, mech in self._auth_methods.items()}
+        new.command_size_limits = _command_size_limits()
         new.started = loop.time()
         return new
 
