@@ -5,7 +5,9 @@ kept to compare."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 19\r
 # part closes the connection there.
 Script = Callable[[int], list[bytes] | None]
 HANG_UP = b"<hang up>"
+RESET = b"<reset>"  # hang up with a TCP reset, not an orderly close
 
 
 class Server:
@@ -67,6 +70,12 @@ class Server:
                     return
                 for i, part in enumerate(parts):
                     if part is HANG_UP:
+                        return
+                    if part is RESET:
+                        raw = writer.get_extra_info("socket")
+                        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+                        writer.transport.abort()
                         return
                     if i and self.pause:
                         await asyncio.sleep(self.pause)
@@ -213,7 +222,12 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_not_used() -> Non
     (lambda n: None, "closed before the answer"),
     (lambda n: [OK[:40]], "closed before the answer"),
     (lambda n: [b"SMTP/1.0 220 hello\r\n\r\n"], "status line"),
+    # framed by the end of the connection, but that end is a reset: not all of it
+    (lambda n: [b"HTTP/1.0 200 OK\r\n\r\npart of it", RESET], "closed before the answer"),
     (lambda n: [b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"], "Content-Length"),
+    (lambda n: ["HTTP/1.1 200 OK\r\nContent-Length: \u00b2\r\n\r\n".encode("latin-1")],
+     "Content-Length"),
+    (lambda n: [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\n"], "chunk size"),
     (lambda n: [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"], "chunk size"),
     (lambda n: [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"], "transfer coding"),
     (lambda n: [b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n"], "header field"),
@@ -328,3 +342,54 @@ def test_behind_a_proxy_sendemail_goes_through_it(monkeypatch: pytest.MonkeyPatc
     assert head.startswith(f"POST {endpoint}/v2/email/outbound-emails HTTP/1.1".encode())
     assert b"Authorization: AWS4-HMAC-SHA256 Credential=AKID/" in head
     assert b'"Data":"U3ViamVjdDogaGkNCg0KaGkNCg=="' in body
+
+
+def test_a_connection_idle_longer_than_keep_idle_is_not_used_again() -> None:
+    async def go() -> int:
+        async with Server(lambda n: [OK]) as server:
+            client = pool(server.port, keep_idle=0.0)
+            for _ in range(2):
+                assert (await client.post(b"{}", {})).status == 200
+            client.close()
+            return server.connections
+
+    assert run(go()) == 2
+
+
+def test_an_answer_before_the_body_is_all_sent_ends_the_upload() -> None:
+    # A server that answers from the head (413, say) and reads nothing more: the client
+    # returns the answer instead of waiting for the socket until it times out, and does
+    # not send its next request where the server still expects the rest of the body.
+    early = b"HTTP/1.1 413 Too Large\r\nContent-Length: 2\r\n\r\n{}"
+    done = asyncio.Event()
+    connections = []
+
+    async def answer_at_once(reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(early)
+        await writer.drain()
+        await done.wait()  # reads nothing more, keeps the connection
+        writer.close()
+
+    async def go() -> int:
+        listening = socket.socket()
+        # Small, so that the kernel cannot take the whole body while the server reads none.
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        listening.bind(("127.0.0.1", 0))
+        server = await asyncio.start_server(answer_at_once, sock=listening)
+        try:
+            client = pool(server.sockets[0].getsockname()[1], read_timeout=3)
+            response = await client.post(b"x" * (16 * 1024 * 1024), {})
+            again = await client.post(b"{}", {})
+            client.close()
+            assert (again.status, len(connections)) == (413, 2)
+            return response.status
+        finally:
+            done.set()
+            server.close()
+            await server.wait_closed()
+            await asyncio.sleep(0.05)  # the handler's close runs
+
+    assert run(go()) == 413

@@ -20,6 +20,7 @@ transient, like aiohttp's own.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import urllib.parse
 from collections.abc import Mapping
@@ -29,6 +30,9 @@ _MAX_HEAD = 64 * 1024  # response status line and header fields
 _MAX_BODY = 4 * 1024 * 1024  # SES answers with a few hundred bytes; a proxy page is more
 _SMALL = 64 * 1024  # a request body up to this is written with its head in one go
 _CHUNK = 256 * 1024  # larger ones a slice at a time, waiting while the socket is full
+_KEEP_IDLE = 15.0  # seconds an unused connection is kept (aiohttp's default too): a NAT or
+# firewall may drop an idle flow without a word, and a send on it would wait it out
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
 
 
 class HTTPError(ConnectionError):
@@ -58,7 +62,8 @@ class Pool:
     """Keep-alive connections to the origin of *url*; ``post()`` sends to its path."""
 
     def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None, size: int,
-                 connect_timeout: float, read_timeout: float, user_agent: str) -> None:
+                 connect_timeout: float, read_timeout: float, user_agent: str,
+                 keep_idle: float = _KEEP_IDLE) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -71,7 +76,8 @@ class Pool:
         self._size = size
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._idle: list[_Connection] = []
+        self._keep_idle = keep_idle
+        self._idle: list[tuple[_Connection, float]] = []  # oldest first, with when it went idle
         self._closed = False
 
     async def post(self, body: bytes, headers: Mapping[str, str]) -> Response:
@@ -84,21 +90,21 @@ class Pool:
         try:
             response = await connection.exchange(head, body, self._read_timeout)
         except BaseException:
-            connection.close()
+            connection.abort()  # not close(): that would wait to flush what is unsent
             raise
         if connection.reusable and len(self._idle) < self._size and not self._closed:
-            self._idle.append(connection)
+            self._idle.append((connection, asyncio.get_running_loop().time()))
         else:
-            connection.close()
+            connection.abort()  # the answer is in; what may be left unsent is not wanted
         return response
 
     async def _connection(self) -> _Connection:
-        while self._idle:
-            connection = self._idle.pop()  # the most recently used: least likely stale
-            if connection.reusable:
-                return connection
-            connection.close()
         loop = asyncio.get_running_loop()
+        while self._idle:
+            connection, since = self._idle.pop()  # the most recently used: least likely stale
+            if connection.reusable and loop.time() - since <= self._keep_idle:
+                return connection
+            connection.close()  # closed by the server, or idle too long
         host, port = self._address
         async with asyncio.timeout(self._connect_timeout):
             _, connection = await loop.create_connection(
@@ -109,7 +115,7 @@ class Pool:
     def close(self) -> None:
         """Close the idle connections; those in use close when their answer is in."""
         self._closed = True
-        for connection in self._idle:
+        for connection, _ in self._idle:
             connection.close()
         self._idle.clear()
 
@@ -142,26 +148,26 @@ class _Connection(asyncio.Protocol):
         self._buffer += data
         try:
             response = self._parse()
-        except HTTPError as e:
-            self._answer.set_exception(e)
-            self.close()
+        except (HTTPError, ValueError) as e:
+            self._answer.set_exception(e if isinstance(e, HTTPError) else HTTPError(str(e)))
+            self.abort()
             return
         if response is not None:
             self._answer.set_result(response)
-
+            self._wake_writer()  # an answer before the whole body went: stop sending
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
         self._transport = None
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
+        self._wake_writer()
         answer = self._answer
         if answer is None or answer.done():
             return
-        if self._head is not None and self._length is None and not self._chunked:
-            # Framed by the end of the connection: this is the end.
+        if exc is None and self._head is not None and self._length is None \
+                and not self._chunked:
+            # Framed by the end of the connection, and that end was orderly: this is all.
             answer.set_result(Response(self._head[0], self._head[1], bytes(self._body)))
         else:
             answer.set_exception(HTTPError("connection closed before the answer was complete"))
@@ -170,21 +176,31 @@ class _Connection(asyncio.Protocol):
         self._writable = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-        self._writable = None
+        self._wake_writer()
 
     # -- ours
+
+    def _wake_writer(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
 
     def close(self) -> None:
         self.reusable = False
         if self._transport is not None:
             self._transport.close()
 
+    def abort(self) -> None:
+        """Close at once, dropping whatever is still unsent."""
+        self.reusable = False
+        if self._transport is not None:
+            self._transport.abort()
+
     async def exchange(self, head: bytes, body: bytes, wait: float) -> Response:
-        """Send one request; its answer. *wait* bounds each wait, in seconds: for the
-        socket to take more of a large body, and for the answer once the body is sent
-        (aiohttp's sock_read, not a bound on the whole exchange)."""
+        """Send one request; its answer. *wait* bounds each wait, in seconds: each one
+        for the socket to take more of a large body, then the one for the whole answer
+        once the body is sent. (Not a bound on the whole exchange: a large body on a slow
+        link takes as long as it takes while it moves.)"""
         transport = self._transport
         if transport is None or not self.reusable:
             raise HTTPError("connection closed")
@@ -192,14 +208,16 @@ class _Connection(asyncio.Protocol):
         self._answer = answer = asyncio.get_running_loop().create_future()
         self._head, self._length, self._chunked = None, None, False
         self._body = bytearray()
+        sent_all = True
         if len(body) <= _SMALL:
             transport.write(head + body)
         else:
             transport.write(head)
             view = memoryview(body)
             for start in range(0, len(body), _CHUNK):
-                if self._transport is None:
-                    break  # gone before the body was all sent: the answer says why
+                if self._transport is None or answer.done():
+                    sent_all = False  # answered, or gone, before the body was all sent
+                    break
                 transport.write(view[start:start + _CHUNK])
                 if self._writable is not None:
                     async with asyncio.timeout(wait):
@@ -207,7 +225,8 @@ class _Connection(asyncio.Protocol):
         async with asyncio.timeout(wait):
             response: Response = await answer
         keep = self._head is not None and self._head[2]
-        self.reusable = keep and not self._buffer and self._transport is not None
+        # A body cut short leaves the server reading the rest: never again on this one.
+        self.reusable = keep and sent_all and not self._buffer and self._transport is not None
         return response
 
     def _parse(self) -> Response | None:
@@ -250,7 +269,7 @@ class _Connection(asyncio.Protocol):
                 raise HTTPError(f"unsupported transfer coding {coding!r}")
             self._chunked = True
         elif length is not None:
-            if not length.isdigit() or int(length) > _MAX_BODY:
+            if not (length.isascii() and length.isdigit()) or int(length) > _MAX_BODY:
                 raise HTTPError(f"bad Content-Length {length!r}")
             self._length = int(length)
 
@@ -264,10 +283,9 @@ class _Connection(asyncio.Protocol):
                     raise HTTPError("chunk size line too long")
                 return False
             size_field = bytes(buffer[:eol]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_field, 16)
-            except ValueError:
-                raise HTTPError(f"bad chunk size {size_field!r}") from None
+            if not _HEX.fullmatch(size_field):
+                raise HTTPError(f"bad chunk size {size_field!r}")
+            size = int(size_field, 16)
             if size == 0:
                 # The last chunk, then trailer fields (ignored), then an empty line.
                 rest = eol + 2
@@ -281,7 +299,7 @@ class _Connection(asyncio.Protocol):
                     return False
                 del buffer[:end + 4]
                 return True
-            if size < 0 or len(self._body) + size > _MAX_BODY:
+            if len(self._body) + size > _MAX_BODY:
                 raise HTTPError("answer body too large")
             if len(buffer) < eol + 2 + size + 2:
                 return False
