@@ -87,6 +87,7 @@ class Scheduler:
         # that was rescheduled (a flush, a retry); only the one matching this map counts.
         self._due: dict[str, float] = {}
         self._known: set[str] = set()  # waiting, ready or in flight
+        self._fresh: set[str] = set()  # just written here, so in the page cache (see queued)
         self._ready: asyncio.Queue[str] = asyncio.Queue(maxsize=concurrency)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -114,6 +115,14 @@ class Scheduler:
         self._known.add(queue_id)
         heapq.heappush(self._heap, (when, queue_id))
         self._wakeup.set()
+
+    def queued(self, queue_id: str) -> None:
+        """A message this process has just written: deliver it now, and claim and read it
+        on the event loop. A file in the page cache costs less to open, lock and read
+        than the hand-off to a thread; one from the backlog or a retry may have to come
+        from the disk, which would stall every session, so those go to a thread."""
+        self._fresh.add(queue_id)
+        self.enqueue(queue_id)
 
     def _forget(self, queue_id: str) -> None:
         if queue_id not in self._due:
@@ -255,10 +264,11 @@ class Scheduler:
     # -- one attempt
 
     async def _deliver(self, qid: str) -> None:
+        fresh = qid in self._fresh
+        self._fresh.discard(qid)
         try:
-            # On the loop, not in a thread: opening, locking and reading a small file in
-            # the page cache costs less than the hand-off (see spool._COMMIT_THREADS).
-            claim = self._spool.claim(qid)
+            claim = (self._spool.claim(qid) if fresh
+                     else await asyncio.to_thread(self._spool.claim, qid))
         except Busy:
             self.enqueue(qid, self._clock() + 1.0)  # an operator's command holds it
             return
@@ -270,14 +280,14 @@ class Scheduler:
             return  # held or deleted by an operator meanwhile
         try:
             async with self._budget.hold(claim.size):
-                await self._attempt(claim)
+                await self._attempt(claim, fresh)
         finally:
             claim.release()  # idempotent: deferred, or an error
 
-    async def _attempt(self, claim: Claim) -> None:
+    async def _attempt(self, claim: Claim, fresh: bool) -> None:
         qid = claim.queue_id
         try:
-            envelope, data, state = (claim.read() if claim.small
+            envelope, data, state = (claim.read() if fresh and claim.small
                                      else await asyncio.to_thread(claim.read))
         except CorruptEntry as e:
             await asyncio.to_thread(claim.quarantine)

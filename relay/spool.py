@@ -601,8 +601,8 @@ class Claim:
 
     @property
     def small(self) -> bool:
-        """Read in one system call from the page cache: cheaper on the event loop than a
-        trip to a thread."""
+        """Small enough to read in one system call (on the event loop, when the message
+        was just written and is in the page cache: see Scheduler.queued)."""
         return self.size <= _READ_WHOLE
 
     def read(self) -> tuple[Envelope, bytes, DeliveryState]:
