@@ -318,7 +318,7 @@ class Spool:
         self._trigger_dirs = ([self.triggers] if share.count == 1 else
                               [self.triggers / str(i) for i in range(share.count)])
         self._committer = ThreadPoolExecutor(_COMMIT_THREADS, thread_name_prefix="commit")
-        self._active_sync: _FolderSync | None = None  # made on the loop, at first use
+        self._active_sync = _FolderSync(self.active, self._committer)
 
     # -- start-up
 
@@ -398,17 +398,12 @@ class Spool:
             await loop.run_in_executor(self._committer, os.fsync, fd)
             draft._close_file()
             os.rename(draft.path, f"{self._active}/{draft.queue_id}")
-            await self._active_synced()
+            await self._active_sync.wait()
         except OSError as e:
             draft._discard()
             raise SpoolError(f"cannot commit {draft.queue_id}: {e}") from e
         draft.committed = True
         return draft.queue_id
-
-    async def _active_synced(self) -> None:
-        if self._active_sync is None:
-            self._active_sync = _FolderSync(self.active, self._committer)
-        await self._active_sync.wait()
 
     def close(self) -> None:
         self._committer.shutdown(wait=True)
