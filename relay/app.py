@@ -59,7 +59,6 @@ class Relay:
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     feedback: FeedbackService | None = None
     metrics_port: int | None = None
-    _loop: asyncio.AbstractEventLoop | None = None
 
     def __post_init__(self) -> None:
         limits = self.config.limits
@@ -80,7 +79,6 @@ class Relay:
 
     async def start(self) -> None:
         cfg = self.config
-        self._loop = asyncio.get_running_loop()
         self._users = users.load(cfg.users_file)
         self.suppression = await asyncio.to_thread(SuppressionList, cfg.suppression.database)
         self.policy = policy = Policy(cfg, self.suppression)
@@ -102,9 +100,16 @@ class Relay:
         self.events.start()
         maillog.attach(self.events)
         if first:
+            loop, scheduler = asyncio.get_running_loop(), self.scheduler
+
+            def pause(reason: str) -> None:
+                # The reputation guard decides in a worker thread; the scheduler lives on
+                # the loop.
+                loop.call_soon_threadsafe(scheduler.pause, reason)
+
             self.feedback = FeedbackService(
                 cfg.feedback, self.events, self.suppression,
-                ReputationGuard(self.events, cfg.feedback, self._pause_from_thread),
+                ReputationGuard(self.events, cfg.feedback, pause),
                 region=cfg.delivery.region,
                 share=self._share_suppression if cfg.suppression.backend == "ses" else None)
             await self.feedback.start()
@@ -136,11 +141,6 @@ class Relay:
         _log.info("started", listeners=self.bound_ports(), transport=self.transport.name,
                   queued=len(backlog), users=len(list(self._users)),
                   max_message_size=self.message_size_limit)
-
-    def _pause_from_thread(self, reason: str) -> None:
-        """The reputation guard decides in a worker thread; the scheduler lives on the loop."""
-        assert self._loop is not None and self.scheduler is not None
-        self._loop.call_soon_threadsafe(self.scheduler.pause, reason)
 
     async def _notify_sender(self, queue_id: str, envelope: Envelope,
                              record: dict[str, Any]) -> None:
