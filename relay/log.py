@@ -74,6 +74,8 @@ class _ModuleLogger:
 
 
 _LOGGERS: list[_ModuleLogger] = []  # one per module, for as long as the process lives
+# Set by configure(); not structlog.is_configured(), which structlog.testing.capture_logs
+# sets too, and loggers bound then would keep structlog's default output for good.
 _LOGGERS_BOUND = False
 
 
