@@ -13,6 +13,7 @@ crash is acceptable; the queue, not this store, is what guarantees delivery.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import sqlite3
@@ -169,7 +170,8 @@ class EventStore:
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
                 if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):  # the writer must live on
+                        self._db.execute("ROLLBACK")
                 _log.error("event_store_write_failed", error=str(e), rows=len(rows),
                            hint="message history (trace, export) misses these steps; "
                                 "check the disk and feedback.database")
