@@ -23,7 +23,7 @@ from relay.limits import LOCKED_OUT, AuthGuard, Connections
 from relay.message import HeaderError, rewrite
 from relay.policy import NULL_SENDER_REFUSED, Policy
 from relay.smtp import replies
-from relay.smtp.server import DataProblem, RelayEnvelope, RelaySMTP, hook_names
+from relay.smtp.server import DataProblem, RelayEnvelope, RelaySMTP
 from relay.spool import Draft, Envelope, Spool
 from relay.users import User, UserDB
 
@@ -54,9 +54,6 @@ class Handler:
         # the address for every MAIL was 1% of a worker's CPU under `make bench`.
         self._trusted: dict[str, bool] = {}
         self.reconfigure(limits, hostname)
-
-    def __dir__(self) -> list[str]:
-        return list(hook_names(type(self)))  # aiosmtpd's per-connection lookup
 
     def reconfigure(self, limits: Limits, hostname: str) -> None:
         """New limits for sessions from now on (SIGHUP)."""

@@ -42,25 +42,6 @@ _NULL_SENDER = re.compile(r"^FROM:\s*<>", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-_HOOK_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def hook_names(cls: type) -> tuple[str, ...]:
-    """The attribute names aiosmtpd looks for on a session or handler class.
-
-    aiosmtpd's constructor finds the smtp_*, auth_* and handle_* methods with dir() and
-    inspect.getmembers(), which getattr()s every attribute of the session and of the
-    handler, for every connection: 7-8% of a worker's CPU each under `make bench`. Those
-    prefixes are all it looks for, and the names are fixed per class, so the classes'
-    dir() lists just them.
-    """
-    names = _HOOK_NAMES.get(cls)
-    if names is None:
-        names = _HOOK_NAMES[cls] = tuple(
-            n for n in dir(cls) if n.startswith(("smtp_", "auth_", "handle_")))
-    return names
-
-
 def _command_size_limits() -> collections.defaultdict[str, int]:
     """A session's own command length limits. aiosmtpd keeps them on the class, shared by
     every session, and each EHLO raises MAIL's: it only stayed bounded because its
@@ -100,8 +81,8 @@ class RelaySMTP(SMTP):
 
         aiosmtpd's constructor finds the command, AUTH and hook methods by introspection
         (dir(), inspect.getmembers(), inspect.signature()) and logs what it found, for
-        every connection: 6-7% of a worker's CPU under `make bench` (`bench/micro.py`: 34 us
-        a session built that way, 5 us a copy). What it finds depends only on the class
+        every connection: 6-7% of a worker's CPU under `make bench` (`bench/micro.py`: about
+        100 us a session built that way, 5 us a copy). What it finds depends only on the class
         and the handler, so a listener builds one session through that constructor and
         each connection gets a copy of its settings, with the per-connection parts new:
         the stream (asyncio's own constructor) and the methods bound to the new session.
@@ -157,9 +138,6 @@ class RelaySMTP(SMTP):
 
     def _create_session(self) -> RelaySession:
         return RelaySession(self.loop)
-
-    def __dir__(self) -> list[str]:
-        return list(hook_names(type(self)))  # see hook_names
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd parses every MAIL and RCPT address with the email package's header
