@@ -58,6 +58,11 @@ def host_header(url: str) -> str:
     return host
 
 
+def request_target(url: str) -> str:
+    """The path of *url* as it goes on the request line, and as SigV4 signs it."""
+    return urllib.parse.quote(urllib.parse.urlsplit(url).path or "/", safe="/~")
+
+
 class Pool:
     """Keep-alive connections to the origin of *url*; ``post()`` sends to its path."""
 
@@ -70,8 +75,7 @@ class Pool:
         self._address = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
         self._ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" \
             else None
-        target = urllib.parse.quote(parts.path or "/", safe="/~")  # as it is signed
-        self._head = (f"POST {target} HTTP/1.1\r\nHost: {host_header(url)}\r\n"
+        self._head = (f"POST {request_target(url)} HTTP/1.1\r\nHost: {host_header(url)}\r\n"
                       f"User-Agent: {user_agent}\r\n")
         self._size = size
         self._connect_timeout = connect_timeout

@@ -53,8 +53,6 @@ class SendEmailClient:
         self._signer = Signer(self._url, region, SIGNING_NAME)
         self._credentials = credentials  # botocore (refreshable) credentials, or None
         self._pool_size = pool_size
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
-                                              sock_read=read_timeout)
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._pool: http1.Pool | None = None  # direct to the endpoint
@@ -74,7 +72,9 @@ class SendEmailClient:
             return
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._pool_size, ssl=context),
-            timeout=self._timeout, headers={"User-Agent": user_agent},
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout,
+                                          sock_read=self._read_timeout),
+            headers={"User-Agent": user_agent},
             skip_auto_headers=("Accept-Encoding",))
 
     async def aclose(self) -> None:
@@ -108,7 +108,7 @@ class SendEmailClient:
                               ) -> tuple[int, str, bytes]:
         assert self._http is not None, "start() first"
         # aiohttp warns about bytes over 1 MiB and streams a BytesIO in chunks instead.
-        data = io.BytesIO(body) if len(body) > _BUILD_IN_THREAD else body
+        data = io.BytesIO(body) if len(body) > _AIOHTTP_BYTES_MAX else body
         async with self._http.post(self._url, data=data, headers=headers,
                                    proxy=self._proxy) as response:
             return (response.status, response.headers.get("x-amzn-ErrorType", ""),
@@ -126,9 +126,8 @@ class Signer:
     """AWS Signature Version 4 for ``POST <url>`` with a JSON body and no query string."""
 
     def __init__(self, url: str, region: str, service: str) -> None:
-        parts = urllib.parse.urlsplit(url)
         self._host = http1.host_header(url)
-        self._path = urllib.parse.quote(parts.path or "/", safe="/~")
+        self._path = http1.request_target(url)
         self._region = region
         self._service = service
         self._keys: dict[tuple[str, str], bytes] = {}  # (secret, day) -> signing key
@@ -181,6 +180,8 @@ def _env_proxy(url: str) -> str | None:
 # Above this size (bytes of message) the document is built and hashed in a thread: for a
 # message near SES's 40 MB limit that is about 60 ms that every session would wait.
 _BUILD_IN_THREAD = 1024 * 1024
+# aiohttp warns about a bytes body larger than this and wants a file-like one instead.
+_AIOHTTP_BYTES_MAX = 1024 * 1024
 
 
 def _document(params: dict[str, Any]) -> tuple[bytes, str]:
