@@ -98,6 +98,12 @@ def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 20))
 
 
+async def until(condition: Callable[[], object]) -> None:
+    """Wait for *condition* (run()'s bound ends a wait that never comes true)."""
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
 def test_a_post_is_sent_as_given_and_the_connection_is_kept() -> None:
     async def go() -> Server:
         async with Server(lambda n: [OK]) as server:
@@ -172,7 +178,7 @@ def test_a_large_body_waits_for_the_socket_instead_of_piling_up_in_memory() -> N
 
             client._connection = keep  # type: ignore[method-assign]
             send = asyncio.create_task(client.post(body, {}))
-            await asyncio.sleep(0.5)
+            await until(lambda: made and made[0]._writable is not None)  # the socket is full
             buffered = made[0]._transport.get_write_buffer_size()
             server_reads.set()
             assert (await send).status == 200
@@ -210,7 +216,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_not_used() -> Non
         async with Server(lambda n: [OK, HANG_UP]) as server:
             client = pool(server.port)
             await client.post(b"{}", {})
-            await asyncio.sleep(0.2)
+            await until(lambda: not client._idle[-1][0].reusable)  # it saw the server go
             assert (await client.post(b"{}", {})).status == 200
             client.close()
             return server.connections
@@ -250,8 +256,7 @@ def test_a_broken_answer_is_a_transient_connection_error(script: Script, error: 
 
 def test_an_endpoint_that_does_not_answer_times_out_and_one_that_is_down_refuses() -> None:
     async def go() -> tuple[BaseException, BaseException]:
-        async with Server(lambda n: [OK], pause=5) as server:
-            server.script = lambda n: [b"", OK]  # the answer comes after 5 s
+        async with Server(lambda n: [b"", OK], pause=5) as server:  # the answer after 5 s
             client = pool(server.port, read_timeout=0.3)
             with pytest.raises(TimeoutError) as slow:
                 await client.post(b"{}", {})
