@@ -5,7 +5,7 @@ cannot tell), points the relay at an SES endpoint that refuses connections, and 
 how long until it accepts mail, then the accept rate under smtp-source load, compared
 with the same relay and an empty queue.
 
-    .venv/bin/python bench/backlog.py [--queued 100000] [--messages 2000]
+    .venv/bin/python bench/backlog.py [--queued 100000] [--messages 2000] [--workers 1]
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ messages, 50 sessions). Measured over the load only, per message accepted:
   rate and CPU of that run mean nothing; only the counts do. strace is not among the
   test peers: `apt-get install strace`).
 
-    .venv/bin/python bench/loadprofile.py [--messages 5000] [--size 5120] [--gc] [--strace]
+    .venv/bin/python bench/loadprofile.py [--messages 5000] [--sessions 50] [--size 5120]
+        [--gc] [--strace]
 
 To measure older code the same way, put a checkout of it first on PYTHONPATH.
 """

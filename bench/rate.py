@@ -6,6 +6,7 @@ and waits until every recipient has been accepted. Reports the sustained rate as
 of the limit, and the share of calls that were throttled.
 
     .venv/bin/python bench/rate.py [--rate 100] [--messages 300] [--rcpts 5] [--relays 1]
+        [--workers 1]
 """
 
 from __future__ import annotations

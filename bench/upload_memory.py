@@ -4,7 +4,8 @@ Starts the real relay process (outbox transport, implicit TLS), has N clients ea
 message of SIZE bytes at the same moment, waits until all are delivered, and reads the
 relay's peak RSS (VmHWM) from /proc.
 
-    .venv/bin/python bench/upload_memory.py [--clients 50] [--size-mb 10]
+    .venv/bin/python bench/upload_memory.py [--clients 50] [--size-mb 10] [--concurrency N]
+        [--plain] [--workers 1]
 """
 
 from __future__ import annotations

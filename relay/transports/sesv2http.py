@@ -7,7 +7,7 @@ botocore ``send_email`` spent about 0.54 ms of CPU per call on work a relay send
 same request shape thousands of times does not need (parameter validation, the event
 hook chain, endpoint ruleset resolution, user-agent assembly, response model parsing);
 with the relay's GIL shared by the SMTP side, that was over half of delivery's CPU. The
-request itself is a small JSON document, so this builds it directly (0.19 ms per call).
+request itself is a small JSON document, so this builds it directly.
 The parts that are subtle stay botocore's: credentials (the standard chain, refresh of
 assumed roles) and the endpoint URL (resolved by the SDK client built at start). Every
 other SES call (quota, templates, bulk, suppression) still goes through the SDK.
