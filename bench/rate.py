@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import AWS_ENV, free_port, write_relay_config  # noqa: E402
+from bench.common import AWS_ENV, free_port, wait_port, write_relay_config  # noqa: E402
 from relay.spool import Envelope, Spool  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -65,7 +65,7 @@ def main() -> None:
                              "--port", str(port), "--rate", str(args.rate)])
     relays: list[subprocess.Popen[bytes]] = []
     try:
-        time.sleep(0.5)
+        wait_port(port)
         with tempfile.TemporaryDirectory() as d:
             for n in range(args.relays):
                 home = Path(d) / f"relay{n}"
