@@ -289,6 +289,8 @@ async def serve(config: Config, share: Share = ALONE) -> int:
     loop = asyncio.get_running_loop()
     # A SIGHUP while starting (the listeners are open before start() returns) would kill
     # the process with the signal's default action: remember it, reload once started.
+    # (A worker gets SIGHUP from its supervisor only once READY; this is for a relay that
+    # runs alone.)
     early_hup = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, early_hup.set)
     await relay.start()
