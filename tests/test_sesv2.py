@@ -14,7 +14,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from clients import implicit, starttls
-from conftest import PASSWORD, SENDER, USER, Moto, Setup, free_port, wait_until
+from conftest import PASSWORD, SENDER, USER, Moto, Setup, wait_until
 from fakeses import Failure, FakeSES
 
 from relay.transports.errors import classify
@@ -166,9 +166,9 @@ def test_transient_ses_errors_are_retried_until_delivered(
 
 
 def test_an_unreachable_endpoint_defers_and_keeps_the_message(
-        make_setup, start_relay, logs) -> None:
+        make_setup, start_relay, logs, refused_url: str) -> None:
     setup: Setup = make_setup("sesv2", region="us-east-1",
-                              endpoint_url=f"http://127.0.0.1:{free_port()}")
+                              endpoint_url=refused_url)
     start_relay(setup)
     with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
         assert s.sendmail(SENDER, ["to@example.net"], MESSAGE) == {}
@@ -182,9 +182,9 @@ def test_an_unreachable_endpoint_defers_and_keeps_the_message(
 
 
 def test_sigterm_while_the_upstream_is_down_stops_at_once_and_keeps_the_queue(
-        make_setup, start_process) -> None:
+        make_setup, start_process, refused_url: str) -> None:
     setup: Setup = make_setup("sesv2", region="us-east-1",
-                              endpoint_url=f"http://127.0.0.1:{free_port()}")
+                              endpoint_url=refused_url)
     relay = start_process(setup)
     with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
         for _ in range(8):
@@ -199,10 +199,10 @@ def test_sigterm_while_the_upstream_is_down_stops_at_once_and_keeps_the_queue(
 
 
 def test_a_message_that_got_250_survives_kill_9_and_is_delivered_after_restart(
-        make_setup, start_process, moto: Moto) -> None:
+        make_setup, start_process, moto: Moto, refused_url: str) -> None:
     # First life: SES unreachable, so the message can only be in the queue when we kill.
     setup: Setup = make_setup("sesv2", region="us-east-1",
-                              endpoint_url=f"http://127.0.0.1:{free_port()}")
+                              endpoint_url=refused_url)
     relay = start_process(setup)
     with starttls(setup.starttls_port, setup.certs.ca, USER, PASSWORD) as s:
         s.mail(SENDER)
