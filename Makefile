@@ -6,8 +6,9 @@ DEV    := .dev
 
 .PHONY: run test lint typecheck unit peers bench clean
 
-# The virtualenv is rebuilt when the project's dependencies change.
-$(BIN)/.installed: pyproject.toml
+# The virtualenv is rebuilt when the project's dependencies or its C part change.
+$(BIN)/.installed: pyproject.toml setup.py relay/smtp/_plainlines.c
+	@PYTHON=$(PYTHON) scripts/install-build-tools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

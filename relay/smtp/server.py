@@ -30,14 +30,13 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, _AuthMechAttr
 from relay.addresses import SIMPLE_ADDRESS
 from relay.message import is_header_line
 from relay.smtp import replies
+from relay.smtp.plainlines import MAX_LINE, plain_prefix
 from relay.spool import Draft
 
 _SIMPLE_PATH = re.compile(  # <local@domain> [params]: no quotes, comments, literals, routes
     rf"<({SIMPLE_ADDRESS})>"
     r"(?:[ \t]+([^()\"\\\x00-\x1f\x7f]*))?\Z")
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
-# SMTP forbids lines over 998 characters plus CRLF; SES refuses them too.
-MAX_LINE = 998
 _NULL_SENDER = re.compile(r"^FROM:\s*<>", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -468,25 +467,19 @@ class RelaySMTP(SMTP):
         return None
 
 
-# A run of whole lines that DATA's line checks would pass unchanged: none starts with a
-# dot (stuffing, or the end), none holds a CR, LF or NUL of its own, none is over MAX_LINE.
-_PLAIN_LINES = re.compile(
-    rb"(?:(?:[^.\r\n\x00][^\r\n\x00]{0,%d}+)?\r\n)*+" % (MAX_LINE - 1))
-
-
 def _take_plain_lines(reader: asyncio.StreamReader, room: int | None) -> bytes:
-    """Take the plain lines at the start of what *reader* holds (at most *room* bytes).
+    """Take the plain lines (relay/smtp/plainlines.py) at the start of what *reader* holds,
+    at most *room* bytes.
 
     Why not readuntil() per line: a 1 MB message is 13,000 lines, and a line read plus its
-    checks cost about 3 us of the event loop each (35 ms per MB), while one regex match over
-    the same bytes costs 5 ms. StreamReader has no public "take what is buffered up to a
-    pattern", so this reads its buffer as aiosmtpd itself does, and resumes the transport as
-    its read methods do. Returns b"" when the next line needs a closer look, or is not all
-    there yet: the caller then reads it with readuntil(), which also waits for data.
+    checks cost about 3 us of the event loop each (35 ms per MB), against 0.3 ms per MB for
+    the compiled scan. StreamReader has no public "take what is buffered up to a pattern",
+    so this reads its buffer as aiosmtpd itself does, and resumes the transport as its read
+    methods do. Returns b"" when the next line needs a closer look, or is not all there
+    yet: the caller then reads it with readuntil(), which also waits for data.
     """
     buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
-    end = len(buffer) if room is None else min(len(buffer), room)
-    n = _PLAIN_LINES.match(buffer, 0, end).end()  # type: ignore[union-attr]  # always matches
+    n = plain_prefix(buffer, len(buffer) if room is None else min(len(buffer), room))
     if not n:
         return b""
     block = bytes(buffer[:n])
