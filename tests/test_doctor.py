@@ -316,3 +316,19 @@ def test_doctor_command_prints_the_table_and_exits_by_verdict(setup) -> None:
     result = run("doctor", "--config", str(setup.path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout and "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_data_fast_path_is_reported_and_its_absence_warns_with_a_fix(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whether this install has it is tests/test_plainlines.py's to check.
+    monkeypatch.setattr(doctor.plainlines, "COMPILED", True)
+    code, report = run_doctor(setup.load())
+    assert code == 0, report
+    assert rows(report, "OK", "DATA fast path") == [
+        f"OK     {'DATA fast path':<22} compiled"]
+    monkeypatch.setattr(doctor.plainlines, "COMPILED", False)
+    code, report = run_doctor(setup.load())
+    assert code == 0, report  # mail flows either way
+    [warn] = rows(report, "WARN", "DATA fast path")
+    assert "regex" in warn
+    assert "python3-dev" in fix_after(report, warn)
