@@ -9,11 +9,18 @@ one delivery worker): peak RSS 167 MB with the dynamic threshold, 67 MB with it 
 Setting the threshold explicitly turns the dynamic adjustment off (mallopt(3)); it is the
 same as MALLOC_MMAP_THRESHOLD_ in the environment, without relying on the unit file.
 
-It is pinned at 1 MiB, not at glibc's initial 128 KiB: asyncio reads a socket into a
-fresh 256 KiB buffer and shrinks it to what arrived, so below that every read of an SMTP
-command was an mmap, an mremap and a munmap (21 system calls per message, a third of the
-event loop's kernel time under bench/compare.py). Peak RSS in the upload test is the same
-at 1 MiB as at 128 KiB (172 and 173 MB); multi-MB message buffers still go back at once.
+It is pinned at 4 MiB, above the buffers of a message of a few MB, and below those of the
+large ones the peak RSS target is about:
+
+- below 256 KiB every SMTP command would be an mmap: asyncio reads a socket into a fresh
+  256 KiB buffer and shrinks it to what arrived (at 128 KiB, 21 system calls per message
+  and a third of the event loop's kernel time under bench/compare.py);
+- at 1 MiB, each buffer of a 1 MB message's delivery (the message, its base64, the
+  request) was a fresh mmap: page faults and munmap were a fifth of the relay's CPU under
+  1 MB messages (perf). At 4 MiB they come from the heap again: the other threads' kernel
+  time fell from 1.9 to 0.4 ms per message (bench/loadprofile.py --size 1048576);
+- 10 MB message buffers still go back at once: peak RSS in bench/upload_memory.py is 169
+  MB at 4 MiB, 172 MB at 1 MiB (190 MB at 16 MiB).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import ctypes.util
 import gc
 
 _M_MMAP_THRESHOLD = -3
-_THRESHOLD = 1024 * 1024  # above asyncio's 256 KiB read buffer, see above
+_THRESHOLD = 4 * 1024 * 1024  # see above
 
 
 def fix_mmap_threshold() -> bool:
