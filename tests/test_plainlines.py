@@ -4,7 +4,13 @@ the regex's answer for any bytes, and the regex must mean what DATA's line check
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
@@ -57,6 +63,24 @@ def test_a_run_of_plain_lines_ends_where_a_line_needs_a_closer_look(
         scan: Scan, data: bytes, plain: int) -> None:
     assert scan(bytearray(data), len(data)) == plain
     assert scan(data, len(data)) == plain
+
+
+@pytest.mark.parametrize("bad", [b"\r", b"\n", b"\x00"])
+def test_a_cr_lf_or_nul_inside_a_line_is_found_at_any_position(scan: Scan, bad: bytes) -> None:
+    # The compiled scan looks at 16 bytes at a time: put the byte in every lane of the
+    # first blocks, after a plain line that shifts where the blocks start.
+    for before in (0, 5):
+        head = b"y" * before + b"\r\n"
+        for k in range(48):
+            data = head + X * k + bad + b"tail\r\n"
+            assert scan(data, len(data)) == len(head), (before, k)
+
+
+def test_lines_around_the_length_limit(scan: Scan) -> None:
+    for length in range(MAX_LINE - 40, MAX_LINE + 40):
+        data = b"ok\r\n" + X * length + b"\r\n"
+        expected = len(data) if length <= MAX_LINE else 4
+        assert scan(data, len(data)) == expected, length
 
 
 def test_only_the_first_end_bytes_count(scan: Scan) -> None:
@@ -136,3 +160,43 @@ def _take_from(reader: asyncio.StreamReader) -> None:
     reader._buffer[:11] = b""  # type: ignore[attr-defined]
     assert server._take_plain_lines(reader, 3) == b""  # no whole line within 3 bytes
     assert server._take_plain_lines(reader, None) == b"more\r\n"
+
+
+_ASAN_SWEEP = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import _plainlines
+from relay.smtp.plainlines import MAX_LINE, by_regex
+for n in range(0, 70):
+    for tail in (b"", b"\\r", b"\\r\\n", b"x", b"\\n", b"\\x00"):
+        for data in (b"x" * n + tail, b"ab\\r\\n" + b"x" * n + tail,
+                     b"x" * (MAX_LINE - 35 + n) + tail):
+            for end in range(max(0, len(data) - 18), len(data) + 1):
+                got = _plainlines.plain_lines(data, end, MAX_LINE)
+                assert got == by_regex(data, end), (data, end)
+print("swept")
+"""
+
+
+def test_the_scan_reads_nothing_outside_the_buffer(tmp_path: Path) -> None:
+    # The C is built again with AddressSanitizer and run over buffers of every length near
+    # the 16-byte blocks it reads; every object goes through malloc so that a read past a
+    # buffer's end lands in a red zone.
+    _compiled()
+    gcc = shutil.which("gcc")
+    assert gcc, "gcc is installed by scripts/install-build-tools"
+    source = Path(plainlines.__file__).with_name("_plainlines.c")
+    include = sysconfig.get_paths()["include"]
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    subprocess.run([gcc, "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer",
+                    "-shared", "-fPIC", f"-I{include}", str(source),
+                    "-o", str(tmp_path / f"_plainlines{suffix}")], check=True)
+    libasan = subprocess.run([gcc, "-print-file-name=libasan.so"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    env = {**os.environ, "PYTHONMALLOC": "malloc", "LD_PRELOAD": libasan,
+           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0"}
+    env.pop("COV_CORE_SOURCE", None)
+    run = subprocess.run([sys.executable, "-c", _ASAN_SWEEP, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert "AddressSanitizer" not in run.stderr, run.stderr[-3000:]
+    assert run.returncode == 0 and run.stdout.strip() == "swept", run.stderr[-3000:]
