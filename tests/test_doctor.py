@@ -13,7 +13,7 @@ from typing import Any
 import boto3
 import pytest
 import trustme
-from conftest import SENDER, Moto, Setup, free_port
+from conftest import SENDER, Moto, Setup
 
 from relay import config as config_mod
 from relay import doctor, users
@@ -272,8 +272,9 @@ def test_outbox_transport_marks_aws_checks_not_applicable_and_exits_0(setup: Set
 
 
 def test_unreachable_ses_endpoint_fails_with_a_hint_and_no_traceback(
-        make_setup: Callable[..., Setup], sts_at: Callable[[str], None]) -> None:
-    closed = f"http://127.0.0.1:{free_port()}"
+        make_setup: Callable[..., Setup], sts_at: Callable[[str], None],
+        refused_url: str) -> None:
+    closed = refused_url
     sts_at(closed)
     setup = make_setup("sesv2", region=REGION, endpoint_url=closed)
     setup.doc["policy"] = {"null_sender_rewrite": SENDER}  # something for the identity check

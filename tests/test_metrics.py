@@ -72,9 +72,8 @@ def test_health_and_readiness(setup: Setup, start_relay) -> None:
     assert get(port, "/nothing")[0] == 404
 
 
-def test_not_ready_when_ses_cannot_be_reached(make_setup, start_relay) -> None:
-    setup: Setup = make_setup("sesv2", region="us-east-1",
-                              endpoint_url=f"http://127.0.0.1:{free_port()}")
+def test_not_ready_when_ses_cannot_be_reached(make_setup, start_relay, refused_url) -> None:
+    setup: Setup = make_setup("sesv2", region="us-east-1", endpoint_url=refused_url)
     port = with_metrics(setup)
     start_relay(setup)
     status, text = get(port, "/readyz")

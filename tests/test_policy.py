@@ -117,9 +117,8 @@ def test_configuration_set_and_tags_reach_the_ses_api(make_setup, start_relay) -
 
 
 def test_ehlo_size_is_the_configured_limit_capped_by_the_transport(
-        make_setup, start_relay) -> None:
-    setup: Setup = make_setup("sesv2", region="us-east-1",
-                              endpoint_url=f"http://127.0.0.1:{free_port()}")
+        make_setup, start_relay, refused_url) -> None:
+    setup: Setup = make_setup("sesv2", region="us-east-1", endpoint_url=refused_url)
     setup.doc["limits"] = {"max_message_size": "100MB"}
     setup.write()
     start_relay(setup)

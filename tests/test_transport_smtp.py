@@ -438,8 +438,9 @@ def test_recipients_that_cannot_go_on_an_smtp_command_line_are_refused_locally(
 # -- the network
 
 
-def test_nothing_listening_is_a_transient_connection_error(certs: Certs) -> None:
-    error = send_error(config(certs, free_port()), to())
+def test_nothing_listening_is_a_transient_connection_error(certs: Certs,
+                                                          refused_url: str) -> None:
+    error = send_error(config(certs, int(refused_url.rsplit(":", 1)[1])), to())
     assert (error.code, error.permanent) == ("ConnectionError", False)
     assert "host" in error.hint and "firewall" in error.hint
 
