@@ -283,7 +283,7 @@ def run(config: Config, share: Share = ALONE) -> int:
 
 async def serve(config: Config, share: Share = ALONE) -> int:
     """Run until SIGTERM or SIGINT; return the process exit code."""
-    memory.fix_mmap_threshold()
+    memory.tune_malloc()
     notifier = systemd.Notifier()
     relay = Relay(config, share)
     loop = asyncio.get_running_loop()
