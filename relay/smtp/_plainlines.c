@@ -13,7 +13,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#ifdef __SSE2__
+#if defined(__SSE2__) && !defined(PLAINLINES_NO_SIMD)  /* the tests build it both ways */
+#define PLAINLINES_SSE2 1
 #include <emmintrin.h>
 #endif
 
@@ -24,7 +25,7 @@ static unsigned char special[256];
 static Py_ssize_t
 next_special(const unsigned char *p, Py_ssize_t i, Py_ssize_t stop)
 {
-#ifdef __SSE2__
+#ifdef PLAINLINES_SSE2
     const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
     const __m128i nul = _mm_setzero_si128();
     for (; i + 16 <= stop; i += 16) {
