@@ -11,7 +11,10 @@ $(BIN)/.installed: pyproject.toml setup.py relay/smtp/_plainlines.c
 	@PYTHON=$(PYTHON) scripts/install-build-tools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	rm -f relay/smtp/_plainlines*.so  # a failed rebuild must not leave an old one in use
 	$(BIN)/pip install --quiet -e '.[test]'
+	@$(BIN)/python -c "from relay.smtp import plainlines as p; \
+		print('DATA fast path:', 'compiled' if p.COMPILED else 'NOT compiled, the regex is used')"
 	touch $@
 
 ## run: start the relay on 127.0.0.1:2587 (STARTTLS) and :2465 (TLS), delivering to .dev/outbox
@@ -42,4 +45,5 @@ bench: $(BIN)/.installed peers
 	$(BIN)/python bench/rate.py
 
 clean:
-	rm -rf $(VENV) $(DEV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(DEV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build \
+		relay/smtp/_plainlines*.so
