@@ -5,7 +5,8 @@ them back to the system on free. But the threshold is dynamic: after the first s
 is freed, glibc raises it to that block's size (up to 32 MiB). From then on every message
 buffer of a few MiB comes from the heap arenas instead, and freed arena memory mostly
 stays in the process. Measured with bench/upload_memory.py (50 clients x 10 MB at once,
-one delivery worker): peak RSS 167 MB with the dynamic threshold, 67 MB with it fixed.
+plain listener, one delivery worker): peak RSS 167 MB with the dynamic threshold, 61 MB
+with it fixed (bench/RESULTS.md).
 Setting the threshold explicitly turns the dynamic adjustment off (mallopt(3)); it is the
 same as MALLOC_MMAP_THRESHOLD_ in the environment, without relying on the unit file.
 
@@ -18,16 +19,20 @@ large ones the peak RSS target is about:
 - at 1 MiB, each buffer of a 1 MB message's delivery (the message, its base64, the
   request) was a fresh mmap: page faults and munmap were a fifth of the relay's CPU under
   1 MB messages (perf). At 4 MiB they come from the heap again: the other threads' kernel
-  time fell from 1.9 to 0.4 ms per message (bench/loadprofile.py --size 1048576);
-- 10 MB message buffers still go back at once: peak RSS in bench/upload_memory.py is 169
-  MB at 4 MiB, 172 MB at 1 MiB (190 MB at 16 MiB).
+  time fell from 1.7-1.9 to 0.3 ms per message (bench/loadprofile.py --size 1048576);
+- 10 MB message buffers still go back at once: peak RSS in bench/upload_memory.py (TLS and
+  AUTH, 10 deliveries at a time) is 169 MB at 4 MiB, 172 MB at 1 MiB (190 MB at 16 MiB).
 
 And one arena for every thread, not glibc's one per thread (up to eight per core): a large
 message's SendEmail document is built on the default executor's threads, and each of their
 arenas kept its own share of freed buffers below the threshold. bench/compare.py --only
-sesv2, 1000 x 1 MB from 50 sessions: peak PSS 307 MB with an arena per thread, 239 MB with
-one (as at 1 MiB), at the same throughput (232 and 240 msg/s). Threads allocate Python
-objects holding the GIL anyway, so the one arena's lock is rarely contended.
+sesv2, 1000 x 1 MB from 50 sessions: peak PSS 305-321 MB with an arena per thread, 245-254
+MB with one, at the same throughput (232-243 and 231-278 msg/s). Python objects are
+allocated holding the GIL, so the one arena's lock is rarely contended (SQLite and OpenSSL
+allocate without it, a little).
+
+A cap on arenas only holds for arenas made after it: this must run before the process
+starts threads (relay.app.serve calls it first).
 """
 
 from __future__ import annotations
