@@ -156,6 +156,8 @@ def test_transient_ses_errors_are_retried_until_delivered(
         wait_until(lambda: ses.accepted, timeout=15)
         assert [m["raw"] for m in ses.accepted] == [MESSAGE]
         assert ses.calls == 3
+        # The relay logs "delivered" once it has read SES's answer: after ses.accepted.
+        wait_until(lambda: any(e["event"] == "delivered" for e in logs))
     retries = [e for e in logs if e["event"] == event]
     assert [e["code"] for e in retries] == [code, code]
     assert all(e["next_attempt_in"] > 0 for e in retries)
