@@ -5,6 +5,7 @@ kept to compare."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import ssl
 import struct
@@ -35,16 +36,23 @@ class Server:
     def __init__(self, script: Script, *, tls: ssl.SSLContext | None = None,
                  pause: float = 0.0, hold: asyncio.Event | None = None) -> None:
         self.script = script
-        self.hold = hold  # read nothing until it is set
+        # Read nothing until it is set; the receive buffer is then small, so that the
+        # kernel cannot take a large body for the server however it is tuned.
+        self.hold = hold
         self.tls = tls
         self.pause = pause
         self.connections = 0
+        self.closed = 0
         self.requests: list[tuple[bytes, bytes]] = []  # (head, body)
         self.port = 0
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> Server:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        listening = socket.socket()
+        if self.hold is not None:
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        listening.bind(("127.0.0.1", 0))
+        self._server = await asyncio.start_server(self._serve, sock=listening, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -85,6 +93,7 @@ class Server:
             return
         finally:
             writer.close()
+            self.closed += 1
 
 
 def pool(port: int, scheme: str = "http", **kw: Any) -> Pool:
@@ -254,14 +263,15 @@ def test_a_broken_answer_is_a_transient_connection_error(script: Script, error: 
     assert not verdict.permanent and verdict.code == "ConnectionError"
 
 
-def test_an_endpoint_that_does_not_answer_times_out_and_one_that_is_down_refuses() -> None:
+def test_an_endpoint_that_does_not_answer_times_out_and_one_that_is_down_refuses(
+        refused_url: str) -> None:
     async def go() -> tuple[BaseException, BaseException]:
         async with Server(lambda n: [b"", OK], pause=5) as server:  # the answer after 5 s
             client = pool(server.port, read_timeout=0.3)
             with pytest.raises(TimeoutError) as slow:
                 await client.post(b"{}", {})
             client.close()
-        down = pool(server.port)  # the server is gone: connection refused
+        down = pool(int(refused_url.rsplit(":", 1)[1]))  # nothing listens: refused
         with pytest.raises(OSError) as refused:
             await down.post(b"{}", {})
         return slow.value, refused.value
@@ -269,6 +279,30 @@ def test_an_endpoint_that_does_not_answer_times_out_and_one_that_is_down_refuses
     slow, refused = run(go())
     assert classify(slow, region=None).code == "Timeout"
     assert classify(refused, region=None).code == "ConnectionError"
+
+
+def test_a_large_upload_given_up_on_leaves_no_error_unread() -> None:
+    # The server reads nothing: the upload waits for the socket, times out, and the
+    # connection is aborted, which fails the answer nobody waits for any more. asyncio
+    # reports such a failure as "Future exception was never retrieved".
+    reported: list[str] = []
+
+    async def go() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: reported.append(context["message"]))
+        never = asyncio.Event()
+        async with Server(lambda n: [OK], hold=never) as server:
+            client = pool(server.port, read_timeout=0.3)
+            with pytest.raises(TimeoutError):
+                await client.post(b"x" * (12 * 1024 * 1024), {})
+            client.close()
+            await asyncio.sleep(0.1)  # the abort's connection_lost runs
+            gc.collect()  # an unread failure is reported when its future is collected
+            never.set()  # the server's side sees the reset, and closes
+            await until(lambda: server.closed == server.connections)
+
+    run(go())
+    assert [m for m in reported if "never retrieved" in m] == []
 
 
 def test_a_large_body_arrives_byte_for_byte_through_flow_control() -> None:

@@ -64,7 +64,10 @@ def request_target(url: str) -> str:
 
 
 class Pool:
-    """Keep-alive connections to the origin of *url*; ``post()`` sends to its path."""
+    """Keep-alive connections to the origin of *url*; ``post()`` sends to its path.
+
+    *size* is how many idle connections are kept, not a cap on those in use: the callers
+    (the delivery workers) bound how many requests run at once."""
 
     def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None, size: int,
                  connect_timeout: float, read_timeout: float, user_agent: str,
@@ -111,9 +114,12 @@ class Pool:
             connection.close()  # closed by the server, or idle too long
         host, port = self._address
         async with asyncio.timeout(self._connect_timeout):
+            # Happy Eyeballs (RFC 8305), as aiohttp connects: a dual-stack endpoint with a
+            # broken IPv6 route falls back to IPv4 in 0.25 s, not after the whole timeout.
             _, connection = await loop.create_connection(
                 _Connection, host, port, ssl=self._ssl,
-                server_hostname=host if self._ssl is not None else None)
+                server_hostname=host if self._ssl is not None else None,
+                happy_eyeballs_delay=0.25)
         return connection
 
     def close(self) -> None:
@@ -212,26 +218,40 @@ class _Connection(asyncio.Protocol):
         self._answer = answer = asyncio.get_running_loop().create_future()
         self._head, self._length, self._chunked = None, None, False
         self._body = bytearray()
-        sent_all = True
-        if len(body) <= _SMALL:
-            transport.write(head + body)
-        else:
-            transport.write(head)
-            view = memoryview(body)
-            for start in range(0, len(body), _CHUNK):
-                if self._transport is None or answer.done():
-                    sent_all = False  # answered, or gone, before the body was all sent
-                    break
-                transport.write(view[start:start + _CHUNK])
-                if self._writable is not None:
-                    async with asyncio.timeout(wait):
-                        await self._writable
-        async with asyncio.timeout(wait):
-            response: Response = await answer
+        try:
+            sent_all = await self._send(transport, head, body, wait)
+            async with asyncio.timeout(wait):
+                response: Response = await answer
+        except BaseException:
+            # Given up on (a timeout, a cancellation): the answer may still fail when the
+            # connection is aborted, and nobody would read that failure.
+            if not answer.done():
+                answer.cancel()
+            elif not answer.cancelled():
+                answer.exception()  # read: the error raised here is the one that counts
+            raise
         keep = self._head is not None and self._head[2]
         # A body cut short leaves the server reading the rest: never again on this one.
         self.reusable = keep and sent_all and not self._buffer and self._transport is not None
         return response
+
+    async def _send(self, transport: asyncio.Transport, head: bytes, body: bytes,
+                    wait: float) -> bool:
+        """Write the request, a slice at a time while the socket is full; False if an
+        answer came, or the connection went, before the body was all sent."""
+        if len(body) <= _SMALL:
+            transport.write(head + body)
+            return True
+        transport.write(head)
+        view = memoryview(body)
+        for start in range(0, len(body), _CHUNK):
+            if self._transport is None or self._answer is None or self._answer.done():
+                return False
+            transport.write(view[start:start + _CHUNK])
+            if self._writable is not None:
+                async with asyncio.timeout(wait):
+                    await self._writable
+        return True
 
     def _parse(self) -> Response | None:
         """The answer, once all of it is in the buffer; None until then."""
