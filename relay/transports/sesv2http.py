@@ -31,6 +31,7 @@ import os
 import ssl
 import urllib.parse
 import urllib.request
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -58,6 +59,7 @@ class SendEmailClient:
         self._pool: http1.Pool | None = None  # direct to the endpoint
         self._http: aiohttp.ClientSession | None = None  # through a proxy
         self._proxy: str | None = None
+        self._post: Callable[[bytes, dict[str, str]], Awaitable[http1.Response]] | None = None
 
     async def start(self) -> None:
         # The CA bundle botocore would use, so AWS_CA_BUNDLE means the same thing here.
@@ -69,6 +71,7 @@ class SendEmailClient:
             self._pool = http1.Pool(self._url, ssl_context=context, size=self._pool_size,
                                     connect_timeout=self._connect_timeout,
                                     read_timeout=self._read_timeout, user_agent=user_agent)
+            self._post = self._pool.post
             return
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._pool_size, ssl=context),
@@ -76,8 +79,10 @@ class SendEmailClient:
                                           sock_read=self._read_timeout),
             headers={"User-Agent": user_agent},
             skip_auto_headers=("Accept-Encoding",))
+        self._post = self._post_via_proxy
 
     async def aclose(self) -> None:
+        self._post = None
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -87,32 +92,29 @@ class SendEmailClient:
 
     async def send_email(self, params: dict[str, Any]) -> dict[str, Any]:
         """POST one SendEmail; the parsed JSON answer, or a botocore exception."""
+        if self._post is None:
+            raise RuntimeError("SendEmailClient: start() first")
         if len(params["Content"]["Raw"]["Data"]) > _BUILD_IN_THREAD:
             body, digest = await asyncio.to_thread(_document, params)
         else:
             body, digest = _document(params)
-        headers = await self._sign(digest)
-        if self._pool is not None:
-            response = await self._pool.post(body, headers)
-            status, payload = response.status, response.body
-            error_type = response.headers.get("x-amzn-errortype", "")
-        else:
-            status, error_type, payload = await self._post_via_proxy(body, headers)
-        if status == 200:
-            answer: dict[str, Any] = json.loads(payload)
+        response = await self._post(body, await self._sign(digest))
+        if response.status == 200:
+            answer: dict[str, Any] = json.loads(response.body)
             return answer
-        raise bex.ClientError(_error_response(status, error_type, payload),  # type: ignore[arg-type]
-                              OPERATION)
+        error_type = response.headers.get("x-amzn-errortype", "")
+        raise bex.ClientError(_error_response(response.status, error_type,  # type: ignore[arg-type]
+                                              response.body), OPERATION)
 
-    async def _post_via_proxy(self, body: bytes, headers: dict[str, str]
-                              ) -> tuple[int, str, bytes]:
-        assert self._http is not None, "start() first"
+    async def _post_via_proxy(self, body: bytes, headers: dict[str, str]) -> http1.Response:
+        assert self._http is not None
         # aiohttp warns about bytes over 1 MiB and streams a BytesIO in chunks instead.
         data = io.BytesIO(body) if len(body) > _AIOHTTP_BYTES_MAX else body
         async with self._http.post(self._url, data=data, headers=headers,
                                    proxy=self._proxy) as response:
-            return (response.status, response.headers.get("x-amzn-ErrorType", ""),
-                    await response.read())
+            return http1.Response(response.status,
+                                  {k.lower(): v for k, v in response.headers.items()},
+                                  await response.read())
 
     async def _sign(self, payload_hash: str) -> dict[str, str]:
         if self._credentials is None:
