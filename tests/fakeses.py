@@ -148,6 +148,8 @@ class FakeSES:
                 self.accepted.append({"id": message_id, "from": request["FromEmailAddress"],
                                       "to": request["Destination"]["ToAddresses"], "raw": raw,
                                       "authorization": req.headers.get("Authorization", ""),
+                                      "amz_date": req.headers.get("X-Amz-Date", ""),
+                                      "body": body,
                                       "configuration_set": request.get("ConfigurationSetName"),
                                       "tags": {t["Name"]: t["Value"]
                                                for t in request.get("EmailTags", [])}})
