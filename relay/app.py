@@ -123,7 +123,7 @@ class Relay:
         for listener in cfg.listeners:
             handler = Handler(listener=listener, users=self._current_users, spool=self.spool,
                               policy=policy, limits=cfg.limits, hostname=cfg.hostname,
-                              on_queued=self.scheduler.queued,
+                              on_queued=self.scheduler.enqueue,
                               connections=self.connections, auth_guard=self.auth_guard)
             self.handlers.append(handler)
             server = await listeners.start(
@@ -167,7 +167,7 @@ class Relay:
                        hint="the message stays in failed/; `ses-relay queue show` says why")
             return
         maillog.bounce_notice(queue_id, notice_id, envelope.mail_from)
-        self.scheduler.queued(notice_id)
+        self.scheduler.enqueue(notice_id)
 
     async def _share_suppression(self, entries: list[tuple[str, str]]) -> None:
         """backend: ses. What feedback suppressed here goes to SES's list at once."""

@@ -87,7 +87,6 @@ class Scheduler:
         # that was rescheduled (a flush, a retry); only the one matching this map counts.
         self._due: dict[str, float] = {}
         self._known: set[str] = set()  # waiting, ready or in flight
-        self._fresh: set[str] = set()  # just written here, so in the page cache (see queued)
         self._ready: asyncio.Queue[str] = asyncio.Queue(maxsize=concurrency)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -115,14 +114,6 @@ class Scheduler:
         self._known.add(queue_id)
         heapq.heappush(self._heap, (when, queue_id))
         self._wakeup.set()
-
-    def queued(self, queue_id: str) -> None:
-        """A message this process has just written: deliver it now, and claim and read it
-        on the event loop. A file in the page cache costs less to open, lock and read
-        than the hand-off to a thread; one from the backlog or a retry may have to come
-        from the disk, which would stall every session, so those go to a thread."""
-        self._fresh.add(queue_id)
-        self.enqueue(queue_id)
 
     def _forget(self, queue_id: str) -> None:
         if queue_id not in self._due:
@@ -264,8 +255,11 @@ class Scheduler:
     # -- one attempt
 
     async def _deliver(self, qid: str) -> None:
-        fresh = qid in self._fresh
-        self._fresh.discard(qid)
+        # A message written in the last few seconds (its id says when) is in the page
+        # cache: opening, locking and reading it costs the event loop less than the
+        # hand-off to a thread. An older one may have to come from the disk, which would
+        # stall every session, so it goes to a thread.
+        fresh = self._clock() - queue_id_time(qid) < _FRESH
         try:
             claim = (self._spool.claim(qid) if fresh
                      else await asyncio.to_thread(self._spool.claim, qid))
@@ -361,7 +355,12 @@ class Scheduler:
 
     async def _settled(self, claim: Claim, envelope: Envelope, state: DeliveryState) -> None:
         if not state.rejected:
-            claim.remove()  # two unlinks and a close: on the loop, like the claim
+            # Two unlinks and a close: on the loop for a small message read there; a large
+            # file's blocks are freed on a thread.
+            if claim.small:
+                claim.remove()
+            else:
+                await asyncio.to_thread(claim.remove)
             return
         code, error, hint = next(iter(state.rejected.values()))
         await self._fail(claim, envelope, state, code, error, hint)
@@ -461,6 +460,7 @@ _DAILY_QUOTA_PAUSE = 900.0
 _UPSTREAM_DOWN = frozenset({"ConnectionError", "Timeout", "TLSError"})
 _QUEUE_WATCH = 2.0
 _QUOTA_REFRESH = 300.0
+_FRESH = 5.0  # seconds since a message was written for it to be read on the event loop
 
 
 def split(rcpts: tuple[str, ...], size: int) -> list[tuple[str, ...]]:

@@ -597,7 +597,7 @@ class Claim:
     @property
     def small(self) -> bool:
         """Small enough to read in one system call (on the event loop, when the message
-        was just written and is in the page cache: see Scheduler.queued)."""
+        was just written and is in the page cache: see Scheduler._deliver)."""
         return self.size <= _READ_WHOLE
 
     def read(self) -> tuple[Envelope, bytes, DeliveryState]:
