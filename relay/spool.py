@@ -195,9 +195,7 @@ class _FolderSync:
         def done(run: asyncio.Future[None]) -> None:
             self._running = False
             error = run.exception()
-            if waiters.done():  # cancelled with the loop at shutdown: nobody is waiting
-                pass
-            elif error is not None:
+            if error is not None:
                 waiters.set_exception(error)
             else:
                 waiters.set_result(None)
@@ -222,8 +220,8 @@ class Draft:
         self._file: BinaryIO | None = None
         self._fd: int | None = None  # the file, written out unbuffered at commit
         self._spilled = False
-        self.committing = False  # Spool.commit has it: it finishes, or cleans up, itself
-        self.committed = False  # in active/ now: abort() has nothing left to remove
+        # Spool.commit has it: it finishes (into active/), or cleans up, itself.
+        self.committing = False
 
     def write(self, data: bytes) -> None:
         # A buffered write to the page cache costs microseconds; the expensive part (fsync)
@@ -285,7 +283,7 @@ class Draft:
         """Throw the draft away; safe to call more than once, and a no-op once a commit
         has it (the client hanging up mid-commit must not pull the file out from under
         the fsync)."""
-        if not (self.committing or self.committed):
+        if not self.committing:
             self._discard()
 
     def _discard(self) -> None:
@@ -370,10 +368,7 @@ class Spool:
         queue_id = new_queue_id()
         while not self.share.owns(queue_id):  # about `count` tries
             queue_id = new_queue_id()
-        try:
-            return Draft(f"{self._tmp}/{queue_id}", queue_id)
-        except OSError as e:
-            raise SpoolError(f"cannot create draft: {e}") from e
+        return Draft(f"{self._tmp}/{queue_id}", queue_id)  # no file yet: see Draft.write
 
     async def commit(self, draft: Draft, envelope: Envelope) -> str:
         """Make the draft durable, then return its queue id.
@@ -402,7 +397,6 @@ class Spool:
         except OSError as e:
             draft._discard()
             raise SpoolError(f"cannot commit {draft.queue_id}: {e}") from e
-        draft.committed = True
         return draft.queue_id
 
     def close(self) -> None:
