@@ -8,6 +8,7 @@ our own trouble must not make a client give up on a message).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 from base64 import b64decode
 from collections.abc import Callable
@@ -50,9 +51,10 @@ class Handler:
         self._policy = policy
         self._hostname = hostname
         self._on_queued = on_queued
-        # Client address -> in trusted_networks (fixed for the listener's life). Parsing
-        # the address for every MAIL was 1% of a worker's CPU under `make bench`.
-        self._trusted: dict[str, bool] = {}
+        # Whether a client address is in trusted_networks (fixed for the listener's
+        # life), remembered: parsing the address for every MAIL was 1% of the event loop's
+        # samples (py-spy under bench/loadprofile.py, bench/RESULTS.md).
+        self._trusted = functools.lru_cache(maxsize=4096)(self._in_trusted_networks)
         self.reconfigure(limits, hostname)
 
     def reconfigure(self, limits: Limits, hostname: str) -> None:
@@ -182,18 +184,14 @@ class Handler:
         if self.listener.auth == "required":
             return False
         # Unauthenticated submission only from trusted networks: never an open relay.
-        client = str(getattr(session, "client_ip", ""))
-        trusted = self._trusted.get(client)
-        if trusted is None:
-            try:
-                ip = ipaddress.ip_address(client)
-            except ValueError:
-                return False
-            trusted = any(ip in net for net in self.listener.trusted_networks)
-            if len(self._trusted) >= 4096:  # many clients: start over, stay bounded
-                self._trusted.clear()
-            self._trusted[client] = trusted
-        return trusted
+        return self._trusted(str(getattr(session, "client_ip", "")))
+
+    def _in_trusted_networks(self, client: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.listener.trusted_networks)
 
     def null_sender(self, server: RelaySMTP, session: Any) -> str:
         """The address to use for MAIL FROM:<>, or the reply refusing it."""
