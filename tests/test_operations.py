@@ -251,6 +251,24 @@ def test_an_idle_session_is_told_and_closed_but_a_busy_one_is_not(setup: Setup,
         assert busy.cmd("NOOP").startswith(b"250 2.0.0")
 
 
+def test_a_slow_upload_that_keeps_sending_is_not_idle(setup: Setup, start_relay) -> None:
+    # Past the idle timeout in all, but never silent for that long, and far above
+    # min_data_rate: the message is taken.
+    setup.doc["limits"] = {"idle_timeout": "1s"}
+    setup.write()
+    start_relay(setup)
+    with logged_in(setup) as d:
+        assert d.cmd(f"MAIL FROM:<{SENDER}>").startswith(b"250")
+        assert d.cmd("RCPT TO:<to@example.net>").startswith(b"250")
+        assert d.cmd("DATA").startswith(b"354")
+        d.send(b"Subject: slow\r\n\r\n")
+        for i in range(10):  # 2.5 s in all, a line every 0.25 s
+            time.sleep(0.25)
+            d.send(b"line %d of a slow upload, %s\r\n" % (i, b"x" * 900) * 2)
+        d.send(b".\r\n")
+        assert d.reply().startswith(b"250 2.0.0")
+
+
 def test_a_module_logger_follows_each_new_configuration() -> None:
     # Module loggers are bound once per configure() (relay/log.py): a reload that changes
     # the level or the stream must still take effect on the loggers already in use.

@@ -383,15 +383,14 @@ class RelaySMTP(SMTP):
         reader = self._reader
         clock = self.loop.time
         started = clock()
-        received = kept_alive = 0
+        received = 0
         while True:
             if clock() - started > self._data_timeout + received / self._min_data_rate:
                 return _TOO_SLOW  # a trickle that would hold a session and a draft forever
-            if received - kept_alive > 65536:
-                # aiosmtpd's idle timer only restarts on commands: restart it while data
-                # flows, so that only silence (or the deadline above) ends a long upload.
-                kept_alive = received
-                self._reset_timeout()
+            # aiosmtpd's idle timer only restarts on commands: restart it as data comes, so
+            # that only silence (or the deadline above) ends a long upload. (Moving the
+            # deadline is cheap: see _reset_timeout.)
+            self._reset_timeout()
             if (header is None or problem is not None) and not tail_of_long_line:
                 room = limit - size if limit and problem is None else None
                 block = _take_plain_lines(reader, room)
