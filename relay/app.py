@@ -276,8 +276,8 @@ class Relay:
 
 
 def run(config: Config, share: Share = ALONE) -> int:
-    """The process's event loop. (uvloop was measured and made the relay slower under
-    bench/compare.py's load, see bench/RESULTS.md; asyncio's loop it is.)"""
+    """The process's event loop. (uvloop was measured twice, under bench/compare.py and
+    bench/loadprofile.py, and gained nothing, see bench/RESULTS.md; asyncio's loop it is.)"""
     return asyncio.run(serve(config, share))
 
 

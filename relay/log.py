@@ -50,7 +50,8 @@ class _ModuleLogger:
 
     structlog's lazy proxy (what ``get_logger`` returns) builds a new bound logger for
     every event, even one its level filters out: a few microseconds each time, several
-    times per message (2% of a worker's CPU under `make bench`, py-spy). Its own
+    times per message (1.8% of the event loop's samples: py-spy under bench/loadprofile.py,
+    bench/RESULTS.md). Its own
     ``cache_logger_on_first_use`` would keep the first configuration for good, and the
     relay configures again on SIGHUP.
     """

@@ -15,13 +15,14 @@ large ones the peak RSS target is about:
 
 - below 256 KiB every SMTP command would be an mmap: asyncio reads a socket into a fresh
   256 KiB buffer and shrinks it to what arrived (at 128 KiB, 21 system calls per message
-  and a third of the event loop's kernel time under bench/compare.py);
+  and a third of the event loop's kernel time: bench/loadprofile.py --strace);
 - at 1 MiB, each buffer of a 1 MB message's delivery (the message, its base64, the
   request) was a fresh mmap: page faults and munmap were a fifth of the relay's CPU under
   1 MB messages (perf). At 4 MiB they come from the heap again: the other threads' kernel
   time fell from 1.7-1.9 to 0.3 ms per message (bench/loadprofile.py --size 1048576);
 - 10 MB message buffers still go back at once: peak RSS in bench/upload_memory.py (TLS and
-  AUTH, 10 deliveries at a time) is 169 MB at 4 MiB, 172 MB at 1 MiB (190 MB at 16 MiB).
+  AUTH, 10 deliveries at a time) is 169 MB at 4 MiB (172 MB with the arena cap below),
+  172 MB at 1 MiB, 190 MB at 16 MiB.
 
 And one arena for every thread, not glibc's one per thread (up to eight per core): a large
 message's SendEmail document is built on the default executor's threads, and each of their
@@ -68,11 +69,11 @@ def freeze_startup_heap() -> None:
     """Take what start-up built (the SDK's service models, the configuration, the modules)
     out of the garbage collector's sight.
 
-    Those objects live as long as the process, yet every full collection walks them all:
-    under bench/compare.py's load (one worker, 5,000 messages) that was 6 collections of
-    about 77 ms each, one of 111 ms, with every session on the loop waiting. Frozen, they
-    are never walked again (5 full collections of at most 13 ms in the same run); what the
-    relay allocates from here on is collected as before.
+    Those objects live as long as the process, yet every full collection walks them all,
+    with every session on the loop waiting. bench/loadprofile.py --gc (5,000 x 5 KB): 698
+    ms of collections in all, the longest 81 ms; with them frozen and finished sessions'
+    cycles broken (RelaySMTP._session_over), 199 ms, the longest 2.4 ms
+    (bench/RESULTS.md). What the relay allocates from here on is collected as before.
     """
     gc.collect()
     gc.freeze()

@@ -80,8 +80,9 @@ class RelaySMTP(SMTP):
 
         aiosmtpd's constructor finds the command, AUTH and hook methods by introspection
         (dir(), inspect.getmembers(), inspect.signature()) and logs what it found, for
-        every connection: 6-7% of a worker's CPU under `make bench` (`bench/micro.py`: about
-        100 us a session built that way, 5 us a copy). What it finds depends only on the class
+        every connection: 6.6% of the event loop's samples (py-spy under
+        bench/loadprofile.py, bench/RESULTS.md); bench/micro.py: about 95 us a session
+        built that way, 5 us a copy. What it finds depends only on the class
         and the handler, so a listener builds one session through that constructor and
         each connection gets a copy of its settings, with the per-connection parts new:
         the stream (asyncio's own constructor) and the methods bound to the new session.
@@ -107,9 +108,9 @@ class RelaySMTP(SMTP):
     def _reset_timeout(self, duration: float | None = None) -> None:
         """Restart the idle timer, lazily.
 
-        aiosmtpd cancels its timer and schedules a new one for every command; under
-        `make bench` that was 2% of a worker's CPU, and the cancelled timers pile up in
-        the loop's heap. Here each command only moves the deadline; the timer, when it
+        aiosmtpd cancels its timer and schedules a new one for every command: 2% of the
+        event loop's samples (py-spy under bench/loadprofile.py), and the cancelled timers
+        pile up in the loop's heap. Here each command only moves the deadline; the timer, when it
         fires early, is set again for what is left. It is moved only when the new
         deadline comes sooner than the one already set.
         """
@@ -140,7 +141,8 @@ class RelaySMTP(SMTP):
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd parses every MAIL and RCPT address with the email package's header
-        # parser, 9% of a worker's CPU under `make bench`. The common shape, <dot-atom@
+        # parser: 40 us a path, against 0.5 us for the regex (bench/micro.py). The common
+        # shape, <dot-atom@
         # host.name> and plain parameters, is read with one regex that gives the same
         # answer (checked against the parser by tests/test_fuzz.py); anything else still
         # goes to aiosmtpd.
@@ -190,8 +192,9 @@ class RelaySMTP(SMTP):
         StreamReaderProtocol (its connected callback), the stream writer points back at
         its protocol, and the task keeps the CancelledError that ended it, whose traceback
         holds the frames that hold self.
-        Under bench/compare.py's load thousands of them reached the oldest generation,
-        whose collections took up to 111 ms with every session waiting. Broken here, a
+        Under load thousands of them reached the oldest generation, whose collections
+        took up to 81 ms (111 ms in another run) with every session waiting
+        (bench/loadprofile.py --gc, bench/RESULTS.md). Broken here, a
         session is freed when its last reference goes.
         """
         handler = self._handler_coroutine
@@ -470,12 +473,13 @@ def _take_plain_lines(reader: asyncio.StreamReader, room: int | None) -> bytes:
     """Take the plain lines (relay/smtp/plainlines.py) at the start of what *reader* holds,
     at most *room* bytes.
 
-    Why not readuntil() per line: a 1 MB message is 13,000 lines, and a line read plus its
-    checks cost about 3 us of the event loop each (35 ms per MB), against 0.16 ms per MB for
-    the compiled scan. StreamReader has no public "take what is buffered up to a pattern",
-    so this reads its buffer as aiosmtpd itself does, and resumes the transport as its read
-    methods do. Returns b"" when the next line needs a closer look, or is not all there
-    yet: the caller then reads it with readuntil(), which also waits for data.
+    Why not readuntil() per line: a 1 MB message is 13,000 lines, and the readuntil() calls
+    alone cost the event loop 6.2 ms per MB before any check, against 0.16 ms per MB for
+    the compiled scan (bench/micro.py). StreamReader has no public "take what is buffered
+    up to a pattern", so this reads its buffer as aiosmtpd itself does, and resumes the
+    transport as its read methods do. Returns b"" when the next line needs a closer look,
+    or is not all there yet: the caller then reads it with readuntil(), which also waits
+    for data.
     """
     buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
     n = plain_prefix(buffer, len(buffer) if room is None else min(len(buffer), room))
