@@ -1,8 +1,9 @@
 """Per-connection, per-command and per-send costs, one core, no I/O: building a session
-object with the relay's handler, reading a MAIL/RCPT path (ours against aiosmtpd's), and
-signing a SendEmail (ours against botocore's SigV4Auth), building and hashing its JSON document, and
-taking 1 MB of plain DATA lines off a stream reader (the compiled scan and the regex
-fallback, against one readuntil() per line, the reader alone, without the per-line checks).
+object with the relay's handler, reading a MAIL/RCPT path (ours against aiosmtpd's),
+signing a SendEmail (ours against botocore's SigV4Auth), building and hashing its JSON
+document, and taking 1 MB of plain DATA lines off a stream reader (the compiled scan and
+the regex fallback, against one readuntil() per line, the reader alone, without the
+per-line checks).
 
     .venv/bin/python bench/micro.py
 """
