@@ -6,9 +6,10 @@ own, ends with CRLF and is at most ``MAX_LINE`` characters long before it. Nearl
 of a real message is plain, so DATA takes runs of them whole.
 
 The test is compiled (``_plainlines.c``, built at install) where a C compiler and Python's
-headers were there, and the regex below otherwise: the same answer, about 16x slower per
-byte (bench/micro.py). ``COMPILED`` says which one this process uses; ``ses-relay doctor``
-reports it. The regex is also the reference the compiled one is tested against.
+headers were there, and the regex below otherwise: the same answer, 7-16x slower per
+byte (bench/micro.py; 16x against the SSE2 scan of x86-64). ``COMPILED`` says which one
+this process uses; ``ses-relay doctor`` reports it. The regex is also the reference the
+compiled one is tested against.
 """
 
 from __future__ import annotations
