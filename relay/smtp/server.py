@@ -25,7 +25,7 @@ from enum import Enum
 from types import MethodType
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, _AuthMechAttr
+from aiosmtpd.smtp import SMTP, Envelope, Session, _AuthMechAttr, syntax
 
 from relay.addresses import SIMPLE_ADDRESS
 from relay.message import is_header_line
@@ -228,6 +228,15 @@ class RelaySMTP(SMTP):
             await self.push(replies.STARTTLS_FIRST)
             return True
         return bool(await super().check_auth_needed(caller_method))
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # aiosmtpd answers 220 and layers a second TLS inside the first; on implicit TLS
+        # it answers 454 (no STARTTLS context there). RFC 3207 forbids both.
+        if self.tls_active and not arg:
+            await self.push(replies.TLS_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
 
     async def smtp_AUTH(self, arg: str) -> None:
         if self.check_starttls_needed():
