@@ -536,6 +536,7 @@ class RelayEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.dropped: list[str] = []  # recipients left out by policy (suppression: drop)
+        self.rcpt_keys: set[str] = set()  # recipients given so far, domain lower-cased
         self.null_sender = False  # MAIL FROM:<>, rewritten
         self.configuration_set: str | None = None
         self.tags: tuple[tuple[str, str], ...] = ()
