@@ -293,3 +293,38 @@ def test_a_from_without_encoded_words_reads_as_through_the_decoder(value: str) -
     except (ValueError, LookupError):
         decoded = value
     assert _addresses(value) == [a for _, a in getaddresses([decoded]) if a]
+
+
+_framing_piece = st.sampled_from([
+    b"\r\n", b"\n", b"\r", b".", b"..", b"x", b"Subject: s", b"MAIL FROM:<ceo@example.com>",
+    b"RCPT TO:<victim@example.net>", b"DATA", b"QUIT", b"x" * 1000])
+
+
+@given(st.lists(_framing_piece, max_size=30))
+@example([b"hello", b"\n", b".", b"\r\n", b"MAIL FROM:<ceo@example.com>"])  # <LF>.<CR><LF>
+@example([b"x" * 1000, b"\n", b".", b"\r\n", b"DATA"])  # the same after an over-long line
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_with_normalized_line_ends_only_crlf_dot_crlf_ends_data(
+        setup: Setup, start_relay, pieces: list[bytes]) -> None:
+    # Line ends, dots and commands in any order, in normalize mode: the message ends at the
+    # first CRLF.CRLF or the session ends; nothing in it is ever read as a command.
+    data = b"".join(pieces)
+    stream = b"\r\n" + data + b"\r\n.\r\n"  # DATA begins at the start of a line
+    assume(stream.find(b"\r\n.\r\n") == len(stream) - 5)  # the message's own end is the first
+    setup.doc.setdefault("limits", {})["line_endings"] = "normalize"
+    setup.write()
+    with _session(setup, start_relay) as d:
+        d.cmd("EHLO client.test")
+        creds = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+        assert d.cmd(f"AUTH PLAIN {creds}").startswith(b"235")
+        d.cmd(f"MAIL FROM:<{SENDER}>")
+        d.cmd("RCPT TO:<a@example.net>")
+        assert d.cmd("DATA").startswith(b"354")
+        d.send(data + b"\r\n.\r\n")
+        reply = d.reply()
+        assert reply[:3] in (b"250", b"552", b"554"), reply
+        if reply.startswith(b"554 5.6.0 Bare LF"):
+            assert d.closed()
+        else:
+            assert d.cmd("NOOP").startswith(b"250 2.0.0"), (data, reply)

@@ -226,14 +226,23 @@ class Handler:
             address = normalize(address)
         except AddressError as e:
             return self._bad_address(session, "RCPT", e)
+        # The same recipient again (domains compare without case): SES would send one copy
+        # per mention. Postfix answers 250 and keeps it once; so does this, and the limit
+        # counts each recipient once.
+        local, _, domain = address.rpartition("@")
+        key = f"{local}@{domain.lower()}"
+        if key in envelope.rcpt_keys:
+            return replies.RCPT_OK
         verdict = await self._policy.recipient(address, len(envelope.rcpt_tos))
         if verdict.drop:
             maillog.dropped(session.peer, address, verdict.reason)
+            envelope.rcpt_keys.add(key)
             envelope.dropped.append(address)
             return replies.RCPT_OK
         if not verdict.accepted:
             assert verdict.reply is not None
             return self._refuse(session, "RCPT", verdict.reply, verdict.reason, rcpt=address)
+        envelope.rcpt_keys.add(key)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RCPT_OK

@@ -15,6 +15,7 @@ NO_SMTPUTF8 = "555 5.6.7 SMTPUTF8 is not supported"
 TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 STARTTLS_FIRST = "530 5.7.0 Must issue a STARTTLS command first"
+TLS_ACTIVE = "554 5.5.1 TLS already active"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_BAD_ENCODING = "501 5.5.2 Cannot decode AUTH data"
 

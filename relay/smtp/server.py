@@ -25,7 +25,7 @@ from enum import Enum
 from types import MethodType
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, _AuthMechAttr
+from aiosmtpd.smtp import SMTP, Envelope, Session, _AuthMechAttr, syntax
 
 from relay.addresses import SIMPLE_ADDRESS
 from relay.message import is_header_line
@@ -229,6 +229,15 @@ class RelaySMTP(SMTP):
             return True
         return bool(await super().check_auth_needed(caller_method))
 
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # aiosmtpd answers 220 and layers a second TLS inside the first; on implicit TLS
+        # it answers 454 (no STARTTLS context there). RFC 3207 forbids both.
+        if self.tls_active and not arg:
+            await self.push(replies.TLS_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
+
     async def smtp_AUTH(self, arg: str) -> None:
         if self.check_starttls_needed():
             # Never advertised before TLS; refuse it the same way as MAIL.
@@ -372,6 +381,16 @@ class RelaySMTP(SMTP):
         (aiosmtpd sets it to 1001 bytes) bounds each line in memory. Only CRLF.CRLF ends
         DATA; a bare LF line end is refused at once (strict) or turned into CRLF (normalize).
 
+        Normalize: a dot line after a bare LF (<LF>.<CR><LF>), or ending in LF alone
+        (<LF>.<LF>, <CR><LF>.<LF>), is refused as strict mode refuses a bare LF, and the
+        connection closed. Those are the SMTP smuggling terminators (CVE-2023-51764 Postfix,
+        -51765 Sendmail, -51766 Exim): a client that means them as the end gets a reason now
+        rather than a wait for the deadline, and one that smuggles gets nothing queued and
+        nothing after them read as commands. Reading them as data (Postfix's
+        smtpd_forbid_bare_newline = normalize) would also be safe, but would queue an
+        attacker's text under this user's name. A CR is never a line end here: <CR>.<CR>
+        and <CR>.<CR><LF> are bare CRs in one line, refused at the real CRLF.CRLF end.
+
         Past the header, runs of lines that need none of the checks below are taken whole
         (``_take_plain_lines``); only the rest goes through them one line at a time.
         """
@@ -383,6 +402,8 @@ class RelaySMTP(SMTP):
         header: list[bytes] | None = []  # None once the header section is over
         header_size = 0
         tail_of_long_line = False
+        last_byte = b""  # of an over-long line's part read so far
+        lf_before = False  # the last line ended in LF alone (normalize)
         reader = self._reader
         clock = self.loop.time
         started = clock()
@@ -398,6 +419,7 @@ class RelaySMTP(SMTP):
                 room = limit - size if limit and problem is None else None
                 block = _take_plain_lines(reader, room)
                 if block:
+                    lf_before = False  # plain lines end in CRLF
                     received += len(block)
                     if problem is None:
                         size += len(block)
@@ -406,22 +428,31 @@ class RelaySMTP(SMTP):
             try:
                 line: bytes = await reader.readuntil(b"\n")
             except asyncio.LimitOverrunError as e:
-                await reader.readexactly(e.consumed)
+                last_byte = (await reader.readexactly(e.consumed))[-1:]
                 problem = problem or DataProblem.LINE_TOO_LONG
                 tail_of_long_line = True
                 continue
             received += len(line)
+            # A line end without CR; an over-long line's CR may be in the part read before.
+            bare_lf = (line[-2:-1] if len(line) > 1 or not tail_of_long_line
+                       else last_byte) != b"\r"
             if tail_of_long_line:
                 tail_of_long_line = False
+                if bare_lf and not normalize:
+                    return _BARE_LF
+                lf_before = bare_lf
                 continue
             if line == b".\r\n":
+                if lf_before:
+                    return _BARE_LF  # <LF>.<CR><LF>: see above
                 break
-            if len(line) < 2 or line[-2] != 0x0D:  # a line end without CR
+            if bare_lf:
                 if not normalize or line == b".\n":
                     # Strict, or a terminator in LF form: where the message ends would be
                     # a guess, so answer and hang up rather than risk a smuggled message.
                     return _BARE_LF
                 line = line[:-1] + b"\r\n"
+            lf_before = bare_lf
             if problem is not None:
                 continue  # keep reading to the end, keep nothing
             if line.find(b"\r", 0, len(line) - 2) != -1:
@@ -505,6 +536,7 @@ class RelayEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.dropped: list[str] = []  # recipients left out by policy (suppression: drop)
+        self.rcpt_keys: set[str] = set()  # recipients given so far, domain lower-cased
         self.null_sender = False  # MAIL FROM:<>, rewritten
         self.configuration_set: str | None = None
         self.tags: tuple[tuple[str, str], ...] = ()
