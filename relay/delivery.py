@@ -48,6 +48,7 @@ class ByteBudget:
 
     A transport needs the whole message in memory, and an API transport several copies
     (base64, the request body): ten workers on 10 MB messages would hold hundreds of MB.
+    Each send is charged what its transport says it holds (``memory_per_byte``).
     A message larger than the whole budget still goes, alone.
     """
 
@@ -273,7 +274,7 @@ class Scheduler:
         if claim is None:
             return  # held or deleted by an operator meanwhile
         try:
-            async with self._budget.hold(claim.size):
+            async with self._budget.hold(int(claim.size * self._transport.memory_per_byte)):
                 await self._attempt(claim, fresh)
         finally:
             claim.release()  # idempotent: deferred, or an error

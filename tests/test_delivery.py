@@ -21,6 +21,7 @@ class Chunked:
     name = "scripted"
     max_message_size = 10 * 2**20
     max_recipients = 2
+    memory_per_byte = 1.0
 
     def __init__(self, deferred: str) -> None:
         self.deferred = deferred
@@ -70,3 +71,57 @@ def test_a_recipient_deferred_in_one_chunk_is_retried_after_later_chunks_succeed
                                ("a@example.net",)]
     assert list((tmp_path / "active").iterdir()) == []
     assert list((tmp_path / "failed").iterdir()) == []
+
+
+class Heavy(Chunked):
+    """Holds four bytes per message byte while it sends, and records how many sends
+    overlap; each send waits for the test to let it go."""
+
+    memory_per_byte = 4.0
+
+    def __init__(self) -> None:
+        super().__init__(deferred="")
+        self.active = 0
+        self.most = 0
+        self.go = asyncio.Event()
+
+    async def send(self, envelope: Envelope, data: bytes) -> SendResult:
+        self.active += 1
+        self.most = max(self.most, self.active)
+        try:
+            await self.go.wait()
+            return await super().send(envelope, data)
+        finally:
+            self.active -= 1
+
+
+def test_the_in_flight_budget_counts_what_the_transport_holds_not_raw_bytes(
+        tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    transport = Heavy()
+    message = b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * 10_000  # 0.8 MB each
+
+    async def main() -> None:
+        qids = []
+        for _ in range(3):
+            draft = spool.draft()
+            draft.write(message)
+            qids.append(await spool.commit(draft, Envelope("s@example.com",
+                                                           ("a@example.net",))))
+        # Raw, the three fit a 3 MB budget at once; at four bytes a byte, one at a time.
+        scheduler = Scheduler(spool, transport, QueueConfig(min_backoff=0.1, max_backoff=0.2),
+                              concurrency=3, max_inflight_bytes=3 * 2**20)
+        for qid in qids:
+            scheduler.enqueue(qid)
+        await scheduler.start()
+        try:
+            await asyncio.sleep(0.3)  # time for every worker to take a message, if allowed
+            transport.go.set()
+            await asyncio.to_thread(wait_until, lambda: len(transport.calls) == 3, 5)
+        finally:
+            await scheduler.stop()
+
+    asyncio.run(main())
+    spool.close()
+    assert transport.most == 1

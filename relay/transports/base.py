@@ -38,6 +38,10 @@ class Transport(Protocol):
     max_message_size: int
     # Most envelope recipients one call may carry.
     max_recipients: int
+    # Bytes of memory one send holds at its peak, per byte of message: the scheduler
+    # charges its in-flight budget this much (relay/delivery.py, ByteBudget), so that the
+    # budget bounds memory, not raw message bytes.
+    memory_per_byte: float
 
     async def start(self) -> None: ...
 

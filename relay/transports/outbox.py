@@ -24,6 +24,7 @@ class OutboxTransport:
     name = "outbox"
     max_message_size = _SES_RAW_LIMIT
     max_recipients = 50
+    memory_per_byte = 1.0  # the message as read from the queue, written as it is
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory

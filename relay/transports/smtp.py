@@ -56,6 +56,9 @@ class SMTPTransport:
     name = "smtp"
     max_message_size = MAX_RAW_SIZE
     max_recipients = 50
+    # The message, and aiosmtplib's dot-stuffed, line-end-normalised copy of it, with the
+    # transport's write buffer of it when the upstream reads slower than we write.
+    memory_per_byte = 3.0
 
     def __init__(self, config: DeliveryConfig) -> None:
         self.config = config
