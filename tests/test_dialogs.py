@@ -17,6 +17,7 @@ Each file is a list of steps, one per line (``#`` starts a comment):
     rcpts A,B                        the delivered message's envelope recipients
     from ADDRESS                     the delivered message's envelope sender
     header TEXT | noheader NAME      the delivered message has (or lacks) a header line
+    every-header TEXT                every delivered message has that header line
     ses KEY=VALUE                    configuration_set / tag:NAME the message carries
 
 After the last step the relay must still answer a new connection.
@@ -162,6 +163,13 @@ class Runner:
 
     def do_header(self, arg: str) -> None:
         assert arg.strip().encode() in self._header_section().split(b"\r\n")
+
+    def do_every_header(self, arg: str) -> None:
+        found = self.outbox(1)
+        assert found
+        for eml in found:
+            assert arg.strip().encode() in eml.read_bytes().split(b"\r\n\r\n", 1)[0].split(
+                b"\r\n"), eml.name
 
     def do_noheader(self, arg: str) -> None:
         name = arg.strip().lower().encode() + b":"

@@ -252,12 +252,14 @@ class Handler:
     async def process_headers(self, server: RelaySMTP, session: Any,
                               envelope: RelayEnvelope, block: bytes) -> bytes | str:
         """Check and rewrite the header section; return it, or the reply refusing it."""
+        user = self._user(session)
+        assert envelope.mail_from is not None  # aiosmtpd refuses DATA without MAIL
         try:
-            headers = rewrite(block, hostname=self._hostname)
+            headers = rewrite(block, hostname=self._hostname,
+                              default_from=self._policy.default_from(user, envelope.mail_from))
         except HeaderError as e:
             return self._refuse(session, "DATA", e.reply, "header")
-        user = self._user(session)
-        verdict = self._policy.header_from(user, headers.from_addresses)
+        verdict = self._policy.header_from(user, headers.from_value, headers.sender_value)
         if not verdict.accepted:
             assert verdict.reply is not None
             return self._refuse(session, "DATA", verdict.reply, verdict.reason)
