@@ -19,6 +19,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from typing import Literal
 
 # Fields SES accepts only once (RFC 5322 section 3.6 singletons plus MIME and DKIM ones).
 SINGLETONS = frozenset({
@@ -27,6 +28,10 @@ SINGLETONS = frozenset({
     "dkim-signature",
 })
 _REMOVE = frozenset({"bcc", "x-ses-configuration-set", "x-ses-message-tags"})
+# Whether a message's X-SES-CONFIGURATION-SET / X-SES-MESSAGE-TAGS may choose its
+# configuration set and tags (a user's ses_headers; policy.ses_headers adds "auto").
+SesHeaders = Literal["allow", "ignore"]
+SES_HEADERS: tuple[str, ...] = ("allow", "ignore")
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 _SES_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TAG = re.compile(r"[A-Za-z0-9_-]{1,255}")

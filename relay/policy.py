@@ -133,6 +133,21 @@ class Policy:
             return (self._policy.redirect_all_to,)
         return tuple(rcpts)
 
+    def ses_headers_allowed(self, user: User | None) -> bool:
+        """Whether the message's X-SES-* headers may choose its configuration set and tags.
+
+        Today's behaviour (they may) stays for users who may send as anyone: they can
+        choose everything else too. A restricted user is an application the operator
+        boxed in; its configuration set is where its events and reputation are watched,
+        and a header must not take it elsewhere (SES would also take one named in the
+        header over the SMTP transport), so by default its headers are removed unread.
+        """
+        choice = user.ses_headers if user is not None and user.ses_headers else \
+            self._policy.ses_headers
+        if choice == "auto":
+            return not _restricted(user)
+        return choice == "allow"
+
     def ses_options(self, user: User | None, header_set: str | None,
                     header_tags: Sequence[tuple[str, str]]
                     ) -> tuple[str | None, tuple[tuple[str, str], ...]]:

@@ -256,7 +256,8 @@ class Handler:
         assert envelope.mail_from is not None  # aiosmtpd refuses DATA without MAIL
         try:
             headers = rewrite(block, hostname=self._hostname,
-                              default_from=self._policy.default_from(user, envelope.mail_from))
+                              default_from=self._policy.default_from(user, envelope.mail_from),
+                              ses_headers=self._policy.ses_headers_allowed(user))
         except HeaderError as e:
             return self._refuse(session, "DATA", e.reply, "header")
         verdict = self._policy.header_from(user, headers.from_value, headers.sender_value)
