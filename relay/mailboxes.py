@@ -101,6 +101,11 @@ def _normalize(address: str) -> str:
     # show as a bank's address. An atom may contain "=?", so the parsers let it through.
     if "=?" in address:
         raise Ambiguous(f"address {address!r}: encoded word in an address")
+    # An 8-bit address in a header is RFC 6532, for SMTPUTF8 only, which SES lacks; and
+    # an IDN domain written as such is for each reader to convert, maybe as IDNA 2003
+    # (faß.de as fass.de): only the ASCII form names one domain for everyone.
+    if not address.isascii():
+        raise Ambiguous(f"address {address!r}: not ASCII")
     try:
         return normalize(address)
     except AddressError as e:
