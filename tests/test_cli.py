@@ -16,7 +16,8 @@ from conftest import SENDER, Moto, Setup, free_port, ses_relay_exe, wait_port
 from relay import users
 from relay.errors import UsersFileError
 
-DEV_MESSAGE = (b"Subject: dev\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
+DEV_MESSAGE = (b"From: sender@example.com\r\nSubject: dev\r\n"
+               b"Date: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
                b"Message-ID: <dev@example.com>\r\n\r\nhello\r\n")
 
 
