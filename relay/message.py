@@ -64,6 +64,8 @@ class Headers:
     # when the message has none (a From: added here is not one).
     from_value: str | None = None
     sender_value: str | None = None
+    from_added: bool = False
+    ses_headers_ignored: bool = False  # there were some, and they were removed unread
 
 
 def is_header_line(line: bytes, in_field: bool) -> bool:
@@ -115,9 +117,11 @@ def rewrite(block: bytes, *, hostname: str, now: float | None = None,
             if name in seen:
                 raise HeaderError(f"554 5.6.0 Duplicate header: {_display(name)}")
             seen.add(name)
-        if name == "x-ses-configuration-set" and ses_headers:
+        if name in ("x-ses-configuration-set", "x-ses-message-tags") and not ses_headers:
+            out.ses_headers_ignored = True
+        elif name == "x-ses-configuration-set":
             out.configuration_set = _configuration_set(_value(raw))
-        elif name == "x-ses-message-tags" and ses_headers:
+        elif name == "x-ses-message-tags":
             out.tags.extend(_tags(_value(raw)))
         elif name == "from":
             out.from_value = _unfolded(raw)
@@ -129,6 +133,7 @@ def rewrite(block: bytes, *, hostname: str, now: float | None = None,
             kept.append(raw)
     if "from" not in seen and default_from is not None:
         kept.append(f"From: {default_from}\r\n".encode())
+        out.from_added = True
     if "date" not in seen:
         kept.append(f"Date: {formatdate(now, usegmt=True)}\r\n".encode())
     if "message-id" not in seen:

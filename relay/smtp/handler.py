@@ -264,6 +264,9 @@ class Handler:
         if not verdict.accepted:
             assert verdict.reply is not None
             return self._refuse(session, "DATA", verdict.reply, verdict.reason)
+        maillog.headers_adjusted(session.peer, user.name if user else None,
+                                 from_added=envelope.mail_from if headers.from_added else None,
+                                 ses_headers_ignored=headers.ses_headers_ignored)
         envelope.configuration_set, envelope.tags = self._policy.ses_options(
             user, headers.configuration_set, headers.tags)
         return headers.block
