@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import idna
+
 # RFC 5321 dot-string local part (atext and dots), or a quoted string of printable ASCII.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _DOT_STRING = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
@@ -52,9 +54,12 @@ def _domain(domain: str) -> str:
     if _ADDRESS_LITERAL.match(domain):
         return domain
     if not domain.isascii():
+        # IDNA 2008 with the UTS #46 mapping, as browsers and current MTAs do. Python's
+        # own "idna" codec is IDNA 2003, which maps "faß.de" to "fass.de": a different
+        # domain, possibly someone else's (and a different allowed_senders entry).
         try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except UnicodeError:  # idna.IDNAError is one
             raise AddressError("domain cannot be converted to punycode") from None
     labels = domain.split(".")
     if len(domain) > 253 or len(labels) < 2 or not all(_LABEL.match(x) for x in labels):

@@ -189,6 +189,10 @@ def _add_user_options(p: argparse.ArgumentParser) -> None:
                    help="SES configuration set for this user's mail")
     p.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE",
                    help="SES message tag for this user's mail (repeatable)")
+    p.add_argument("--ses-headers", choices=("allow", "ignore", "default"),
+                   help="whether the X-SES-CONFIGURATION-SET and X-SES-MESSAGE-TAGS headers "
+                        "of this user's mail may choose its configuration set and tags "
+                        "(default: as policy.ses_headers says)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,7 +257,9 @@ def cmd_user(args: argparse.Namespace) -> int:
     db = users.load(path)
     if args.user_command == "list":
         for name in db:
-            print(name)
+            user = db.get(name)
+            assert user is not None
+            print(_user_line(user, cfg.policy))
         return EXIT_OK
     name = args.name
     if args.user_command == "remove":
@@ -308,8 +314,30 @@ def _apply_user_options(args: argparse.Namespace, user: users.User) -> users.Use
         if not eq or not valid_tag(tag_name) or not valid_tag(value):
             raise ValueError(f"--tag {tag}: NAME=VALUE with letters, digits, _ and -")
         tags[tag_name] = value
+    ses_headers = user.ses_headers
+    if args.ses_headers is not None:
+        ses_headers = None if args.ses_headers == "default" else args.ses_headers
     return replace(user, allowed_senders=tuple(senders), configuration_set=config_set,
-                   tags=tuple(tags.items()))
+                   tags=tuple(tags.items()), ses_headers=ses_headers)
+
+
+def _user_line(user: users.User, policy: config.PolicyConfig) -> str:
+    """One line of `user list`: the name, then what the user may do."""
+    senders = ",".join(user.allowed_senders) or "any"
+    # Whose choice it is, in brackets: the user's own, policy.ses_headers, or its "auto".
+    ses_headers: str
+    if user.ses_headers:
+        ses_headers = user.ses_headers
+    elif policy.ses_headers != "auto":
+        ses_headers = f"{policy.ses_headers}(policy)"
+    else:
+        ses_headers = f"{'ignore' if user.allowed_senders else 'allow'}(auto)"
+    parts = [user.name, f"senders={senders}", f"ses_headers={ses_headers}"]
+    if user.configuration_set:
+        parts.append(f"configuration_set={user.configuration_set}")
+    if user.tags:
+        parts.append("tags=" + ",".join(f"{k}={v}" for k, v in user.tags))
+    return "  ".join(parts)
 
 
 def _read_password() -> str | None:

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar, cast
 import yaml
 
 from relay.errors import ConfigError
-from relay.message import valid_configuration_set, valid_tag
+from relay.message import SES_HEADERS, valid_configuration_set, valid_tag
 
 TlsMode = Literal["starttls", "implicit", "none"]
 AuthMode = Literal["required", "optional", "none"]
@@ -157,6 +157,12 @@ class PolicyConfig:
     # Defaults for SES's ConfigurationSetName and EmailTags (per user ones override).
     configuration_set: str | None = None
     tags: tuple[tuple[str, str], ...] = ()
+    # May X-SES-CONFIGURATION-SET / X-SES-MESSAGE-TAGS headers choose them? allow, ignore
+    # (the headers are removed, unread), or auto: allow for users who may send as anyone,
+    # ignore for users with allowed_senders, so they cannot leave the configuration set
+    # (event destinations, reputation tracking) the operator gave them. A user's own
+    # ses_headers overrides this.
+    ses_headers: Literal["auto", "allow", "ignore"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -691,7 +697,7 @@ class _Reader:
         path = "policy"
         d = self.section(raw, path, {"null_sender_rewrite", "check_header_from",
                                      "allowed_recipients", "redirect_all_to",
-                                     "configuration_set", "tags"})
+                                     "configuration_set", "tags", "ses_headers"})
         if d is None:
             return PolicyConfig()
         return PolicyConfig(
@@ -702,6 +708,9 @@ class _Reader:
             redirect_all_to=self.get(d, "redirect_all_to", path, self.address, None),
             configuration_set=self.get(d, "configuration_set", path, self.ses_name, None),
             tags=self.get(d, "tags", path, self.tags, ()),
+            ses_headers=cast(Literal["auto", "allow", "ignore"],
+                             self.get(d, "ses_headers", path,
+                                      self.choice(("auto", *SES_HEADERS)), "auto")),
         )
 
     def feedback(self, raw: object) -> FeedbackConfig:

@@ -7,21 +7,19 @@ are kept byte for byte except for the ones this module removes or adds:
 - ``X-SES-CONFIGURATION-SET`` and ``X-SES-MESSAGE-TAGS`` are read, validated and removed,
   and become API parameters (SESv2 ignores these headers in raw mail); any other
   ``X-SES-*`` header (the sending-authorisation ARNs) is removed;
-- ``Date`` and ``Message-ID`` are added when missing;
+- ``Date`` and ``Message-ID`` are added when missing, and ``From`` (the envelope sender)
+  when the caller gives one to add (relay.policy decides for whom);
 - a second copy of a field that may appear only once is refused, as SES would
   ("554 Transaction failed: Duplicate header"), but at DATA instead of after the 250.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import uuid
 from dataclasses import dataclass, field
-from email.header import decode_header, make_header
-from email.utils import formatdate, getaddresses
-
-from relay.addresses import SIMPLE_ADDRESS
+from email.utils import formatdate
+from typing import Literal
 
 # Fields SES accepts only once (RFC 5322 section 3.6 singletons plus MIME and DKIM ones).
 SINGLETONS = frozenset({
@@ -30,6 +28,10 @@ SINGLETONS = frozenset({
     "dkim-signature",
 })
 _REMOVE = frozenset({"bcc", "x-ses-configuration-set", "x-ses-message-tags"})
+# Whether a message's X-SES-CONFIGURATION-SET / X-SES-MESSAGE-TAGS may choose its
+# configuration set and tags (a user's ses_headers; policy.ses_headers adds "auto").
+SesHeaders = Literal["allow", "ignore"]
+SES_HEADERS: tuple[str, ...] = ("allow", "ignore")
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 _SES_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TAG = re.compile(r"[A-Za-z0-9_-]{1,255}")
@@ -58,7 +60,12 @@ class Headers:
     block: bytes
     configuration_set: str | None = None
     tags: list[tuple[str, str]] = field(default_factory=list)
-    from_addresses: list[str] = field(default_factory=list)
+    # The From: and Sender: values as written (unfolded), for relay.mailboxes to read; None
+    # when the message has none (a From: added here is not one).
+    from_value: str | None = None
+    sender_value: str | None = None
+    from_added: bool = False
+    ses_headers_ignored: bool = False  # there were some, and they were removed unread
 
 
 def is_header_line(line: bytes, in_field: bool) -> bool:
@@ -87,8 +94,20 @@ def _value(raw: bytes) -> str:
     return " ".join(text.split())  # unfold
 
 
-def rewrite(block: bytes, *, hostname: str, now: float | None = None) -> Headers:
-    """Check and rewrite a header section (CRLF-terminated lines, no blank line)."""
+def _unfolded(raw: bytes) -> str:
+    # Unfolding removes the CRLF and nothing else (RFC 5322 2.2.3): the whitespace after
+    # it stays, as it may be inside a quoted string.
+    text = raw.split(b":", 1)[1].decode("utf-8", errors="replace")
+    return text.replace("\r\n", "").strip(" \t")
+
+
+def rewrite(block: bytes, *, hostname: str, now: float | None = None,
+            default_from: str | None = None, ses_headers: bool = True) -> Headers:
+    """Check and rewrite a header section (CRLF-terminated lines, no blank line).
+
+    *default_from* is the address for a ``From:`` added to a message without one; with
+    *ses_headers* false the X-SES-* headers are removed without being read.
+    """
     fields = split_fields(block)
     seen: set[str] = set()
     out = Headers(block=b"")
@@ -98,16 +117,23 @@ def rewrite(block: bytes, *, hostname: str, now: float | None = None) -> Headers
             if name in seen:
                 raise HeaderError(f"554 5.6.0 Duplicate header: {_display(name)}")
             seen.add(name)
-        if name == "x-ses-configuration-set":
+        if name in ("x-ses-configuration-set", "x-ses-message-tags") and not ses_headers:
+            out.ses_headers_ignored = True
+        elif name == "x-ses-configuration-set":
             out.configuration_set = _configuration_set(_value(raw))
         elif name == "x-ses-message-tags":
             out.tags.extend(_tags(_value(raw)))
         elif name == "from":
-            out.from_addresses = _addresses(_value(raw))
+            out.from_value = _unfolded(raw)
+        elif name == "sender":
+            out.sender_value = _unfolded(raw)
         # Every other X-SES-* header goes too: over the SMTP transport SES would act on
         # X-SES-SOURCE-ARN and friends, which are the operator's to set, not a client's.
         if name not in _REMOVE and not name.startswith("x-ses-"):
             kept.append(raw)
+    if "from" not in seen and default_from is not None:
+        kept.append(f"From: {default_from}\r\n".encode())
+        out.from_added = True
     if "date" not in seen:
         kept.append(f"Date: {formatdate(now, usegmt=True)}\r\n".encode())
     if "message-id" not in seen:
@@ -135,23 +161,3 @@ def _tags(value: str) -> list[tuple[str, str]]:
             raise HeaderError("554 5.6.0 Invalid X-SES-MESSAGE-TAGS header")
         tags.append((name.strip(), tag_value.strip()))
     return tags
-
-
-# One address in the common shapes: "a@b.c", "<a@b.c>", "Plain Name <a@b.c>".
-_ONE_ADDRESS = re.compile(
-    rf"[ \t]*(?:[A-Za-z0-9 _-]*<({SIMPLE_ADDRESS})>|({SIMPLE_ADDRESS}))[ \t]*\Z")
-
-
-def _addresses(value: str) -> list[str]:
-    # The email package's address parser and the decode_header()/make_header() round
-    # trip were most of a header rewrite's cost. decode_header() changes only a value
-    # with an encoded word ("=?") in it, and a From of the common shapes is read with one
-    # regex; tests/test_fuzz.py checks both shortcuts give the parser's answer.
-    if "=?" in value:
-        with contextlib.suppress(ValueError, LookupError):
-            value = str(make_header(decode_header(value)))
-    else:
-        one = _ONE_ADDRESS.match(value)
-        if one is not None:
-            return [one.group(1) or one.group(2)]
-    return [addr for _, addr in getaddresses([value]) if addr]

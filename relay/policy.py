@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from relay import mailboxes
 from relay.addresses import matches
 from relay.config import Config
 from relay.suppression import SuppressionList
@@ -18,6 +19,9 @@ from relay.users import User
 
 SENDER_NOT_ALLOWED = "553 5.7.1 Sender address not allowed for this user"
 HEADER_FROM_NOT_ALLOWED = "550 5.7.1 From: header address not allowed for this user"
+HEADER_SENDER_NOT_ALLOWED = "550 5.7.1 Sender: header address not allowed for this user"
+HEADER_FROM_AMBIGUOUS = "550 5.7.1 From: or Sender: header is ambiguous"
+HEADER_FROM_MISSING = "550 5.6.0 Message has no From: header"
 NULL_SENDER_REFUSED = "550 5.1.7 Null sender (MAIL FROM:<>) is not accepted here"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 RECIPIENT_SUPPRESSED = "550 5.1.1 Recipient address rejected"
@@ -58,13 +62,50 @@ class Policy:
             return ACCEPT
         return Verdict(SENDER_NOT_ALLOWED, f"{address} not in allowed_senders of {user.name}")
 
-    def header_from(self, user: User | None, addresses: Sequence[str]) -> Verdict:
-        if not self._policy.check_header_from or user is None or not user.allowed_senders:
+    def default_from(self, user: User | None, mail_from: str) -> str | None:
+        """The From: to add to a message that has none, or None to add nothing.
+
+        SES refuses a message without From:, but only after our 250, so the sender would
+        get a bounce later for what it could be told now. Postfix's cleanup adds
+        "From: <envelope sender>" for its own submitters (local_header_rewrite_clients),
+        as nullmailer and msmtp do: cron jobs and printers count on it. The envelope sender
+        passed the MAIL check, so the added From: is one the user may send as. A
+        restricted user is the exception: its From: is the address its recipients see and
+        the one the operator pinned, so the application must write it; a message without
+        one is refused (header_from), which tells a misconfigured application at once.
+        """
+        return None if _restricted(user) else mail_from
+
+    def header_from(self, user: User | None, from_value: str | None,
+                    sender_value: str | None) -> Verdict:
+        """The From: and Sender: a restricted user wrote, checked against its rights."""
+        if not _restricted(user):
+            return ACCEPT  # (a From: was added from the envelope if it was missing)
+        assert user is not None
+        if from_value is None:
+            return Verdict(HEADER_FROM_MISSING, f"no From: header from {user.name}")
+        if not self._policy.check_header_from:
             return ACCEPT
-        for address in addresses:
-            if not matches(address, user.allowed_senders):
-                return Verdict(HEADER_FROM_NOT_ALLOWED,
-                               f"From: {address} not in allowed_senders of {user.name}")
+        try:
+            author = mailboxes.read("From", from_value)
+            sender = None if sender_value is None else mailboxes.read("Sender", sender_value)
+        except mailboxes.Ambiguous as e:
+            return Verdict(HEADER_FROM_AMBIGUOUS, str(e))
+        # RFC 5322 3.6.2: several authors need a Sender:, and a Sender: is one mailbox.
+        if len(author.addresses) > 1 and sender is None:
+            return Verdict(HEADER_FROM_AMBIGUOUS, "From: several mailboxes and no Sender:")
+        if sender is not None and len(sender.addresses) != 1:
+            return Verdict(HEADER_FROM_AMBIGUOUS, "Sender: not exactly one mailbox")
+        for reply, field_name, found in ((HEADER_FROM_NOT_ALLOWED, "From", author),
+                                         (HEADER_SENDER_NOT_ALLOWED, "Sender", sender)):
+            if found is None:
+                continue
+            # Every address a reader could take for the sender: the mailboxes, and
+            # address-like text in display names and comments.
+            for address in (*found.addresses, *map(mailboxes.claimed_as, found.claimed)):
+                if not matches(address, user.allowed_senders):
+                    return Verdict(reply, f"{field_name}: {address} not in allowed_senders "
+                                          f"of {user.name}")
         return ACCEPT
 
     async def recipient(self, address: str, accepted_so_far: int) -> Verdict:
@@ -92,6 +133,21 @@ class Policy:
             return (self._policy.redirect_all_to,)
         return tuple(rcpts)
 
+    def ses_headers_allowed(self, user: User | None) -> bool:
+        """Whether the message's X-SES-* headers may choose its configuration set and tags.
+
+        Today's behaviour (they may) stays for users who may send as anyone: they can
+        choose everything else too. A restricted user is an application the operator
+        boxed in; its configuration set is where its events and reputation are watched,
+        and a header must not take it elsewhere (SES would also take one named in the
+        header over the SMTP transport), so by default its headers are removed unread.
+        """
+        choice = user.ses_headers if user is not None and user.ses_headers else \
+            self._policy.ses_headers
+        if choice == "auto":
+            return not _restricted(user)
+        return choice == "allow"
+
     def ses_options(self, user: User | None, header_set: str | None,
                     header_tags: Sequence[tuple[str, str]]
                     ) -> tuple[str | None, tuple[tuple[str, str], ...]]:
@@ -103,3 +159,8 @@ class Policy:
             tags.update(user.tags)
         tags.update(header_tags)
         return config_set, tuple(tags.items())
+
+
+def _restricted(user: User | None) -> bool:
+    """A user limited to some senders (the rules for who may send as whom apply)."""
+    return user is not None and bool(user.allowed_senders)

@@ -15,12 +15,13 @@ import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import yaml
 
 from relay.addresses import AddressError, normalize_pattern
 from relay.errors import UsersFileError
-from relay.message import valid_configuration_set, valid_tag
+from relay.message import SES_HEADERS, SesHeaders, valid_configuration_set, valid_tag
 
 # n=2**14, r=8 uses 16 MiB and ~40 ms per check on this class of machine: slow for an
 # attacker with a stolen file, fast enough for a relay that sees a login per connection.
@@ -37,6 +38,9 @@ class User:
     # SES configuration set and message tags for this user's mail (override the defaults).
     configuration_set: str | None = None
     tags: tuple[tuple[str, str], ...] = ()
+    # Whether this user's X-SES-* headers may choose the configuration set and tags;
+    # None: policy.ses_headers decides.
+    ses_headers: SesHeaders | None = None
 
 
 def hash_password(password: str, *, n: int = _N, r: int = _R, p: int = _P) -> str:
@@ -130,8 +134,12 @@ def _user(path: Path, name: str, entry: object) -> User:
                                              for k, v in tags.items()):
         raise UsersFileError(f"{path}: users.{name}.tags: a mapping of names to values, "
                              "each of letters, digits, _ and -")
+    ses_headers = entry.get("ses_headers")
+    if ses_headers is not None and ses_headers not in SES_HEADERS:
+        raise UsersFileError(f"{path}: users.{name}.ses_headers: allow or ignore")
     return User(name, entry["password_hash"], tuple(senders), config_set,
-                tuple((str(k), str(v)) for k, v in tags.items()))
+                tuple((str(k), str(v)) for k, v in tags.items()),
+                cast(SesHeaders | None, ses_headers))
 
 
 def save(path: Path, db: UserDB) -> None:
@@ -146,6 +154,8 @@ def save(path: Path, db: UserDB) -> None:
             entry["configuration_set"] = user.configuration_set
         if user.tags:
             entry["tags"] = dict(user.tags)
+        if user.ses_headers is not None:
+            entry["ses_headers"] = user.ses_headers
         entries[name] = entry
     text = ("# ses-relay users: managed with `ses-relay user add|remove`.\n"
             + yaml.safe_dump({"users": entries}, sort_keys=True))

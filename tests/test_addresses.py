@@ -18,6 +18,13 @@ def test_an_idn_domain_becomes_punycode() -> None:
     assert normalize("user@bücher.example") == "user@xn--bcher-kva.example"
 
 
+def test_idn_domains_follow_idna_2008_not_2003() -> None:
+    # IDNA 2003 (str.encode("idna")) maps ß to ss and drops joiners: other domains.
+    assert normalize("user@faß.de") == "user@xn--fa-hia.de"
+    with pytest.raises(AddressError):
+        normalize("user@pay\u200dpal.example")
+
+
 @pytest.mark.parametrize("address", ["a\r\n@example.com", "a@exa\x00mple.com", "a@b\rc.com",
                                      "noatsign", "@example.com", "a@", "a..b@example.com",
                                      "a@-bad-.com", "a@nodot", "a b@example.com",

@@ -16,7 +16,8 @@ from conftest import SENDER, Moto, Setup, free_port, ses_relay_exe, wait_port
 from relay import users
 from relay.errors import UsersFileError
 
-DEV_MESSAGE = (b"Subject: dev\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
+DEV_MESSAGE = (b"From: sender@example.com\r\nSubject: dev\r\n"
+               b"Date: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
                b"Message-ID: <dev@example.com>\r\n\r\nhello\r\n")
 
 
@@ -58,9 +59,11 @@ def test_user_add_twice_changes_the_password_and_list_and_remove_work(
     second = users.load(path).get("app1")
     assert first and second and first.password_hash != second.password_hash
     assert users.verify_password("second-password", second.password_hash)
-    assert run("user", "list", *cfg).stdout.split() == ["app1", "app2"]
+    assert [line.split()[0] for line in run("user", "list", *cfg).stdout.splitlines()] == [
+        "app1", "app2"]
     assert run("user", "remove", "app1", *cfg).returncode == 0
-    assert run("user", "list", *cfg).stdout.split() == ["app2"]
+    assert [line.split()[0] for line in run("user", "list", *cfg).stdout.splitlines()] == [
+        "app2"]
     missing = run("user", "remove", "app1", *cfg)
     assert missing.returncode == 1 and "no user" in missing.stderr
 
@@ -134,3 +137,30 @@ def test_a_users_file_with_an_invalid_ses_option_is_refused(tmp_path: Path) -> N
     with pytest.raises(UsersFileError) as e:
         users.load(path)
     assert "users.app.tags" in str(e.value)
+
+
+def test_user_ses_headers_is_set_listed_and_reset(setup: Setup, tmp_path: Path) -> None:
+    path = own_users_file(setup, tmp_path)
+    cfg = ["--config", str(setup.path)]
+    assert run("user", "add", "free", *cfg, stdin="first-password\n").returncode == 0
+    result = run("user", "add", "boxed", *cfg, "--allow-sender", "@example.com",
+                 "--ses-headers", "allow", stdin="other-password\n")
+    assert result.returncode == 0, result.stderr
+    assert "ses_headers: allow" in path.read_text()
+    listing = run("user", "list", *cfg).stdout.splitlines()
+    assert listing[0].split()[:3] == ["boxed", "senders=@example.com", "ses_headers=allow"]
+    assert listing[1].split()[:3] == ["free", "senders=any", "ses_headers=allow(auto)"]
+    assert run("user", "update", "boxed", *cfg, "--ses-headers", "default").returncode == 0
+    assert "ses_headers" not in path.read_text()
+    assert users.load(path).get("boxed").ses_headers is None  # type: ignore[union-attr]
+    assert "ses_headers=ignore(auto)" in run("user", "list", *cfg).stdout
+    assert run("user", "update", "free", *cfg, "--ses-headers", "yes").returncode == 2
+
+
+def test_a_users_file_with_an_invalid_ses_headers_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "users.yaml"
+    path.write_text(yaml.safe_dump({"users": {"app": {
+        "password_hash": users.hash_password("long-enough-pw"), "ses_headers": "yes"}}}))
+    with pytest.raises(UsersFileError) as e:
+        users.load(path)
+    assert "users.app.ses_headers" in str(e.value)

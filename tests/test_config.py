@@ -133,3 +133,17 @@ def test_a_value_with_a_newline_is_refused_before_it_reaches_a_header(tmp_path: 
     assert "hostname: must not contain control characters (such as a newline)" in \
         e.value.problems
     assert any(p.startswith("delivery.bounce_from: ") for p in e.value.problems)
+
+
+def test_policy_ses_headers_takes_auto_allow_or_ignore(tmp_path: Path) -> None:
+    doc = {"hostname": "relay.example.com",
+           "listeners": [{"name": "a", "address": "127.0.0.1", "port": 2525, "tls": "none",
+                          "auth": "none", "trusted_networks": ["127.0.0.0/8"]}],
+           "delivery": {"transport": "outbox"}, "policy": {"ses_headers": "ignore"}}
+    assert config.parse(doc, base=tmp_path, environ={}).policy.ses_headers == "ignore"
+    doc["policy"] = {"ses_headers": True}
+    with pytest.raises(ConfigError) as e:
+        config.parse(doc, base=tmp_path, environ={})
+    assert any(p.startswith("policy.ses_headers: ") for p in e.value.problems), \
+        e.value.problems
+

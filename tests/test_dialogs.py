@@ -5,7 +5,8 @@ Each file is a list of steps, one per line (``#`` starts a comment):
     config limits.max_recipients=2   set a config key (YAML value) before the relay starts
     suppress ADDRESS                 put ADDRESS on the suppression list before start
     connect starttls|implicit        open a connection to that listener
-    login [USER]                     EHLO and AUTH PLAIN (the default user, or USER)
+    login [USER]                     EHLO and AUTH PLAIN (the default user, or USER:
+                                     restricted, restricted-ses; see users_file below)
     starttls                         STARTTLS, expect 220, then TLS
     starttls-handshake               TLS now (after a STARTTLS sent with >>)
     > TEXT                           send TEXT and CRLF
@@ -17,7 +18,9 @@ Each file is a list of steps, one per line (``#`` starts a comment):
     rcpts A,B                        the delivered message's envelope recipients
     from ADDRESS                     the delivered message's envelope sender
     header TEXT | noheader NAME      the delivered message has (or lacks) a header line
+    every-header TEXT                every delivered message has that header line
     ses KEY=VALUE                    configuration_set / tag:NAME the message carries
+                                     (VALUE - : it carries none)
 
 After the last step the relay must still answer a new connection.
 """
@@ -41,6 +44,8 @@ from relay.suppression import SuppressionList
 
 DIALOGS = sorted((Path(__file__).parent / "dialogs").glob("*.txt"))
 RESTRICTED_USER, RESTRICTED_PASSWORD = "restricted", "restricted-password"
+# Restricted too, but its X-SES-* headers may choose the configuration set and tags.
+RESTRICTED_SES_USER = "restricted-ses"
 
 
 def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
@@ -99,8 +104,9 @@ class Runner:
 
     def do_login(self, arg: str) -> None:
         assert self.dialog is not None
-        user, password = ((RESTRICTED_USER, RESTRICTED_PASSWORD) if arg.strip() == "restricted"
-                          else (USER, PASSWORD))
+        name = arg.strip()
+        user, password = ((name, RESTRICTED_PASSWORD)
+                          if name in (RESTRICTED_USER, RESTRICTED_SES_USER) else (USER, PASSWORD))
         assert self.dialog.cmd("EHLO client.test").startswith(b"250")
         creds = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
         assert self.dialog.cmd(f"AUTH PLAIN {creds}").startswith(b"235 2.7.0")
@@ -151,10 +157,11 @@ class Runner:
     def do_ses(self, arg: str) -> None:
         key, _, value = arg.strip().partition("=")
         envelope = self.envelope()
+        want = None if value == "-" else value
         if key.startswith("tag:"):
-            assert envelope["tags"].get(key[4:]) == value
+            assert envelope["tags"].get(key[4:]) == want
         else:
-            assert envelope[key] == value
+            assert envelope[key] == want
 
     def _header_section(self) -> bytes:
         [eml] = self.outbox(1)
@@ -162,6 +169,13 @@ class Runner:
 
     def do_header(self, arg: str) -> None:
         assert arg.strip().encode() in self._header_section().split(b"\r\n")
+
+    def do_every_header(self, arg: str) -> None:
+        found = self.outbox(1)
+        assert found
+        for eml in found:
+            assert arg.strip().encode() in eml.read_bytes().split(b"\r\n\r\n", 1)[0].split(
+                b"\r\n"), eml.name
 
     def do_noheader(self, arg: str) -> None:
         name = arg.strip().lower().encode() + b":"
@@ -186,6 +200,8 @@ def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = users.UserDB({}).with_user(users.User(USER, users.hash_password(PASSWORD)))
     db = db.with_user(users.User(RESTRICTED_USER, users.hash_password(RESTRICTED_PASSWORD),
                                  ("app@example.com", "@allowed.example")))
+    db = db.with_user(users.User(RESTRICTED_SES_USER, users.hash_password(RESTRICTED_PASSWORD),
+                                 ("app@example.com",), ses_headers="allow"))
     users.save(path, db)
     return path
 

@@ -261,15 +261,21 @@ class Handler:
     async def process_headers(self, server: RelaySMTP, session: Any,
                               envelope: RelayEnvelope, block: bytes) -> bytes | str:
         """Check and rewrite the header section; return it, or the reply refusing it."""
+        user = self._user(session)
+        assert envelope.mail_from is not None  # aiosmtpd refuses DATA without MAIL
         try:
-            headers = rewrite(block, hostname=self._hostname)
+            headers = rewrite(block, hostname=self._hostname,
+                              default_from=self._policy.default_from(user, envelope.mail_from),
+                              ses_headers=self._policy.ses_headers_allowed(user))
         except HeaderError as e:
             return self._refuse(session, "DATA", e.reply, "header")
-        user = self._user(session)
-        verdict = self._policy.header_from(user, headers.from_addresses)
+        verdict = self._policy.header_from(user, headers.from_value, headers.sender_value)
         if not verdict.accepted:
             assert verdict.reply is not None
             return self._refuse(session, "DATA", verdict.reply, verdict.reason)
+        maillog.headers_adjusted(session.peer, user.name if user else None,
+                                 from_added=envelope.mail_from if headers.from_added else None,
+                                 ses_headers_ignored=headers.ses_headers_ignored)
         envelope.configuration_set, envelope.tags = self._policy.ses_options(
             user, headers.configuration_set, headers.tags)
         return headers.block
