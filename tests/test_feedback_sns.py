@@ -267,6 +267,61 @@ def test_certificate_url_outside_sns_is_rejected_before_any_fetch(
     assert fetch.urls == []
 
 
+@pytest.mark.parametrize(("offset", "reason"), [
+    (-2 * 3600, "too old"),  # past SNS's longest retry policy (3,600 s)
+    (-3 * 86400, "too old"),
+    (+3600, "in the future"),
+])
+def test_a_notification_stamped_far_from_now_is_refused_before_any_fetch(
+        signer: Signer, offset: float, reason: str) -> None:
+    verifier, fetch = verifier_for(signer)
+    with pytest.raises(RejectedMessage, match=reason):
+        verify(verifier, signer.notification(timestamp=now_stamp(offset)))
+    assert fetch.urls == []
+
+
+@pytest.mark.parametrize("offset", [-50 * 60, -5, +60])
+def test_a_notification_sns_may_still_be_retrying_is_accepted(signer: Signer,
+                                                              offset: float) -> None:
+    verifier, _ = verifier_for(signer)
+    verify(verifier, signer.notification(timestamp=now_stamp(offset)))
+
+
+@pytest.mark.parametrize("stamp", ["yesterday", "2026-11-22T10:00:06"])
+def test_a_timestamp_without_a_time_or_zone_is_refused(signer: Signer, stamp: str) -> None:
+    verifier, _ = verifier_for(signer)
+    with pytest.raises(RejectedMessage, match="Timestamp"):
+        verify(verifier, signer.notification(timestamp=stamp))
+
+
+def test_an_old_subscription_confirmation_is_not_replayed(signer: Signer) -> None:
+    doc = signer.confirmation()
+    doc = signer.sign({**{k: v for k, v in doc.items()
+                          if k not in ("Signature", "SignatureVersion")},
+                       "Timestamp": now_stamp(-2 * 86400)})
+    calls = Calls()
+    assert post(verifier_for(signer)[0], calls, doc) == 403
+    assert calls.confirmed == []
+
+
+def test_concurrent_messages_share_one_certificate_fetch(signer: Signer) -> None:
+    urls: list[str] = []
+
+    async def slow(url: str) -> bytes:
+        urls.append(url)
+        await asyncio.sleep(0.05)
+        return signer.pem
+
+    verifier = Verifier([TOPIC], fetch_cert=slow)
+
+    async def main() -> None:
+        await asyncio.gather(*(verifier.verify(signer.notification(message_id=f"m-{n}"))
+                               for n in range(8)))
+
+    asyncio.run(main())
+    assert urls == [CERT_URL]
+
+
 def test_wrong_topic_costs_no_certificate_fetch(signer: Signer) -> None:
     verifier, fetch = verifier_for(signer)
     with pytest.raises(RejectedMessage):

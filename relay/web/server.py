@@ -29,7 +29,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # standard library; those are the client's trouble, answered 400 and counted by nobody.
 # Our handlers' own failures are logged by the middleware below.
 _AIOHTTP_LOG = logging.getLogger("relay.web.aiohttp")
-_AIOHTTP_LOG.addHandler(logging.NullHandler())
+_AIOHTTP_LOG.setLevel(logging.CRITICAL)
 _AIOHTTP_LOG.propagate = False
 
 
@@ -59,7 +59,10 @@ class WebServer:
         self._runner = runner = web.AppRunner(
             self.app, handle_signals=False, access_log=None, logger=_AIOHTTP_LOG,
             max_line_size=c.max_header_size, max_field_size=c.max_header_size,
-            max_headers=c.max_headers, shutdown_timeout=c.request_timeout + GRACE)
+            max_headers=c.max_headers, shutdown_timeout=c.request_timeout + GRACE,
+            # After an answer given before the whole body came (413), read on this long
+            # so the client sees the answer rather than a reset.
+            lingering_time=1.0)
         await runner.setup()
         server = runner.server
         assert server is not None  # set by setup()
@@ -87,7 +90,10 @@ async def _deadline(request: web.Request, handler: Handler) -> web.StreamRespons
     if gate is None:  # the connection is already gone
         raise web.HTTPServiceUnavailable
     gate.handling = True
+    size, limit = request.content_length, request.client_max_size
     try:
+        if size is not None and size > limit:  # said up front: no need to wait for it
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
         async with asyncio.timeout_at(gate.deadline):
             response = await handler(request)
     except TimeoutError:
