@@ -4,6 +4,7 @@ handshakes that never finish."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import select
@@ -15,11 +16,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from clients import implicit
 from conftest import PASSWORD, USER, Setup, free_port, wait_until
 from test_feedback_sns import LOOPBACK, TOPIC, make_signer
 
+from relay import config
+from relay.errors import ConfigError
 from relay.feedback.sns import Verifier
+from relay.web.server import WebServer
 
 SIGNER = make_signer("Test SNS CA")
 
@@ -140,6 +145,73 @@ def test_a_body_trickled_slowly_is_answered_408_at_the_deadline(
             time.sleep(0.1)
         answer = read_all(s)
     assert status(answer) == 408, answer[:200]
+
+
+def serve_once(raw: bytes, route: Any, timeout: float = 10.0) -> bytes:
+    """One request to a WebServer whose only route is GET /x, as a raw client sees it."""
+    async def main() -> bytes:
+        server = WebServer("test", config.WebConfig(request_timeout=timeout))
+        server.add_route("GET", "/x", route)
+        port = await server.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw)
+            answer = await asyncio.wait_for(reader.read(), 30)  # until the server closes
+            writer.close()
+            return answer
+        finally:
+            await server.stop()
+
+    return asyncio.run(main())
+
+
+def test_a_handler_still_working_at_the_deadline_is_answered_503() -> None:
+    async def slow(_request: web.Request) -> web.Response:
+        await asyncio.sleep(60)
+        return web.Response(text="too late")
+
+    answer = serve_once(b"GET /x HTTP/1.1\r\nHost: relay.test\r\n\r\n", slow, timeout=0.5)
+    assert status(answer) == 503 and b"too late" not in answer
+
+
+def test_a_failing_route_is_answered_500_and_logged_without_a_traceback(
+        logs: list[dict[str, Any]]) -> None:
+    async def broken(_request: web.Request) -> web.Response:
+        raise RuntimeError("database is locked")
+
+    answer = serve_once(b"GET /x HTTP/1.1\r\nHost: relay.test\r\n\r\n", broken)
+    assert status(answer) == 500 and b"database" not in answer
+    [event] = [e for e in logs if e.get("event") == "http_handler_failed"]
+    assert event["error"] == "RuntimeError: database is locked"
+
+
+def test_answers_close_the_connection_one_request_each() -> None:
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    two = b"GET /x HTTP/1.1\r\nHost: relay.test\r\n\r\n" * 2
+    answer = serve_once(two, ok)
+    assert answer.count(b"HTTP/1.1 200") == 1 and b"Connection: close" in answer
+
+
+def test_web_limits_are_read_from_the_configuration(tmp_path: Any) -> None:
+    base = {"hostname": "relay.test", "delivery": {"transport": "outbox"},
+            "listeners": [{"name": "l", "address": "127.0.0.1", "port": 2525,
+                           "tls": "none", "auth": "none",
+                           "trusted_networks": ["127.0.0.1/32"]}]}
+    cfg = config.parse({**base, "web": {"request_timeout": "30s", "max_connections": 10,
+                                        "max_connections_per_ip": 2, "max_headers": 50,
+                                        "max_header_size": "16KiB"}},
+                       base=tmp_path, environ={})
+    assert cfg.web == config.WebConfig(request_timeout=30.0, max_connections=10,
+                                       max_connections_per_ip=2, max_headers=50,
+                                       max_header_size=16 * 1024)
+    assert config.parse(base, base=tmp_path, environ={}).web == config.WebConfig()
+    with pytest.raises(ConfigError) as e:
+        config.parse({**base, "web": {"max_connections": 0, "colour": 1}}, base=tmp_path,
+                     environ={})
+    assert "web.max_connections: must be at least 1" in e.value.problems
+    assert "web.colour: unknown key" in e.value.problems
 
 
 # --- bodies ------------------------------------------------------------------------------
