@@ -329,10 +329,19 @@ def test_wrong_topic_costs_no_certificate_fetch(signer: Signer) -> None:
     assert fetch.urls == []
 
 
-def test_subscribe_url_must_be_on_an_sns_host(signer: Signer) -> None:
+@pytest.mark.parametrize(("url", "reason"), [
+    ("https://attacker.example/?x=1", "not SNS"),
+    ("https://sns.s3.amazonaws.com/?Action=ConfirmSubscription", "not SNS"),
+    ("https://bucket.s3.amazonaws.com/?Action=ConfirmSubscription", "not SNS"),
+    ("https://sns.us-east-1.amazonaws.com.evil.example/?Action=ConfirmSubscription",
+     "not SNS"),
+    ("https://sns.us-east-1.amazonaws.com@evil/?Action=ConfirmSubscription", "userinfo"),
+    ("http://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription", "not https"),
+])
+def test_subscribe_url_must_be_on_an_sns_host(signer: Signer, url: str, reason: str) -> None:
     verifier, _ = verifier_for(signer)
-    with pytest.raises(RejectedMessage, match="not SNS"):
-        verify(verifier, signer.confirmation(subscribe_url="https://attacker.example/?x=1"))
+    with pytest.raises(RejectedMessage, match=reason):
+        verify(verifier, signer.confirmation(subscribe_url=url))
 
 
 @pytest.mark.parametrize("doc", [
