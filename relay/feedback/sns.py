@@ -8,9 +8,9 @@ messages for foreign topics cost no outbound request. SNS retries reuse the Mess
 which a small LRU set turns into no-ops, and a Timestamp older than SNS can still be
 retrying is refused: it can only be a replay.
 
-Fetches are asynchronous (aiohttp), a few at a time, one per URL however many messages
-name it, each within FETCH_TIMEOUT: never in asyncio's default thread pool, which AUTH's
-password hashing needs, and which a certificate host that hangs would otherwise fill.
+Certificates are cached, and fetched once per URL however many messages name it, by
+relay.feedback.snsfetch: asynchronously, a few at a time, never in the thread pool that
+AUTH's password checks use.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import binascii
 import datetime as dt
 import json
 import re
-import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -29,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -39,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from relay import log
 from relay.errors import RelayError
 from relay.feedback.notifications import Event, NotificationError, parse_event
+from relay.feedback.snsfetch import Fetcher
 
 _log = log.get("feedback")
 
@@ -63,11 +62,6 @@ _SIGNED_FIELDS = {
 _OPTIONAL_FIELDS = frozenset({"Subject"})
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
 
-# A PEM certificate is about 2 kB and a ConfirmSubscription answer less than 1 kB.
-MAX_FETCH_BYTES = 64 * 1024
-FETCH_TIMEOUT = 10.0
-# Fetches under way at once; more wait their turn (within the webhook's request deadline).
-FETCH_CONCURRENCY = 4
 # An SNS POST: a message of at most 256 KiB, in its JSON envelope.
 MAX_POST_BYTES = 256 * 1024
 # SNS retries an HTTP/S delivery for at most 3,600 s (a hard limit of its delivery
@@ -230,31 +224,6 @@ class Verifier:
             raise FetchError(f"cannot fetch signing certificate: {e}") from e
 
 
-class Fetcher:
-    """GETs an SNS URL over TLS verified against the system trust store (``SSL_CERT_FILE``
-    is honoured, as are the proxy variables), without following redirects, at most
-    FETCH_CONCURRENCY at once, each within FETCH_TIMEOUT (waiting for a turn included);
-    FetchError on failure."""
-
-    def __init__(self, concurrency: int = FETCH_CONCURRENCY,
-                 timeout: float = FETCH_TIMEOUT) -> None:
-        self.concurrency = concurrency
-        self.timeout = timeout
-        self._slots: asyncio.Semaphore | None = None
-
-    async def get(self, url: str) -> bytes:
-        host = urlsplit(url).netloc
-        if self._slots is None:  # made on the loop that uses it
-            self._slots = asyncio.Semaphore(self.concurrency)
-        try:
-            async with asyncio.timeout(self.timeout), self._slots:
-                return await _get(url)
-        except TimeoutError:
-            raise FetchError(f"GET {host} failed: timed out") from None
-        except (aiohttp.ClientError, OSError, ValueError) as e:
-            raise FetchError(f"GET {host} failed: {e}") from None
-
-
 def string_to_sign(doc: Mapping[str, Any]) -> bytes:
     """``Key\\nValue\\n`` for each signed field of the message's Type, in SNS's order."""
     kind = doc.get("Type")
@@ -412,21 +381,3 @@ def _message(doc: Mapping[str, Any]) -> SNSMessage:
                       topic_arn=doc["TopicArn"], message=doc["Message"],
                       timestamp=doc["Timestamp"], subject=doc.get("Subject"),
                       subscribe_url=doc.get("SubscribeURL"))
-
-
-async def _get(url: str) -> bytes:
-    # A fresh context per fetch reads the trust store (and SSL_CERT_FILE) as it is now;
-    # fetches are rare because certificates are cached.
-    context = ssl.create_default_context()
-    async with aiohttp.ClientSession(trust_env=True) as session, \
-            session.get(url, ssl=context, allow_redirects=False) as response:
-        # SNS serves certificates and confirmations directly; a redirect would lead away
-        # from the host we checked.
-        if response.status != 200:
-            raise FetchError(f"GET {urlsplit(url).netloc} failed: HTTP {response.status}")
-        body = bytearray()
-        async for chunk in response.content.iter_any():
-            body += chunk
-            if len(body) > MAX_FETCH_BYTES:
-                raise FetchError(f"GET {urlsplit(url).netloc}: answer too large")
-    return bytes(body)
