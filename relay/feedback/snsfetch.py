@@ -49,7 +49,17 @@ class Fetcher:
         except TimeoutError:
             raise FetchFailed(f"GET {host} failed: timed out") from None
         except (aiohttp.ClientError, OSError, ValueError) as e:
-            raise FetchFailed(f"GET {host} failed: {e}") from None
+            raise FetchFailed(f"GET {host} failed: {_why(e)}") from None
+
+
+def _why(e: Exception) -> str:
+    """What went wrong, without aiohttp's wrapping (which names the SSL context object)."""
+    cause: Exception = e
+    if isinstance(e, aiohttp.ClientConnectorCertificateError):
+        cause = e.certificate_error
+    elif isinstance(e, aiohttp.ClientConnectorError):
+        cause = e.os_error
+    return str(cause) or type(cause).__name__
 
 
 async def _get(url: str) -> bytes:
