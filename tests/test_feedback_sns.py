@@ -483,6 +483,21 @@ def test_default_fetcher_does_not_follow_redirects(
     assert pem_server.requests == ["/SimpleNotificationService-0bad.pem"]
 
 
+def test_a_subscription_is_confirmed_over_verified_tls(
+        signer: Signer, pem_server: PemServer, certs: Certs,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))
+    verifier = Verifier([TOPIC], fetch_cert=FakeFetcher(signer.pem),
+                        cert_host_pattern=LOOPBACK)
+    url = pem_server.url.rsplit("/", 1)[0] + "/?Action=ConfirmSubscription&Token=2336412f37"
+    doc = {**signer.confirmation(subscribe_url=url), "SigningCertURL": pem_server.url}
+    status = asyncio.run(handle_post(json.dumps(doc).encode(), verifier,
+                                     confirm=verifier.confirm_subscription,
+                                     on_notification=Calls().on_notification))
+    assert status == 200
+    assert pem_server.requests == ["/?Action=ConfirmSubscription&Token=2336412f37"]
+
+
 # --- handle_post ---------------------------------------------------------------------------
 
 
