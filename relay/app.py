@@ -18,9 +18,10 @@ from relay.config import Config
 from relay.delivery import Scheduler
 from relay.errors import ConfigError, DeliveryError, SpoolError, UsersFileError
 from relay.events import EventStore
+from relay.feedback import sns
 from relay.feedback.service import FeedbackService
 from relay.limits import AuthGuard, Connections
-from relay.metrics import MetricsServer
+from relay.metrics import MetricsRoutes
 from relay.policy import Policy
 from relay.reputation import ReputationGuard
 from relay.smtp import listeners
@@ -29,6 +30,7 @@ from relay.smtp.server import server_tls_context
 from relay.spool import ALONE, Envelope, Share, Spool
 from relay.suppression import SuppressionList
 from relay.transports import Transport, build
+from relay.web.server import WebServer
 
 _log = log.get("app")
 # The quota call may be refused while sending works (no ses:GetAccount permission, or an
@@ -54,7 +56,8 @@ class Relay:
     policy: Policy | None = None
     handlers: list[Handler] = field(default_factory=list)
     tls: ssl.SSLContext | None = None
-    metrics_server: MetricsServer | None = None
+    metrics_server: WebServer | None = None
+    feedback_server: WebServer | None = None
     events: EventStore | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     feedback: FeedbackService | None = None
@@ -113,6 +116,8 @@ class Relay:
                 region=cfg.delivery.region,
                 share=self._share_suppression if cfg.suppression.backend == "ses" else None)
             await self.feedback.start()
+            if cfg.feedback.http is not None:
+                await self._start_webhook(cfg, self.feedback)
         if cfg.suppression.backend == "ses" and first:
             self._background.append(asyncio.create_task(sessuppression.keep_in_step(
                 cfg.delivery, self.suppression, cfg.suppression.sync_interval),
@@ -135,12 +140,22 @@ class Relay:
             self._background.append(asyncio.create_task(self._publish_gauges(),
                                                         name="gauges"))
         if cfg.metrics is not None and first:
-            self.metrics_server = MetricsServer(self._readiness, self._refresh_gauges)
+            self.metrics_server = WebServer("metrics", cfg.web)
+            MetricsRoutes(self._readiness, self._refresh_gauges).add_to(self.metrics_server)
             self.metrics_port = await self.metrics_server.start(cfg.metrics.address,
                                                                 cfg.metrics.port)
         _log.info("started", listeners=self.bound_ports(), transport=self.transport.name,
                   queued=len(backlog), users=len(list(self._users)),
                   max_message_size=self.message_size_limit)
+
+    async def _start_webhook(self, cfg: Config, feedback: FeedbackService) -> None:
+        http = cfg.feedback.http
+        assert http is not None
+        self.feedback_server = WebServer("feedback", cfg.web, max_body=sns.MAX_POST_BYTES)
+        feedback.add_routes(self.feedback_server)
+        tls = (server_tls_context(str(http.cert), str(http.key)) if http.cert and http.key
+               else None)
+        await self.feedback_server.start(http.address, http.port, tls)
 
     async def _notify_sender(self, queue_id: str, envelope: Envelope,
                              record: dict[str, Any]) -> None:
@@ -255,8 +270,9 @@ class Relay:
                 for session in list(handler.live):
                     session.close()  # no 250 was given: the client keeps its message
             await self.connections.wait_idle(5)
-        if self.metrics_server is not None:
-            await self.metrics_server.stop()
+        for web in (self.metrics_server, self.feedback_server):
+            if web is not None:
+                await web.stop()
         for task in self._background:
             task.cancel()
         if self.feedback is not None:

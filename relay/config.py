@@ -212,6 +212,18 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    # The relay's HTTP listeners (metrics, feedback.http), each counted on its own. One
+    # request per connection; from accept, it has request_timeout to be read and answered.
+    request_timeout: float = 10.0
+    max_connections: int = 64
+    max_connections_per_ip: int = 16
+    # Header lines per request, and bytes in the request line or one header line.
+    max_headers: int = 32
+    max_header_size: int = 8190
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str
     listeners: tuple[Listener, ...]
@@ -225,6 +237,7 @@ class Config:
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     metrics: MetricsConfig | None = None  # None: no metrics listener
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     # Relay processes sharing the listeners' ports and the queue (relay.supervisor);
     # "auto" in the file means one per CPU.
     workers: int = 1
@@ -428,7 +441,7 @@ class _Reader:
     def config(self, raw: object) -> Config | None:
         top = self.section(raw, "", {"hostname", "listeners", "tls", "users_file", "queue",
                                      "delivery", "log", "limits", "policy", "suppression",
-                                     "metrics", "feedback", "workers"})
+                                     "metrics", "feedback", "workers", "web"})
         if top is None:
             self.problem("(top)", "the configuration must be a mapping of keys")
             return None
@@ -450,6 +463,7 @@ class _Reader:
             suppression=self.suppression(top.get("suppression")),
             metrics=self.metrics(top.get("metrics")),
             feedback=self.feedback(top.get("feedback")),
+            web=self.web(top.get("web")),
             workers=self.get(top, "workers", "", self.workers, Config.workers),
         )
 
@@ -780,6 +794,26 @@ class _Reader:
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1:
             raise _Invalid("must be a fraction between 0 and 1, such as 0.05 for 5%")
         return float(v)
+
+    def web(self, raw: object) -> WebConfig:
+        d = self.section(raw, "web", {"request_timeout", "max_connections",
+                                      "max_connections_per_ip", "max_headers",
+                                      "max_header_size"})
+        if d is None:
+            return WebConfig()
+        return WebConfig(
+            request_timeout=self.get(d, "request_timeout", "web", self.duration,
+                                     WebConfig.request_timeout),
+            max_connections=self.get(d, "max_connections", "web", self.positive_int,
+                                     WebConfig.max_connections),
+            max_connections_per_ip=self.get(d, "max_connections_per_ip", "web",
+                                            self.positive_int,
+                                            WebConfig.max_connections_per_ip),
+            max_headers=self.get(d, "max_headers", "web", self.positive_int,
+                                 WebConfig.max_headers),
+            max_header_size=self.get(d, "max_header_size", "web", self.size,
+                                     WebConfig.max_header_size),
+        )
 
     def metrics(self, raw: object) -> MetricsConfig | None:
         if raw is None:

@@ -5,8 +5,7 @@ event of a message's life is already reported, so metrics and logs cannot disagr
 registry is this module's own, not prometheus_client's global one, so nothing else in the
 process leaks into the relay's metrics.
 
-The HTTP side is relay.httpd: three GET routes do not justify a web framework, and
-readiness must await the relay's own async checks.
+The routes live on the relay's HTTP server (relay.web), which the composition root builds.
 """
 
 from __future__ import annotations
@@ -16,11 +15,13 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from relay import httpd, log
+from relay import log
+from relay.web.server import WebServer
 
 _log = log.get("metrics")
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -86,43 +87,42 @@ def exposition() -> bytes:
     return generate_latest(REGISTRY)
 
 
-class MetricsServer:
-    """Serves /metrics, /healthz (the process answers) and /readyz (checks, cached)."""
+class MetricsRoutes:
+    """/metrics, /healthz (the process answers) and /readyz (checks, cached)."""
 
     def __init__(self, readiness: Check, refresh: Callable[[], None],
-                 cache_seconds: float = 15.0) -> None:
+                 cache_seconds: float = 15.0, check_timeout: float = 5.0) -> None:
         self._readiness = readiness
         self._refresh = refresh
         self._cache_seconds = cache_seconds
+        # Below the request deadline (web.request_timeout), so a slow check is answered
+        # "not ready" with its reason, and cached, rather than cut.
+        self._check_timeout = check_timeout
         self._cached: tuple[float, bool, str] | None = None
-        self._http = httpd.Server(self._route)
 
-    async def start(self, address: str, port: int) -> int:
-        return await self._http.start(address, port)
+    def add_to(self, server: WebServer) -> None:
+        server.add_route("GET", "/metrics", self._metrics)
+        server.add_route("GET", "/healthz", self._healthz)
+        server.add_route("GET", "/readyz", self._readyz)
 
-    async def stop(self) -> None:
-        await self._http.stop()
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        self._refresh()
+        # With workers, reading every worker's files is I/O: off the loop.
+        body = await asyncio.to_thread(exposition)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _route(self, request: httpd.Request) -> httpd.Response:
-        if request.method != "GET":
-            return httpd.Response(405, b"GET only\n")
-        if request.path == "/metrics":
-            self._refresh()
-            # With workers, reading every worker's files is I/O: off the loop.
-            body = await asyncio.to_thread(exposition)
-            return httpd.Response(200, body, CONTENT_TYPE_LATEST)
-        if request.path == "/healthz":
-            return httpd.Response(200, b"ok\n")
-        if request.path == "/readyz":
-            ok, detail = await self._ready()
-            return httpd.Response(200 if ok else 503, (detail + "\n").encode())
-        return httpd.Response(404, b"not found\n")
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        ok, detail = await self._ready()
+        return web.Response(status=200 if ok else 503, text=detail + "\n")
 
     async def _ready(self) -> tuple[bool, str]:
         now = time.monotonic()
         if self._cached is None or now - self._cached[0] > self._cache_seconds:
             try:
-                ok, detail = await asyncio.wait_for(self._readiness(), 20)
+                ok, detail = await asyncio.wait_for(self._readiness(), self._check_timeout)
             except Exception as e:  # a check that breaks means: not ready
                 ok, detail = False, f"check failed: {type(e).__name__}"
             self._cached = (now, ok, detail)

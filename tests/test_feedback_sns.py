@@ -67,6 +67,12 @@ def _cert(subject: str, key: rsa.RSAPrivateKey, issuer: str,
             .sign(issuer_key, hashes.SHA256()))
 
 
+def now_stamp(offset: float = 0.0) -> str:
+    """A Timestamp as SNS writes it (milliseconds, Z), *offset* seconds from now."""
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=offset)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def sns_string_to_sign(doc: dict[str, Any]) -> bytes:
     keys = (["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"]
             if doc["Type"] == "Notification" else
@@ -87,9 +93,10 @@ class Signer:
 
     def notification(self, *, version: str = "1", message: str = SES_BOUNCE,
                      message_id: str = "a6a4a6f1-0001", topic: str = TOPIC,
-                     cert_url: str = CERT_URL, **extra: str) -> dict[str, Any]:
+                     cert_url: str = CERT_URL, timestamp: str | None = None,
+                     **extra: str) -> dict[str, Any]:
         doc = {"Type": "Notification", "MessageId": message_id, "TopicArn": topic,
-               "Message": message, "Timestamp": "2026-11-22T10:00:06.123Z",
+               "Message": message, "Timestamp": timestamp or now_stamp(),
                "SigningCertURL": cert_url, **extra}
         signed = self.sign(doc, version)
         # Not signed, but always present in real messages.
@@ -102,7 +109,7 @@ class Signer:
         doc = {"Type": kind, "MessageId": message_id, "Token": "2336412f37",
                "TopicArn": TOPIC, "SubscribeURL": subscribe_url,
                "Message": f"You have chosen to subscribe to the topic {TOPIC}.",
-               "Timestamp": "2026-11-22T10:00:00.000Z", "SigningCertURL": CERT_URL}
+               "Timestamp": now_stamp(), "SigningCertURL": CERT_URL}
         return self.sign(doc, version)
 
 
@@ -170,9 +177,15 @@ def test_confirmations_sign_token_and_subscribe_url(signer: Signer, kind: str,
     assert (message.type, message.subscribe_url) == (kind, SUBSCRIBE_URL)
 
 
-def test_china_partition_certificate_host_is_accepted(signer: Signer) -> None:
+@pytest.mark.parametrize("url", [
+    "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-1.pem",
+    "https://sns.cn-northwest-1.amazonaws.com.cn/SimpleNotificationService-1.pem",
+    "https://sns.us-gov-west-1.amazonaws.com/SimpleNotificationService-1.pem",
+    "https://sns.ap-southeast-2.amazonaws.com/SimpleNotificationService-"
+    "9c6465fa7f48f5cacd23014631ec1136.pem",
+])
+def test_certificate_hosts_of_every_partition_are_accepted(signer: Signer, url: str) -> None:
     verifier, fetch = verifier_for(signer)
-    url = "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-1.pem"
     verify(verifier, signer.notification(cert_url=url))
     assert fetch.urls == [url]
 
@@ -212,19 +225,39 @@ def test_tampered_or_forged_notification_is_rejected(signer: Signer, forger: Sig
     assert info.value.status == 403
 
 
+PEM = "/SimpleNotificationService-0123abcd.pem"
+
+
 @pytest.mark.parametrize(("url", "reason"), [
-    ("http://sns.us-east-1.amazonaws.com/SimpleNotificationService-0000.pem", "not https"),
-    ("https://attacker.example/SimpleNotificationService-0000.pem", "not SNS"),
-    ("https://sns.us-east-1.amazonaws.com.attacker.example/x.pem", "not SNS"),
-    ("https://sns.us-east-1.amazonaws.com@attacker.example/x.pem", "userinfo"),
-    ("https://user:pw@sns.us-east-1.amazonaws.com/x.pem", "userinfo"),
-    ("https://attacker.example\\@sns.us-east-1.amazonaws.com/x.pem", "userinfo"),
-    ("https://sns.us-east-1.amazonaws.com:8443/x.pem", "port"),
-    ("https://sns.us-east-1.amazonaws.com:443/x.pem", "port"),
-    ("https://sns.us-east-1.amazonaws.com/x.crt", ".pem"),
-    ("https://sns.us-east-1.amazonaws.com/x.pem.txt", ".pem"),
-    ("https://sns.us-east-1.amazon\taws.com/x.pem", "whitespace"),
-    ("https://sns.us-east-1.amazonaws.com:99999/x.pem", "does not parse"),
+    ("http://sns.us-east-1.amazonaws.com" + PEM, "not https"),
+    ("https://attacker.example" + PEM, "not SNS"),
+    ("https://sns.us-east-1.amazonaws.com.attacker.example" + PEM, "not SNS"),
+    ("https://sns.us-east-1.amazonaws.com.evil.example" + PEM, "not SNS"),
+    ("https://sns.us-east-1.amazonaws.com@evil" + PEM, "userinfo"),
+    ("https://sns.us-east-1.amazonaws.com@attacker.example" + PEM, "userinfo"),
+    ("https://user:pw@sns.us-east-1.amazonaws.com" + PEM, "userinfo"),
+    ("https://attacker.example\\@sns.us-east-1.amazonaws.com" + PEM, "userinfo"),
+    # Hosts that match "sns.<anything>.amazonaws.com" but are S3 buckets, or not SNS.
+    ("https://bucket.s3.amazonaws.com" + PEM, "not SNS"),
+    ("https://sns.s3.amazonaws.com" + PEM, "not SNS"),
+    ("https://sns.s3-us-west-2.amazonaws.com" + PEM, "not SNS"),
+    ("https://sns.s3-website-us-east-1.amazonaws.com" + PEM, "not SNS"),
+    ("https://sns.s3.us-east-1.amazonaws.com" + PEM, "not SNS"),
+    ("https://sns.execute-api.amazonaws.com" + PEM, "not SNS"),
+    ("https://sns.us-east-1.amazonaws.com.cn" + PEM, "not SNS"),
+    ("https://SNS.us-east-1.amazonaws.com:8443" + PEM, "port"),
+    ("https://sns.us-east-1.amazonaws.com:8443" + PEM, "port"),
+    ("https://sns.us-east-1.amazonaws.com:443" + PEM, "port"),
+    ("https://sns.us-east-1.amazonaws.com/x.pem", "path"),
+    ("https://sns.us-east-1.amazonaws.com/x.crt", "path"),
+    ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0000.pem.txt", "path"),
+    ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-xyz.pem", "path"),
+    ("https://sns.us-east-1.amazonaws.com/bucket/SimpleNotificationService-0000.pem",
+     "path"),
+    ("https://sns.us-east-1.amazonaws.com" + PEM + "?x=1", "path"),
+    ("https://sns.us-east-1.amazonaws.com" + PEM + "#x", "path"),
+    ("https://sns.us-east-1.amazon\taws.com" + PEM, "whitespace"),
+    ("https://sns.us-east-1.amazonaws.com:99999" + PEM, "does not parse"),
 ])
 def test_certificate_url_outside_sns_is_rejected_before_any_fetch(
         signer: Signer, url: str, reason: str) -> None:
@@ -234,6 +267,61 @@ def test_certificate_url_outside_sns_is_rejected_before_any_fetch(
     assert fetch.urls == []
 
 
+@pytest.mark.parametrize(("offset", "reason"), [
+    (-2 * 3600, "too old"),  # past SNS's longest retry policy (3,600 s)
+    (-3 * 86400, "too old"),
+    (+3600, "in the future"),
+])
+def test_a_notification_stamped_far_from_now_is_refused_before_any_fetch(
+        signer: Signer, offset: float, reason: str) -> None:
+    verifier, fetch = verifier_for(signer)
+    with pytest.raises(RejectedMessage, match=reason):
+        verify(verifier, signer.notification(timestamp=now_stamp(offset)))
+    assert fetch.urls == []
+
+
+@pytest.mark.parametrize("offset", [-50 * 60, -5, +60])
+def test_a_notification_sns_may_still_be_retrying_is_accepted(signer: Signer,
+                                                              offset: float) -> None:
+    verifier, _ = verifier_for(signer)
+    verify(verifier, signer.notification(timestamp=now_stamp(offset)))
+
+
+@pytest.mark.parametrize("stamp", ["yesterday", "2026-11-22T10:00:06"])
+def test_a_timestamp_without_a_time_or_zone_is_refused(signer: Signer, stamp: str) -> None:
+    verifier, _ = verifier_for(signer)
+    with pytest.raises(RejectedMessage, match="Timestamp"):
+        verify(verifier, signer.notification(timestamp=stamp))
+
+
+def test_an_old_subscription_confirmation_is_not_replayed(signer: Signer) -> None:
+    doc = signer.confirmation()
+    doc = signer.sign({**{k: v for k, v in doc.items()
+                          if k not in ("Signature", "SignatureVersion")},
+                       "Timestamp": now_stamp(-2 * 86400)})
+    calls = Calls()
+    assert post(verifier_for(signer)[0], calls, doc) == 403
+    assert calls.confirmed == []
+
+
+def test_concurrent_messages_share_one_certificate_fetch(signer: Signer) -> None:
+    urls: list[str] = []
+
+    async def slow(url: str) -> bytes:
+        urls.append(url)
+        await asyncio.sleep(0.05)
+        return signer.pem
+
+    verifier = Verifier([TOPIC], fetch_cert=slow)
+
+    async def main() -> None:
+        await asyncio.gather(*(verifier.verify(signer.notification(message_id=f"m-{n}"))
+                               for n in range(8)))
+
+    asyncio.run(main())
+    assert urls == [CERT_URL]
+
+
 def test_wrong_topic_costs_no_certificate_fetch(signer: Signer) -> None:
     verifier, fetch = verifier_for(signer)
     with pytest.raises(RejectedMessage):
@@ -241,10 +329,19 @@ def test_wrong_topic_costs_no_certificate_fetch(signer: Signer) -> None:
     assert fetch.urls == []
 
 
-def test_subscribe_url_must_be_on_an_sns_host(signer: Signer) -> None:
+@pytest.mark.parametrize(("url", "reason"), [
+    ("https://attacker.example/?x=1", "not SNS"),
+    ("https://sns.s3.amazonaws.com/?Action=ConfirmSubscription", "not SNS"),
+    ("https://bucket.s3.amazonaws.com/?Action=ConfirmSubscription", "not SNS"),
+    ("https://sns.us-east-1.amazonaws.com.evil.example/?Action=ConfirmSubscription",
+     "not SNS"),
+    ("https://sns.us-east-1.amazonaws.com@evil/?Action=ConfirmSubscription", "userinfo"),
+    ("http://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription", "not https"),
+])
+def test_subscribe_url_must_be_on_an_sns_host(signer: Signer, url: str, reason: str) -> None:
     verifier, _ = verifier_for(signer)
-    with pytest.raises(RejectedMessage, match="not SNS"):
-        verify(verifier, signer.confirmation(subscribe_url="https://attacker.example/?x=1"))
+    with pytest.raises(RejectedMessage, match=reason):
+        verify(verifier, signer.confirmation(subscribe_url=url))
 
 
 @pytest.mark.parametrize("doc", [
@@ -312,9 +409,9 @@ def _serve(certs: Certs, pem: bytes) -> Iterator[PemServer]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             requests.append(self.path)
-            if self.path == "/redirect.pem":
+            if self.path == "/SimpleNotificationService-0bad.pem":
                 self.send_response(302)
-                self.send_header("Location", "/SimpleNotificationService-test.pem")
+                self.send_header("Location", "/SimpleNotificationService-7e57.pem")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
@@ -335,7 +432,7 @@ def _serve(certs: Certs, pem: bytes) -> Iterator[PemServer]:
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
-        yield PemServer(f"https://127.0.0.1:{port}/SimpleNotificationService-test.pem",
+        yield PemServer(f"https://127.0.0.1:{port}/SimpleNotificationService-7e57.pem",
                         requests)
     finally:
         server.shutdown()
@@ -360,7 +457,7 @@ def test_default_fetcher_gets_the_certificate_over_verified_tls_once(
                                                       message_id=f"m-{n}"))
 
     asyncio.run(main())
-    assert pem_server.requests == ["/SimpleNotificationService-test.pem"]
+    assert pem_server.requests == ["/SimpleNotificationService-7e57.pem"]
 
 
 def test_default_fetcher_refuses_an_untrusted_server_certificate(
@@ -380,10 +477,25 @@ def test_default_fetcher_does_not_follow_redirects(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))
     verifier = Verifier([TOPIC], cert_host_pattern=LOOPBACK)
-    url = pem_server.url.replace("SimpleNotificationService-test.pem", "redirect.pem")
+    url = pem_server.url.replace("-7e57.pem", "-0bad.pem")
     with pytest.raises(FetchError, match="302"):
         verify(verifier, signer.notification(cert_url=url))
-    assert pem_server.requests == ["/redirect.pem"]
+    assert pem_server.requests == ["/SimpleNotificationService-0bad.pem"]
+
+
+def test_a_subscription_is_confirmed_over_verified_tls(
+        signer: Signer, pem_server: PemServer, certs: Certs,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))
+    verifier = Verifier([TOPIC], fetch_cert=FakeFetcher(signer.pem),
+                        cert_host_pattern=LOOPBACK)
+    url = pem_server.url.rsplit("/", 1)[0] + "/?Action=ConfirmSubscription&Token=2336412f37"
+    doc = {**signer.confirmation(subscribe_url=url), "SigningCertURL": pem_server.url}
+    status = asyncio.run(handle_post(json.dumps(doc).encode(), verifier,
+                                     confirm=verifier.confirm_subscription,
+                                     on_notification=Calls().on_notification))
+    assert status == 200
+    assert pem_server.requests == ["/?Action=ConfirmSubscription&Token=2336412f37"]
 
 
 # --- handle_post ---------------------------------------------------------------------------

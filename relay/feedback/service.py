@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import Awaitable, Callable
 
-from relay import httpd, log
+from aiohttp import web
+
+from relay import log
 from relay.config import FeedbackConfig
 from relay.events import EventStore
 from relay.feedback import sns
@@ -21,6 +22,7 @@ from relay.feedback.processor import FeedbackProcessor
 from relay.feedback.sqs import SQSPoller
 from relay.reputation import ReputationGuard
 from relay.suppression import SuppressionList
+from relay.web.server import WebServer
 
 _log = log.get("feedback")
 
@@ -42,21 +44,17 @@ class FeedbackService:
             counts_path=config.database.with_name("transient-bounces.sqlite3"))
         self._verifier = sns.Verifier(config.topic_arns)
         self._region = region
-        self._http: httpd.Server | None = None
         self._poller: SQSPoller | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.http_port: int | None = None
+
+    def add_routes(self, server: WebServer) -> None:
+        """The SNS webhook (``feedback.http.path``) on *server*, which should take bodies of
+        sns.MAX_POST_BYTES."""
+        assert self.config.http is not None
+        server.add_route("POST", self.config.http.path, self._post)
 
     async def start(self) -> None:
         c = self.config
-        if c.http is not None:
-            tls = None
-            if c.http.cert and c.http.key:
-                tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                tls.minimum_version = ssl.TLSVersion.TLSv1_2
-                tls.load_cert_chain(str(c.http.cert), str(c.http.key))
-            self._http = httpd.Server(self._route, max_body=256 * 1024)
-            self.http_port = await self._http.start(c.http.address, c.http.port, tls)
         if c.sqs_queue_url:
             self._poller = SQSPoller(c.sqs_queue_url, self.handle, region=self._region,
                                      endpoint_url=c.sqs_endpoint_url)
@@ -64,8 +62,6 @@ class FeedbackService:
         await asyncio.to_thread(self._guard.check)
 
     async def stop(self) -> None:
-        if self._http is not None:
-            await self._http.stop()
         if self._poller is not None:
             self._poller.stop()
         for task in self._tasks:
@@ -73,16 +69,12 @@ class FeedbackService:
                 await asyncio.wait_for(task, 5)
         self._processor.close()
 
-    async def _route(self, request: httpd.Request) -> httpd.Response:
-        assert self.config.http is not None
-        if request.path != self.config.http.path:
-            return httpd.Response(404, b"not found\n")
-        if request.method != "POST":
-            return httpd.Response(405, b"POST only\n")
-        status = await sns.handle_post(request.body, self._verifier,
-                                       confirm=sns.confirm_subscription,
+    async def _post(self, request: web.Request) -> web.Response:
+        body = await request.read()  # 413 past the server's max_body
+        status = await sns.handle_post(body, self._verifier,
+                                       confirm=self._verifier.confirm_subscription,
                                        on_notification=self.handle)
-        return httpd.Response(status, b"")
+        return web.Response(status=status)
 
     async def handle(self, event: Event) -> None:
         """One SES event: remember it, act on it, re-check the account's reputation."""

@@ -5,7 +5,12 @@ signature checks out against the certificate SNS names in ``SigningCertURL``, an
 is only fetched from an SNS host over verified TLS: otherwise a forger would simply point
 us at a certificate of their own. The topic allowlist is checked before any fetch, so
 messages for foreign topics cost no outbound request. SNS retries reuse the MessageId,
-which a small LRU set turns into no-ops.
+which a small LRU set turns into no-ops, and a Timestamp older than SNS can still be
+retrying is refused: it can only be a replay.
+
+Certificates are cached, and fetched once per URL however many messages name it, by
+relay.feedback.snsfetch: asynchronously, a few at a time, never in the thread pool that
+AUTH's password checks use.
 """
 
 from __future__ import annotations
@@ -13,12 +18,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import http.client
+import datetime as dt
 import json
 import re
-import ssl
-import urllib.error
-import urllib.request
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,12 +37,18 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from relay import log
 from relay.errors import RelayError
 from relay.feedback.notifications import Event, NotificationError, parse_event
+from relay.feedback.snsfetch import Fetcher
 
 _log = log.get("feedback")
 
 # What the authority (host, and port if any) of a signing-certificate or subscribe URL must
-# be: the SNS endpoint of some region, in the global or the China partition, without port.
-SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?")
+# be: the SNS endpoint of a region (us-east-1, us-gov-west-1, cn-north-1 in the China
+# partition), without port. A looser "sns.<anything>.amazonaws.com" admits hosts that
+# others control: an S3 bucket named "sns" is sns.s3.amazonaws.com.
+SNS_HOST = re.compile(r"sns\.(?:[a-z]{2}(?:-gov)?-[a-z]+-\d{1,2}\.amazonaws\.com"
+                      r"|cn-[a-z]+-\d{1,2}\.amazonaws\.com\.cn)")
+# The one path SNS serves its signing certificates at.
+CERT_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]+\.pem")
 
 # The signed fields per message type, in signing order; Subject is signed only if present.
 _NOTIFICATION_FIELDS = ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type")
@@ -53,9 +62,14 @@ _SIGNED_FIELDS = {
 _OPTIONAL_FIELDS = frozenset({"Subject"})
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
 
-# A PEM certificate is about 2 kB and a ConfirmSubscription answer less than 1 kB.
-MAX_FETCH_BYTES = 64 * 1024
-FETCH_TIMEOUT = 10.0
+# An SNS POST: a message of at most 256 KiB, in its JSON envelope.
+MAX_POST_BYTES = 256 * 1024
+# SNS retries an HTTP/S delivery for at most 3,600 s (a hard limit of its delivery
+# policies) and every retry carries the first attempt's Timestamp; allow 5 minutes of
+# clock difference either way. Anything older is a replay: an old, validly signed
+# SubscriptionConfirmation could undo an operator's unsubscribe.
+MAX_AGE = 3600.0 + 300.0
+MAX_AHEAD = 300.0
 
 
 class SNSError(RelayError):
@@ -134,18 +148,22 @@ class Verifier:
 
     *fetch_cert* returns the PEM bytes at a URL (default: HTTPS with the system trust
     store); *cert_host_pattern* must fully match the URL authority (lower-cased host, plus
-    ``:port`` if there is one). Both exist so tests can use a private CA on loopback.
+    ``:port`` if there is one). Both exist so tests can use a private CA on loopback, as
+    does *clock* (seconds since the epoch) for the Timestamp window.
     """
 
     def __init__(self, topic_arns: Iterable[str], *, fetch_cert: CertFetcher | None = None,
                  cert_host_pattern: re.Pattern[str] = SNS_HOST, cert_cache_size: int = 32,
-                 seen_size: int = 10_000) -> None:
+                 seen_size: int = 10_000, clock: Callable[[], float] = time.time) -> None:
         self.topic_arns = frozenset(topic_arns)
         self.cert_host_pattern = cert_host_pattern
         self.seen = SeenMessages(seen_size)
-        self._fetch = fetch_cert or fetch_https
+        self.fetcher = Fetcher()
+        self._fetch = fetch_cert or self.fetcher.get
+        self._clock = clock
         self._cache_size = cert_cache_size
         self._keys: OrderedDict[str, RSAPublicKey] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[RSAPublicKey]] = {}
 
     async def verify(self, doc: Mapping[str, Any]) -> SNSMessage:
         """The verified message, or SNSError saying why not."""
@@ -153,6 +171,7 @@ class Verifier:
         algorithm = _algorithm(doc.get("SignatureVersion"))
         if doc["TopicArn"] not in self.topic_arns:
             raise RejectedMessage("topic not allowed")
+        check_timestamp(doc["Timestamp"], self._clock())
         signature = _signature(doc.get("Signature"))
         cert_url = doc.get("SigningCertURL")
         if not isinstance(cert_url, str):
@@ -168,14 +187,33 @@ class Verifier:
             check_url(message.subscribe_url, self.cert_host_pattern, pem=False)
         return message
 
+    async def confirm_subscription(self, url: str) -> None:
+        """Confirm an SNS subscription by GETting its (already checked) SubscribeURL."""
+        await self.fetcher.get(url)
+
     async def _public_key(self, url: str) -> RSAPublicKey:
         key = self._keys.get(url)
-        if key is None:
-            key = _rsa_key(await self._fetch_pem(url))
-            self._keys[url] = key
-            while len(self._keys) > self._cache_size:
-                self._keys.popitem(last=False)
+        if key is not None:
+            return key
+        loading = self._loading.get(url)
+        if loading is None:
+            # One fetch per URL, however many messages wait for it; shielded, so a request
+            # cut at its deadline does not cancel what the others (and the cache) await.
+            loading = self._loading[url] = asyncio.ensure_future(self._load(url))
+            loading.add_done_callback(lambda done: self._loaded(url, done))
+        return await asyncio.shield(loading)
+
+    async def _load(self, url: str) -> RSAPublicKey:
+        key = _rsa_key(await self._fetch_pem(url))
+        self._keys[url] = key
+        while len(self._keys) > self._cache_size:
+            self._keys.popitem(last=False)
         return key
+
+    def _loaded(self, url: str, done: asyncio.Future[RSAPublicKey]) -> None:
+        self._loading.pop(url, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have given up already
 
     async def _fetch_pem(self, url: str) -> bytes:
         try:
@@ -205,7 +243,8 @@ def string_to_sign(doc: Mapping[str, Any]) -> bytes:
 
 def check_url(url: str, host_pattern: re.Pattern[str] = SNS_HOST, *, pem: bool) -> None:
     """Raise RejectedMessage unless *url* is https on an SNS host, without userinfo or
-    port (as *host_pattern* decides), and, for a certificate (*pem*), ends in ``.pem``."""
+    port (as *host_pattern* decides), and, for a certificate (*pem*), has SNS's
+    certificate path and nothing after it."""
     # urlsplit silently drops tabs and newlines; refuse them rather than guess.
     if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
         raise RejectedMessage("URL contains whitespace or control characters")
@@ -220,20 +259,26 @@ def check_url(url: str, host_pattern: re.Pattern[str] = SNS_HOST, *, pem: bool) 
         raise RejectedMessage("URL has userinfo")
     if not host_pattern.fullmatch(parts.netloc.lower()):
         raise RejectedMessage("URL has a port" if port is not None else "URL host is not SNS")
-    if pem and not parts.path.endswith(".pem"):
-        raise RejectedMessage("certificate URL does not end in .pem")
+    if pem and not (CERT_PATH.fullmatch(parts.path) and not parts.query
+                    and not parts.fragment):
+        raise RejectedMessage("certificate URL path is not /SimpleNotificationService-"
+                              "<hex>.pem")
 
 
-async def fetch_https(url: str) -> bytes:
-    """GET *url* over TLS verified against the system trust store (``SSL_CERT_FILE`` is
-    honoured), without following redirects, within FETCH_TIMEOUT; FetchError on failure."""
-    # The socket timeout bounds the thread; asyncio.timeout could not stop it.
-    return await asyncio.to_thread(_get, url, FETCH_TIMEOUT)
-
-
-async def confirm_subscription(url: str) -> None:
-    """Confirm an SNS subscription by GETting its (already checked) SubscribeURL."""
-    await fetch_https(url)
+def check_timestamp(value: str, now: float) -> None:
+    """Raise RejectedMessage unless *value* (ISO 8601, as SNS writes it) is within MAX_AGE
+    before *now* and MAX_AHEAD after it."""
+    try:
+        stamp = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise RejectedMessage("Timestamp does not parse") from None
+    if stamp.tzinfo is None:
+        raise RejectedMessage("Timestamp has no time zone")
+    age = now - stamp.timestamp()
+    if age > MAX_AGE:
+        raise RejectedMessage("Timestamp too old (a replay, or retried past SNS's limit)")
+    if age < -MAX_AHEAD:
+        raise RejectedMessage("Timestamp in the future")
 
 
 async def handle_post(body: bytes, verifier: Verifier, *,
@@ -336,29 +381,3 @@ def _message(doc: Mapping[str, Any]) -> SNSMessage:
                       topic_arn=doc["TopicArn"], message=doc["Message"],
                       timestamp=doc["Timestamp"], subject=doc.get("Subject"),
                       subscribe_url=doc.get("SubscribeURL"))
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # SNS serves certificates and confirmations directly; a redirect would lead away from
-    # the host we checked.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def _get(url: str, timeout: float) -> bytes:
-    # A fresh context per fetch reads the trust store (and SSL_CERT_FILE) as it is now;
-    # fetches are rare because certificates are cached.
-    context = ssl.create_default_context()
-    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
-                                         _NoRedirect())
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            body: bytes = response.read(MAX_FETCH_BYTES + 1)
-    except urllib.error.HTTPError as e:
-        e.close()  # it holds the response, and with it the connection
-        raise FetchError(f"GET {urlsplit(url).netloc} failed: HTTP {e.code}") from None
-    except (OSError, ValueError, http.client.HTTPException) as e:
-        raise FetchError(f"GET {urlsplit(url).netloc} failed: {e}") from None
-    if len(body) > MAX_FETCH_BYTES:
-        raise FetchError(f"GET {urlsplit(url).netloc}: answer too large")
-    return body
