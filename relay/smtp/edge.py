@@ -147,8 +147,15 @@ class EdgeSMTP(SMTP):
     # -- before the greeting
 
     async def _handle_client(self) -> None:
-        if not await self._opening():
-            return
+        try:
+            if not await self._opening():
+                return
+        except asyncio.CancelledError:
+            # EOF or a reset (aiosmtpd cancels the task), or shutdown: aiosmtpd's own loop
+            # closes the transport then, and so must this.
+            if self.transport is not None:
+                self.transport.close()
+            raise
         if self._refusal is not None:
             self._greeted = True  # the refusal takes the greeting's place
             await self.push(self._refusal)
