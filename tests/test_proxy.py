@@ -151,6 +151,71 @@ def test_a_balancer_without_a_header_is_closed_without_a_word(setup: Setup, star
     assert events(logs, "proxy_header_refused")
 
 
+def test_starttls_behind_a_balancer_keeps_the_client_it_named(setup: Setup, start_relay,
+                                                              logs) -> None:
+    port = listener(setup, tls="starttls", auth="required")
+    start_relay(setup)
+    s = connect(port, BALANCER)
+    s.sendall(v1(CLIENT, 40003))
+    with over(s) as d:
+        d.ca = setup.certs.ca
+        d.cmd("EHLO client.test")
+        assert d.starttls().startswith(b"220 ")
+        assert b"AUTH" in d.cmd("EHLO client.test")
+        assert d.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}").startswith(b"235 ")
+    assert events(logs, "auth_ok")[0]["peer"] == f"{CLIENT}:40003"
+
+
+def plain(user: str, password: str) -> str:
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def via_balancer(port: int, client: str) -> Dialog:
+    s = connect(port, BALANCER)
+    s.sendall(v1(client))
+    return over(s)
+
+
+def test_the_per_client_cap_counts_the_clients_a_balancer_names(setup: Setup,
+                                                                start_relay) -> None:
+    setup.doc["limits"] = {"max_connections_per_ip": 2}
+    port = plain_listener(setup)
+    start_relay(setup)
+    first = [via_balancer(port, CLIENT) for _ in range(2)]
+    try:
+        assert all(d.greeting.startswith(b"220 ") for d in first)
+        with via_balancer(port, CLIENT) as third:
+            assert third.greeting.startswith(b"421 4.7.0")
+        # The balancer's own address is not one client: others still get in through it.
+        with via_balancer(port, "192.0.2.11") as other:
+            assert other.greeting.startswith(b"220 ")
+    finally:
+        for d in first:
+            d.close()
+
+
+def test_a_lockout_falls_on_the_client_a_balancer_names(setup: Setup, start_relay) -> None:
+    setup.doc["limits"] = {"max_auth_failures": 2}
+    port = listener(setup, tls="implicit", auth="required")
+    start_relay(setup)
+
+    def session(client: str) -> Dialog:
+        raw = connect(port, BALANCER)
+        raw.sendall(v2(client))
+        return over(tls_context(setup.certs.ca).wrap_socket(raw, server_hostname="localhost"))
+
+    with session(CLIENT) as d:
+        d.cmd("EHLO client.test")
+        for i in range(2):
+            d.cmd(f"AUTH PLAIN {plain(USER, f'guess-{i}')}")
+    with session(CLIENT) as d:
+        assert d.greeting.startswith(b"421 4.7.0")
+    with session("192.0.2.11") as d:
+        assert d.greeting.startswith(b"220 ")
+        d.cmd("EHLO client.test")
+        assert d.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}").startswith(b"235 ")
+
+
 # -- implicit TLS: the header comes before the handshake
 
 
@@ -165,8 +230,7 @@ def test_implicit_tls_behind_a_balancer_takes_the_header_before_the_handshake(
         ehlo = d.cmd("EHLO client.test")
         assert b"AUTH" in ehlo
         assert b"STARTTLS" not in ehlo
-        token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
-        assert d.cmd(f"AUTH PLAIN {token}").startswith(b"235 ")
+        assert d.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}").startswith(b"235 ")
     ok = events(logs, "auth_ok")
     assert ok[0]["peer"] == f"{CLIENT}:40002"
     assert ok[0]["proxy"].startswith(f"{BALANCER}:")

@@ -194,7 +194,7 @@ class EdgeSMTP(SMTP):
             await asyncio.sleep(0)
         if self._implicit_context is None:
             return True
-        if self._refusal is not None and self._refusal is not LOCKED_OUT:
+        if self._refusal is not None and self._refusal != LOCKED_OUT:
             # One connection too many gets no TLS handshake: closed at once, it does not
             # hold a slot (and the CPU) while its handshake runs.
             self._close()
