@@ -216,6 +216,18 @@ def test_a_lockout_falls_on_the_client_a_balancer_names(setup: Setup, start_rela
         assert d.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}").startswith(b"235 ")
 
 
+def test_a_balancers_own_connection_v2_local_is_its_own_client(setup: Setup,
+                                                               start_relay) -> None:
+    port = plain_listener(setup)
+    start_relay(setup)
+    s = connect(port, BALANCER)
+    s.sendall(b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x20, 0x00]) + struct.pack("!H", 0))
+    with over(s) as d:  # a health check: LOCAL, no addresses
+        assert d.greeting.startswith(b"220 ")
+        d.cmd("EHLO lb.test")
+        assert d.cmd(f"MAIL FROM:<{SENDER}>").startswith(b"530 ")  # 127.0.0.1: not trusted
+
+
 # -- implicit TLS: the header comes before the handshake
 
 
@@ -267,6 +279,8 @@ def test_connections_stuck_in_the_tls_handshake_count_toward_the_per_client_cap(
              for _ in range(3)]
     try:
         wait_until(lambda: relay.relay.connections.count == 3)
+        with socket.create_connection(("127.0.0.1", setup.implicit_port), timeout=10) as s:
+            assert read_to_close(s) == b""  # closed at once, not kept for a handshake
         extra = socket.create_connection(("127.0.0.1", setup.implicit_port), timeout=10)
         with pytest.raises((ssl.SSLError, ConnectionError)):
             tls_context(setup.certs.ca).wrap_socket(extra, server_hostname="localhost")
@@ -279,6 +293,21 @@ def test_connections_stuck_in_the_tls_handshake_count_toward_the_per_client_cap(
     wait_until(lambda: relay.relay.connections.count == 0)
     with Dialog(setup.implicit_port, setup.certs.ca, implicit_tls=True) as d:
         assert d.greeting.startswith(b"220 ")
+
+
+def test_connections_stuck_in_the_tls_handshake_count_toward_the_cap_in_all(
+        setup: Setup, start_relay) -> None:
+    setup.doc["limits"] = {"max_connections": 2}
+    setup.write()
+    relay = start_relay(setup)
+    stuck = [connect(setup.implicit_port, BALANCER) for _ in range(2)]
+    try:
+        wait_until(lambda: relay.relay.connections.count == 2)
+        with connect(setup.implicit_port, DIRECT) as s:
+            assert read_to_close(s) == b""
+    finally:
+        for s in stuck:
+            s.close()
 
 
 def test_a_client_that_never_starts_tls_is_hung_up_on(setup: Setup, start_relay,

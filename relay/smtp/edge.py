@@ -180,6 +180,8 @@ class EdgeSMTP(SMTP):
                 return False
             self._refusal = handler.proxied(self.session, header, self._refusal)
         elif self._told is not None:
+            if self._too_many():
+                return False  # not kept waiting for a handshake that would be refused
             # A TLS client speaks first: tell a PROXY header from a ClientHello before TLS.
             try:
                 async with asyncio.timeout(self._opening_timeout):
@@ -194,12 +196,18 @@ class EdgeSMTP(SMTP):
             await asyncio.sleep(0)
         if self._implicit_context is None:
             return True
-        if self._refusal is not None and self._refusal != LOCKED_OUT:
-            # One connection too many gets no TLS handshake: closed at once, it does not
-            # hold a slot (and the CPU) while its handshake runs.
-            self._close()
+        if self._too_many():
             return False
         return await self._start_tls(self._implicit_context)
+
+    def _too_many(self) -> bool:
+        """On implicit TLS, one connection too many gets no handshake (it could not read a
+        421 without one): closed at once, it holds no slot (nor the CPU) while a handshake
+        runs. A locked-out client does get the handshake and its 421."""
+        if self._refusal is None or self._refusal == LOCKED_OUT:
+            return False
+        self._close()
+        return True
 
     async def _start_tls(self, context: ssl.SSLContext) -> bool:
         try:
