@@ -71,6 +71,8 @@ async def read_header(reader: asyncio.StreamReader) -> Header:
     if not data.valid:
         raise BadHeader(data.error or "not a PROXY header")
     src = data.src_addr
+    if isinstance(src, ipaddress.IPv6Address) and src.ipv4_mapped is not None:
+        src = src.ipv4_mapped  # so that IPv4 trusted_networks and limits see it as such
     if isinstance(src, ipaddress.IPv4Address | ipaddress.IPv6Address):
         return Header((str(src), int(data.src_port or 0)))
     return Header(None)
