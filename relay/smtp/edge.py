@@ -191,8 +191,9 @@ class EdgeSMTP(SMTP):
                 self._close()
                 return False
         else:
-            # A header sent at once (without waiting for the greeting) reaches
-            # data_received in this turn of the loop: then it gets 421 and no greeting.
+            # One turn of the loop: a header sent at once (without waiting for the
+            # greeting) has then usually reached data_received, and gets its 421 with no
+            # greeting before it. Later, it gets the 421 after the greeting.
             await asyncio.sleep(0)
         if self._implicit_context is None:
             return True
