@@ -46,6 +46,8 @@ class Listener:
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Expect a PROXY protocol (v1 or v2) header from a load balancer before SMTP starts.
     proxy_protocol: bool = False
+    # The load balancers whose PROXY headers are believed (required with proxy_protocol).
+    proxy_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -501,7 +503,7 @@ class _Reader:
 
     def listener(self, raw: object, path: str, default_name: str) -> Listener | None:
         d = self.section(raw, path, {"name", "address", "port", "tls", "auth",
-                                     "trusted_networks", "proxy_protocol"})
+                                     "trusted_networks", "proxy_protocol", "proxy_from"})
         if d is None:
             return None
         for key in ("address", "port"):
@@ -516,6 +518,15 @@ class _Reader:
         if tls == "none" and auth != "none":
             self.problem(f"{path}.tls", "tls: none would send passwords in clear; "
                                         "use starttls or implicit, or auth: none")
+        proxy = self.get(d, "proxy_protocol", path, self.boolean, False)
+        proxy_from = self.networks(d.get("proxy_from"), f"{path}.proxy_from")
+        if proxy and not d.get("proxy_from"):
+            # Believed from anyone, a PROXY header names any client: an open relay
+            # through trusted_networks, and lockouts and limits dodged.
+            self.problem(f"{path}.proxy_from", "required with proxy_protocol: true: the "
+                                               "networks of the load balancers to trust")
+        elif "proxy_from" in d and not proxy:
+            self.problem(f"{path}.proxy_from", "only with proxy_protocol: true")
         return Listener(
             name=self.get(d, "name", path, self.string, default_name),
             address=self.get(d, "address", path, self.string, "127.0.0.1"),
@@ -523,7 +534,8 @@ class _Reader:
             tls=tls,  # type: ignore[arg-type]  # checked by choice()
             auth=auth,  # type: ignore[arg-type]
             trusted_networks=networks,
-            proxy_protocol=self.get(d, "proxy_protocol", path, self.boolean, False),
+            proxy_protocol=proxy,
+            proxy_from=proxy_from,
         )
 
     def networks(self, raw: object, path: str

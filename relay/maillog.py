@@ -29,24 +29,32 @@ def _peer(peer: Any) -> str:
     return str(peer)
 
 
+def _who(peer: Any) -> dict[str, str]:
+    """The client (named by a PROXY header, behind a balancer) and the balancer beside it."""
+    balancer = getattr(peer, "balancer", None)
+    if balancer is None:
+        return {"peer": _peer(peer)}
+    return {"peer": _peer(peer), "proxy": _peer(balancer)}
+
+
 def connected(peer: Any, listener: str) -> None:
     metrics.CONNECTIONS.labels(listener).inc()
-    _log.debug("connect", peer=_peer(peer), listener=listener)
+    _log.debug("connect", **_who(peer), listener=listener)
 
 
 def auth(peer: Any, user: str, ok: bool, mechanism: str) -> None:
     if ok:
-        _log.info("auth_ok", peer=_peer(peer), user=user, mechanism=mechanism)
+        _log.info("auth_ok", **_who(peer), user=user, mechanism=mechanism)
     else:
         metrics.AUTH_FAILURES.inc()
         # fail2ban matches on this line: keep "auth_failed" and "peer=<ip>:port" stable.
-        _log.warning("auth_failed", peer=_peer(peer), user=user, mechanism=mechanism)
+        _log.warning("auth_failed", **_who(peer), user=user, mechanism=mechanism)
 
 
 def auth_locked(peer: Any, user: str) -> None:
     # fail2ban matches on this line too: keep "auth_locked" and "peer=<ip>:port" stable.
     metrics.AUTH_LOCKOUTS.inc()
-    _log.warning("auth_locked", peer=_peer(peer), user=user)
+    _log.warning("auth_locked", **_who(peer), user=user)
 
 
 def rejected(peer: Any, step: str, reply: str, reason: str, **kw: Any) -> None:
@@ -54,22 +62,32 @@ def rejected(peer: Any, step: str, reply: str, reason: str, **kw: Any) -> None:
         metrics.CONNECTIONS_REFUSED.inc()
     else:
         metrics.REJECTED.labels(step, reply[:3]).inc()
-    _log.info("rejected", peer=_peer(peer), step=step, reply=reply, reason=reason, **kw)
+    _log.info("rejected", **_who(peer), step=step, reply=reply, reason=reason, **kw)
+
+
+def proxy_refused(peer: Any, error: str) -> None:
+    """A connection from a balancer that did not start with a valid PROXY header."""
+    metrics.CONNECTIONS_REFUSED.inc()
+    _log.warning("proxy_header_refused", **_who(peer), error=error)
+
+
+def tls_failed(peer: Any, error: str) -> None:
+    _log.info("tls_failed", **_who(peer), error=error)
 
 
 def dropped(peer: Any, rcpt: str, reason: str) -> None:
-    _log.info("rcpt_dropped", peer=_peer(peer), rcpt=rcpt, reason=reason)
+    _log.info("rcpt_dropped", **_who(peer), rcpt=rcpt, reason=reason)
 
 
 def discarded(peer: Any, mail_from: str, rcpts: Sequence[str]) -> None:
-    _log.info("discarded", peer=_peer(peer), mail_from=mail_from, dropped=list(rcpts),
+    _log.info("discarded", **_who(peer), mail_from=mail_from, dropped=list(rcpts),
               reason="no recipients left after policy")
 
 
 def received(peer: Any, user: str | None, mail_from: str, rcpts: Sequence[str],
              size: int) -> None:
     metrics.RECEIVED.inc()
-    _log.info("received", peer=_peer(peer), user=user, mail_from=mail_from,
+    _log.info("received", **_who(peer), user=user, mail_from=mail_from,
               rcpt_count=len(rcpts), size=size)
 
 
@@ -84,7 +102,7 @@ def queued(queue_id: str, mail_from: str, rcpts: Sequence[str], size: int,
 
 
 def queue_failed(peer: Any, error: str) -> None:
-    _log.error("queue_write_failed", peer=_peer(peer), error=error)
+    _log.error("queue_write_failed", **_who(peer), error=error)
 
 
 def delivered(queue_id: str, transport: str, message_id: str, rcpts: Sequence[str],

@@ -211,7 +211,7 @@ def test_the_fast_address_reader_agrees_with_aiosmtpds_parser(arg: str) -> None:
 _IMMUTABLE = (type(None), bool, int, float, str, bytes, tuple, frozenset, type)
 # Settings a session only reads; one object for every session of a listener.
 _SHARED = {"event_handler", "loop", "_loop", "_handle_hooks", "_call_limit_base",
-           "_auth_callback", "_authenticator", "tls_context"}
+           "_auth_callback", "_authenticator", "tls_context", "_implicit_context"}
 
 
 def test_a_spawned_session_is_set_up_like_one_aiosmtpd_builds() -> None:

@@ -214,6 +214,7 @@ def test_behind_a_load_balancer_the_proxy_header_names_the_client(setup: Setup,
     setup.doc["listeners"].append({"name": "behind-lb", "address": "127.0.0.1",
                                    "port": port,
                                    "tls": "none", "auth": "none", "proxy_protocol": True,
+                                   "proxy_from": ["127.0.0.1/32"],
                                    "trusted_networks": ["192.0.2.0/24"]})
     setup.write()
     start_relay(setup)

@@ -20,10 +20,10 @@ from relay import log, maillog
 from relay.addresses import AddressError, normalize
 from relay.config import Limits, Listener
 from relay.errors import SpoolError
-from relay.limits import LOCKED_OUT, AuthGuard, Connections
+from relay.limits import LOCKED_OUT, TOO_MANY_CONNECTIONS, AuthGuard, Connections
 from relay.message import HeaderError, rewrite
 from relay.policy import NULL_SENDER_REFUSED, Policy
-from relay.smtp import replies
+from relay.smtp import proxy, replies
 from relay.smtp.server import DataProblem, RelayEnvelope, RelaySMTP
 from relay.spool import Draft, Envelope, Spool
 from relay.users import User, UserDB
@@ -71,12 +71,20 @@ class Handler:
     # -- connections
 
     def connection_opened(self, session: Any, server: RelaySMTP) -> str | None:
-        """Count the connection; the reply refusing it, when it is one too many."""
+        """Count the connection, at the TCP accept; the reply refusing it, when it is one
+        too many."""
         self.live.add(server)
         ip = _ip(session.peer)
         session.client_ip = ip
         reply = self._connections.opened(ip)
-        if reply is None and self._guard.locked(ip):
+        if server.via_balancer:
+            # The client is known once the PROXY header names it (proxied): until then
+            # only the cap in all applies, not the balancer's own per-client cap.
+            return reply if reply == TOO_MANY_CONNECTIONS else None
+        return self._admitted(session, reply)
+
+    def _admitted(self, session: Any, reply: str | None) -> str | None:
+        if reply is None and self._guard.locked(session.client_ip):
             reply = LOCKED_OUT
         if reply is not None:
             maillog.rejected(session.peer, "CONNECT", reply, "limit")
@@ -88,20 +96,27 @@ class Handler:
         self.live.discard(server)
         self._connections.closed(session.client_ip)
 
-    async def handle_PROXY(self, server: RelaySMTP, session: Any, envelope: Any,
-                           proxy_data: Any) -> bool:
-        """Behind a load balancer the client is the one the PROXY header names."""
-        src = getattr(proxy_data, "src_addr", None)
-        if not proxy_data or not proxy_data.valid or src is None:
-            return False
-        ip = str(src)
-        reply = self._connections.moved(session.client_ip, ip)
-        session.client_ip = ip
-        if reply is not None or self._guard.locked(ip):
-            maillog.rejected((ip, getattr(proxy_data, "src_port", 0)), "CONNECT",
-                             reply or LOCKED_OUT, "limit")
-            return False
-        return True
+    def proxied(self, session: Any, header: proxy.Header, reply: str | None) -> str | None:
+        """Behind a load balancer the client is the one the PROXY header names: limits,
+        lockouts, trusted_networks and the log go by its address from now on."""
+        if header.client is not None:  # else the balancer's own (health check)
+            ip = header.client[0]
+            moved = self._connections.moved(session.client_ip, ip)
+            session.client_ip = ip
+            session.peer = proxy.Peer(header.client, session.peer)
+            reply = reply or moved
+        return self._admitted(session, reply)
+
+    def bad_proxy_header(self, session: Any, error: str) -> None:
+        maillog.proxy_refused(session.peer, error)
+
+    def forged_proxy(self, session: Any) -> str:
+        """A PROXY header from an address not in proxy_from: the reply closing it."""
+        return self._refuse(session, "CONNECT", proxy.FORGED,
+                            "PROXY header from an address not in proxy_from")
+
+    def tls_failed(self, session: Any, error: str) -> None:
+        maillog.tls_failed(session.peer, error)
 
     # -- errors
 

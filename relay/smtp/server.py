@@ -9,10 +9,8 @@ What changes, and why (each measured on aiosmtpd 1.4.6, see docs/architecture.md
 - Replies that aiosmtpd composes without an enhanced status code get one.
 - STARTTLS is enforced here instead of by aiosmtpd's ``require_starttls``, so that HTTP
   requests sent to the SMTP port are recognised and dropped even before TLS.
-- On implicit-TLS listeners aiosmtpd does not know TLS is on (``session.ssl`` stays None),
-  so TLS state is read from the transport.
-- A finished session's reference cycles are broken, so it is freed without the garbage
-  collector (see ``_session_over``).
+- From the TCP accept to the greeting (connection accounting, PROXY headers, implicit
+  TLS) and hanging up: see relay/smtp/edge.py.
 """
 
 from __future__ import annotations
@@ -25,11 +23,12 @@ from enum import Enum
 from types import MethodType
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, _AuthMechAttr, syntax
+from aiosmtpd.smtp import SMTP, Envelope, _AuthMechAttr, syntax
 
 from relay.addresses import SIMPLE_ADDRESS
 from relay.message import is_header_line
 from relay.smtp import replies
+from relay.smtp.edge import EdgeSMTP, RelaySession
 from relay.smtp.plainlines import MAX_LINE, plain_prefix
 from relay.spool import Draft
 
@@ -56,7 +55,7 @@ class DataProblem(Enum):
     NUL = replies.NUL_BYTE
 
 
-class RelaySMTP(SMTP):
+class RelaySMTP(EdgeSMTP):
     """One SMTP session. Decisions are the handler's; this class only speaks the protocol."""
 
     def __init__(self, handler: Any, *, starttls_required: bool, implicit_tls: bool,
@@ -69,8 +68,6 @@ class RelaySMTP(SMTP):
         self._min_data_rate = min_data_rate
         self._greeted = False
         self._in_ehlo = False
-        self._counted = False
-        self._refusal: str | None = None
         self.started = self.loop.time()
         self._idle_deadline = 0.0
         self.command_size_limits = _command_size_limits()
@@ -156,69 +153,12 @@ class RelaySMTP(SMTP):
             return result
         return m.group(1), m.group(2) or ""
 
-    @property
-    def client_ip(self) -> str:
-        # Read before the first session exists too (connection accounting): "" then.
-        return self.session.client_ip if isinstance(self.session, RelaySession) else ""
-
-    # -- connection accounting (limits per client and in all)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        previous = self.session
-        task = self._handler_coroutine
-        super().connection_made(transport)
-        if self._handler_coroutine is not None and self._handler_coroutine is not task:
-            self._handler_coroutine.add_done_callback(self._session_over)  # not STARTTLS
-        if isinstance(previous, RelaySession) and isinstance(self.session, RelaySession):
-            # STARTTLS starts a new session (RFC 3207) for the same client.
-            self.session.client_ip = previous.client_ip
-        if not self._counted:  # not again after STARTTLS
-            self._counted = True
-            self._refusal = self.event_handler.connection_opened(self.session, self)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._counted:
-            self._counted = False
-            self.event_handler.connection_closed(self.session, self)
-        super().connection_lost(error)
-        self._session_over()
-
-    def _session_over(self, task: object = None) -> None:
-        """Break the reference cycles aiosmtpd leaves, once the connection is gone and
-        the session's task is done (in either order).
-
-        Every session was a cycle that only the garbage collector could free: aiosmtpd
-        keeps bound methods of itself (self -> dict -> method -> self), so does asyncio's
-        StreamReaderProtocol (its connected callback), the stream writer points back at
-        its protocol, and the task keeps the CancelledError that ended it, whose traceback
-        holds the frames that hold self.
-        Under load thousands of them reached the oldest generation, whose collections
-        took up to 81 ms (111 ms in another run) with every session waiting
-        (bench/loadprofile.py --gc, bench/RESULTS.md). Broken here, a
-        session is freed when its last reference goes.
-        """
-        handler = self._handler_coroutine
-        if self.transport is not None or handler is None or not handler.done():
-            return
-        self._handler_coroutine = None
-        self._smtp_methods = {}
-        self._auth_methods = {}
-        self._client_connected_cb = None
-        self._writer = self._stream_writer = None  # type: ignore[assignment]
-
-    async def _handle_client(self) -> None:
-        if self._refusal is not None:
-            self._greeted = True  # the refusal takes the greeting's place
-            await self.push(self._refusal)
-            self._close()
-            return
-        await super()._handle_client()
-
     # -- TLS state
 
     @property
     def tls_active(self) -> bool:
-        return self._implicit_tls or self._tls_protocol is not None
+        # Implicit TLS too is started by the session (edge.py), as aiosmtpd does STARTTLS.
+        return self._tls_protocol is not None
 
     def check_starttls_needed(self) -> bool:
         return self._starttls_required and not self.tls_active
@@ -285,19 +225,6 @@ class RelaySMTP(SMTP):
     def close(self) -> None:
         """Hang up (shutdown: sessions still open after the grace period)."""
         self._close()
-
-    def _close(self) -> None:
-        """Hang up now, and make sure nothing the client already sent is acted upon.
-
-        Closing the transport is not enough: aiosmtpd's loop would go on reading commands
-        that are already buffered (that is how a smuggled second message would get in).
-        With the buffer emptied the next read must wait, and the cancellation lands there.
-        """
-        self._reader._buffer.clear()  # type: ignore[attr-defined]  # as aiosmtpd does
-        if self._handler_coroutine is not None:
-            self._handler_coroutine.cancel()
-        if self.transport is not None:
-            self.transport.close()
 
     # -- MAIL and RCPT
 
@@ -520,14 +447,6 @@ def _take_plain_lines(reader: asyncio.StreamReader, room: int | None) -> bytes:
     del buffer[:n]
     reader._maybe_resume_transport()  # type: ignore[attr-defined]
     return block
-
-
-class RelaySession(Session):
-    """aiosmtpd's session, plus the client's address (from PROXY when behind a balancer)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
-        self.client_ip = ""
 
 
 class RelayEnvelope(Envelope):
