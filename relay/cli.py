@@ -201,7 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in e.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
-    except (UsersFileError, SuppressionError, SpoolError) as e:
+    except UsersFileError as e:  # a configuration problem too: never restart-loop on it
+        print(f"ses-relay: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SuppressionError, SpoolError) as e:
         print(f"ses-relay: {e}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
@@ -219,6 +222,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     log.configure(cfg.log.format, cfg.log.level)
+    if args.worker is None:
+        # Before a supervisor forks workers that would each fail on it: exit 2 here.
+        _check_files(cfg)
     if args.worker is None and cfg.workers > 1:
         return supervisor.run(cfg)
     from relay import app
@@ -233,10 +239,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     cfg = config.load(path)
-    db = users.load(cfg.users_file)
+    db = _check_files(cfg)
     print(f"{path}: ok ({len(cfg.listeners)} listeners, transport {cfg.delivery.transport}, "
           f"{len(list(db))} users)")
     return EXIT_OK
+
+
+def _check_files(cfg: config.Config) -> users.UserDB:
+    """The files the configuration names: the users file, and the certificate with its
+    key. A problem is a UsersFileError or ConfigError (exit 2, with the path)."""
+    db = users.load(cfg.users_file, must_exist=users.required_by(cfg.listeners))
+    if cfg.tls.cert and cfg.tls.key:
+        from relay.smtp import tlscontext
+
+        tlscontext.build(cfg.tls.cert, cfg.tls.key)
+    return db
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
