@@ -22,6 +22,7 @@ import collections
 import re
 import ssl
 from enum import Enum
+from pathlib import Path
 from types import MethodType
 from typing import Any
 
@@ -29,7 +30,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, _AuthMechAttr
 
 from relay.addresses import SIMPLE_ADDRESS
 from relay.message import is_header_line
-from relay.smtp import replies
+from relay.smtp import replies, tlscontext
 from relay.smtp.plainlines import MAX_LINE, plain_prefix
 from relay.spool import Draft
 
@@ -519,8 +520,6 @@ _TOO_SLOW = _Marker()
 
 
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """TLS for our listeners: TLS 1.2 minimum, the system's default ciphers."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
-    return ctx
+    """TLS for our listeners: TLS 1.2 minimum, the system's default ciphers (built by
+    relay.smtp.tlscontext, which also swaps certificates on reload)."""
+    return tlscontext.build(Path(cert), Path(key))
