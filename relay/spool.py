@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from relay import queuejson
 from relay.errors import Busy, CorruptEntry, SpoolError
 
 _TRAILER_MAGIC = b"\nSESRELAY1 "
@@ -77,21 +78,8 @@ class Envelope:
 
     @classmethod
     def from_json(cls, raw: bytes) -> Envelope:
-        d = json.loads(raw)
-        if not isinstance(d, dict) or not isinstance(d.get("mail_from"), str):
-            raise ValueError("envelope is not an object with mail_from")
-        rcpts = d.get("rcpt_tos")
-        if not isinstance(rcpts, list) or not rcpts or not all(isinstance(r, str) for r in rcpts):
-            raise ValueError("envelope has no recipients")
-        tags = d.get("tags") or []
-        if not isinstance(tags, list) or not all(isinstance(t, list) and len(t) == 2
-                                                 for t in tags):
-            raise ValueError("envelope tags are not name/value pairs")
-        return cls(mail_from=d["mail_from"], rcpt_tos=tuple(rcpts), user=d.get("user"),
-                   peer=d.get("peer"), listener=d.get("listener"),
-                   configuration_set=d.get("configuration_set"),
-                   tags=tuple((str(n), str(v)) for n, v in tags),
-                   no_dsn=bool(d.get("no_dsn", False)))
+        """ValueError unless every field has its type (relay.queuejson)."""
+        return cls(**queuejson.envelope_fields(raw))
 
 
 @dataclass
@@ -442,12 +430,31 @@ class Spool:
         path.unlink()
 
     def load_state(self, queue_id: str) -> DeliveryState:
+        """The delivery state for display (queue commands): a fresh one if unreadable."""
+        try:
+            return self.read_state(queue_id)
+        except SpoolError:
+            return DeliveryState()
+
+    def read_state(self, queue_id: str) -> DeliveryState:
+        """The delivery state for a delivery: a fresh one if there is none yet;
+        CorruptEntry if the file is not one (its recipients done would be sent again, and
+        wrong types would fail every attempt); SpoolError if it cannot be read."""
         try:
             with open(f"{self._state}/{queue_id}.json", "rb", buffering=0) as f:
-                d = json.loads(f.read())
-            return DeliveryState(**d)
-        except (OSError, ValueError, TypeError):
+                raw = f.read()
+        except FileNotFoundError:
             return DeliveryState()
+        except OSError as e:
+            raise SpoolError(f"cannot read the delivery state of {queue_id}: {e}") from e
+        if not raw:
+            # Created, not yet written when the machine stopped (attempt counts are
+            # written without fsync); durable progress is fsynced before its rename.
+            return DeliveryState()
+        try:
+            return DeliveryState(**queuejson.state_fields(raw))
+        except ValueError as e:
+            raise CorruptEntry(f"{queue_id}: bad delivery state ({e})") from None
 
     def save_state(self, queue_id: str, state: DeliveryState, *, durable: bool = False) -> None:
         """Write bookkeeping atomically (rename). Attempt counts are advisory and skip the
@@ -507,8 +514,8 @@ class Spool:
 
     def failure_record(self, queue_id: str) -> dict[str, Any]:
         try:
-            return dict(json.loads((self.failed / f"{queue_id}.json").read_bytes()))
-        except (OSError, ValueError):
+            return dict(queuejson.loads((self.failed / f"{queue_id}.json").read_bytes()))
+        except (OSError, ValueError, TypeError):
             return {}
 
     def hold(self, queue_id: str) -> None:
@@ -604,7 +611,7 @@ class Claim:
                 envelope, data = _read_entry(self._file, self.queue_id)
         except OSError as e:
             raise SpoolError(f"cannot read {self.queue_id}: {e}") from e
-        return envelope, data, self.spool.load_state(self.queue_id)
+        return envelope, data, self.spool.read_state(self.queue_id)
 
     def remove(self) -> None:
         """Forget a delivered message, and let go of it. Not fsynced: a crash here
