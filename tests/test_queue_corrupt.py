@@ -103,3 +103,28 @@ def test_an_empty_state_file_is_a_fresh_start_not_corruption(
     wait_until(lambda: events(logs, "delivered"))
     assert [e["queue_id"] for e in events(logs, "delivered")] == [qid]
     assert events(logs, "quarantined") == []
+
+
+def test_queue_commands_list_and_show_such_entries_without_a_traceback(setup: Setup) -> None:
+    import subprocess
+
+    from conftest import ses_relay_exe
+
+    spool = Spool(setup.queue_dir)
+    spool.open()
+    deep = commit(spool, "deep envelope")
+    entry(setup.queue_dir, deep, DEEP)
+    typed = commit(spool, "bad state")
+    (setup.queue_dir / "state" / f"{typed}.json").write_text('{"attempts": "3"}')
+
+    def queue(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([ses_relay_exe(), "queue", *args, "--config", str(setup.path)],
+                              capture_output=True, text=True, timeout=60)
+
+    listed = queue("list")
+    assert listed.returncode == 0, listed.stderr
+    assert typed in listed.stdout and deep not in listed.stdout
+    shown = queue("show", deep)
+    assert shown.returncode == 1 and "bad envelope" in shown.stderr, shown.stderr
+    for result in (listed, shown, queue("show", typed)):
+        assert "Traceback" not in result.stderr
