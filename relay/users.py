@@ -147,7 +147,9 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
 
 
 # A key misspelt (allowed_sender) would silently lift a restriction: refused instead.
-_USER_KEYS = frozenset({"password_hash", "allowed_senders", "configuration_set", "tags"})
+# (ses_headers: the per-user switch of issue 15 item 11, read where the User is built.)
+_USER_KEYS = frozenset({"password_hash", "allowed_senders", "configuration_set", "tags",
+                        "ses_headers"})
 
 
 def _user(path: Path, name: str, entry: object) -> User:
