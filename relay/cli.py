@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import errno
 import getpass
 import json
 import os
@@ -29,7 +30,7 @@ from relay import __version__, config, log, users
 from relay.addresses import AddressError, normalize, normalize_pattern
 from relay.errors import ConfigError, DeliveryError, SpoolError, UsersFileError
 from relay.message import valid_configuration_set, valid_tag
-from relay.spool import Envelope, Share
+from relay.spool import ALONE, Envelope, Share
 from relay.suppression import REASONS, SuppressionError, SuppressionList
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -227,13 +228,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _check_files(cfg)
     if args.worker is None and cfg.workers > 1:
         return supervisor.run(cfg)
-    from relay import app
-
     if args.worker is None:
-        return app.run(cfg)
+        return _run_relay(cfg, ALONE)
     supervisor.follow_parent()
     log.bind(worker=args.worker)
-    return app.run(cfg, Share(args.worker, args.of or cfg.workers))
+    return _run_relay(cfg, Share(args.worker, args.of or cfg.workers))
+
+
+# A listener's address and port that this host will not give us: another process has the
+# port, the address is not this host's, or a port below 1024 without the capability. Only
+# the operator can mend that; restarting would loop.
+_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+
+def _run_relay(cfg: config.Config, share: Share) -> int:
+    from relay import app
+
+    try:
+        return app.run(cfg, share)
+    except OSError as e:
+        if e.errno not in _BIND_ERRNOS:
+            raise
+        print(f"ses-relay: cannot start: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -126,3 +126,15 @@ def test_a_key_that_cannot_serve_the_certificate_exits_2(setup: Setup, tmp_path:
     setup.write()
     # stdin is not a terminal here, but OpenSSL would prompt on /dev/tty if there is one.
     assert_refused(run(command, "--config", str(setup.path)), key)
+
+
+def test_a_listener_port_already_taken_exits_2_without_a_traceback(setup: Setup) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", setup.starttls_port))
+        taken.listen()
+        result = run("serve", "--config", str(setup.path))
+    assert result.returncode == 2, result.stderr
+    assert str(setup.starttls_port) in result.stderr and "address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
