@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from relay.errors import CorruptEntry
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 TRAILER_MAGIC = b"\nSESRELAY1 "
 TRAILER_LEN = len(TRAILER_MAGIC) + 10 + 1  # magic, 10 digits of envelope length, "\n"
 
@@ -162,6 +164,13 @@ def _envelope_fields(raw: bytes) -> dict[str, Any]:
         if value is not None and not isinstance(value, str):
             raise ValueError(f"envelope {key} is not a string")
         fields[key] = value
+    texts = [fields["mail_from"], *rcpts, *(x for t in tags for x in t),
+             *(v for k in ("user", "peer", "listener", "configuration_set")
+               if (v := fields[k]) is not None)]
+    if any(_CONTROL.search(t) for t in texts):
+        # Checked at SMTP time, so never written by us; a CR LF here would reach the
+        # upstream's protocol.
+        raise ValueError("envelope has control characters")
     no_dsn = d.get("no_dsn", False)
     if not isinstance(no_dsn, bool):
         raise ValueError("envelope no_dsn is not true or false")
@@ -186,7 +195,7 @@ def _state_fields(raw: bytes) -> dict[str, Any]:
         fields["last_error"] = d["last_error"]
     if "last_attempt" in d:
         value = d["last_attempt"]
-        if not (_is_int(value) or isinstance(value, float)):
+        if not (_is_int(value) or isinstance(value, float)) or not -1e12 < value < 1e12:
             raise ValueError("last_attempt is not a time")
         fields["last_attempt"] = float(value)
     if "done" in d:

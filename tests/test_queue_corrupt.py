@@ -45,12 +45,15 @@ BAD_ENVELOPES = {
     "tags of numbers": good_envelope(tags=[[1, 2]]),
     "no_dsn a string": good_envelope(no_dsn="no"),
     "not utf-8": good_envelope(user="cafe").replace(b"cafe", b"caf\xe9"),
+    "CR LF in a recipient": good_envelope(rcpt_tos=["a@example.net\r\nRSET"]),
+    "NUL in the sender": good_envelope(mail_from="sender@example.com\x00"),
 }
 
 BAD_STATES = {
     "attempts a string": {"attempts": "3"},
     "attempts a boolean": {"attempts": True},
     "last_attempt a string": {"last_attempt": "yesterday"},
+    "last_attempt beyond a float": {"last_attempt": 10**400},
     "last_error a number": {"last_error": 7},
     "done a list": {"done": ["a@example.net"]},
     "done of numbers": {"done": {"a@example.net": 1}},
