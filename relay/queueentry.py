@@ -102,11 +102,11 @@ def read_meta(f: BinaryIO, queue_id: str) -> tuple[Envelope, int]:
     return _envelope(f.read(meta_len), queue_id), meta_start
 
 
-def _meta_span(end: int, trailer: bytes, queue_id: str) -> tuple[int, int]:
+def _meta_span(end: int, tail: bytes, queue_id: str) -> tuple[int, int]:
     """Where the envelope starts and how long it is, from the entry's trailer."""
-    digits = trailer[len(TRAILER_MAGIC):-1]
-    if end < TRAILER_LEN or not trailer.startswith(TRAILER_MAGIC) \
-            or not trailer.endswith(b"\n") or not digits.isdigit():
+    digits = tail[len(TRAILER_MAGIC):-1]
+    if end < TRAILER_LEN or not tail.startswith(TRAILER_MAGIC) \
+            or not tail.endswith(b"\n") or not digits.isdigit():
         raise CorruptEntry(f"{queue_id}: no end-of-entry marker (incomplete write?)")
     meta_start = end - TRAILER_LEN - int(digits)
     if meta_start < 0:
