@@ -167,7 +167,7 @@ def _envelope_fields(raw: bytes) -> dict[str, Any]:
     texts = [fields["mail_from"], *rcpts, *(x for t in tags for x in t),
              *(v for k in ("user", "peer", "listener", "configuration_set")
                if (v := fields[k]) is not None)]
-    if any(_CONTROL.search(t) for t in texts):
+    if _CONTROL.search("".join(texts)):
         # Checked at SMTP time, so never written by us; a CR LF here would reach the
         # upstream's protocol.
         raise ValueError("envelope has control characters")
