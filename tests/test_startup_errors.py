@@ -138,3 +138,24 @@ def test_a_listener_port_already_taken_exits_2_without_a_traceback(setup: Setup)
     assert result.returncode == 2, result.stderr
     assert str(setup.starttls_port) in result.stderr and "address already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_reload_without_the_users_file_is_refused_and_logins_go_on(
+        setup: Setup, tmp_path: Path, start_process) -> None:
+    import signal
+
+    from clients import implicit
+    from conftest import PASSWORD, USER, wait_until
+
+    path = tmp_path / "users.yaml"
+    path.write_bytes(Path(setup.doc["users_file"]).read_bytes())
+    setup.doc["users_file"] = str(path)
+    setup.write()
+    relay = start_process(setup)
+    path.unlink()  # e.g. a deploy that has not written it yet
+    relay.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: any(e.get("event") == "reload_refused" for e in relay.events()))
+    [refused] = [e for e in relay.events() if e.get("event") == "reload_refused"]
+    assert str(path) in refused["problems"][0]
+    with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
+        assert s.noop()[0] == 250
