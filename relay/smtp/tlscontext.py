@@ -58,7 +58,6 @@ class ServerTLS:
     def __init__(self, cert: Path, key: Path) -> None:
         self.context = build(cert, key)
         self._current = self.context
-        self.context.sni_callback = self._select
 
     @property
     def current(self) -> ssl.SSLContext:
@@ -67,6 +66,11 @@ class ServerTLS:
     def replace(self, new: ssl.SSLContext) -> None:
         """New handshakes from now on use *new* (a complete context from build())."""
         self._current = new
+        # Only from the first new certificate on: CPython decodes the client's server
+        # name as ASCII before calling back, so a ClientHello with a non-ASCII name (not
+        # allowed by RFC 6066) fails its handshake with an alert, and Python prints
+        # "Exception ignored" to stderr. Until a reload, handshakes go as they always did.
+        self.context.sni_callback = self._select
 
     def _select(self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
                 ctx: ssl.SSLContext) -> None:
