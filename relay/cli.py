@@ -197,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except ConfigError as e:
-        print(f"ses-relay: invalid configuration ({len(e.problems)} problem"
+        # The file's path too: a problem's key path alone does not say which file.
+        where = f"{_config_path(args.config)}: " if hasattr(args, "config") else ""
+        print(f"ses-relay: {where}invalid configuration ({len(e.problems)} problem"
               f"{'s' if len(e.problems) != 1 else ''}):", file=sys.stderr)
         for problem in e.problems:
             print(f"  {problem}", file=sys.stderr)

@@ -91,10 +91,7 @@ def test_a_broken_configuration_exits_2_with_its_path(tmp_path: Path, command: s
     path = tmp_path / "ses-relay.yaml"
     path.write_bytes(BROKEN_CONFIG[case])
     result = run(command, "--config", str(path))
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    if case != "wrong type":  # that one names the key instead: listeners
-        assert str(path) in result.stderr
+    assert_refused(result, path)
 
 
 @pytest.mark.parametrize("command", ["check-config", "serve"])
