@@ -9,7 +9,9 @@ complete new context aside, and the listeners' context moves each handshake onto
 newest good one from its SNI callback (``SSLObject.context`` may be set there: Python's
 documented way to pick a certificate per handshake). The callback runs for every
 ClientHello, with or without a server name, whatever started TLS on the connection;
-sessions already up keep the context they were made with.
+sessions already up keep the context they were made with. (In place would also keep the
+old certificate beside a new one of another key type, RSA then ECDSA: OpenSSL holds one
+per type, and a client may still be given the old one.)
 """
 
 from __future__ import annotations
