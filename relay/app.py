@@ -24,9 +24,9 @@ from relay.limits import AuthGuard, Connections
 from relay.metrics import MetricsRoutes
 from relay.policy import Policy
 from relay.reputation import ReputationGuard
-from relay.smtp import listeners
+from relay.smtp import listeners, tlscontext
 from relay.smtp.handler import Handler
-from relay.smtp.server import server_tls_context
+from relay.smtp.tlscontext import ServerTLS
 from relay.spool import ALONE, Envelope, Share, Spool
 from relay.suppression import SuppressionList
 from relay.transports import Transport, build
@@ -55,7 +55,7 @@ class Relay:
     auth_guard: AuthGuard = field(init=False)
     policy: Policy | None = None
     handlers: list[Handler] = field(default_factory=list)
-    tls: ssl.SSLContext | None = None
+    tls: ServerTLS | None = None
     metrics_server: WebServer | None = None
     feedback_server: WebServer | None = None
     events: EventStore | None = None
@@ -82,7 +82,10 @@ class Relay:
 
     async def start(self) -> None:
         cfg = self.config
-        self._users = users.load(cfg.users_file)
+        self._users = users.load(cfg.users_file, must_exist=users.required_by(cfg.listeners))
+        # Before anything starts: a certificate that cannot be loaded is a ConfigError.
+        self.tls = tls = (ServerTLS(cfg.tls.cert, cfg.tls.key)
+                          if cfg.tls.cert and cfg.tls.key else None)
         self.suppression = await asyncio.to_thread(SuppressionList, cfg.suppression.database)
         self.policy = policy = Policy(cfg, self.suppression)
         share = self.share
@@ -123,8 +126,6 @@ class Relay:
                 cfg.delivery, self.suppression, cfg.suppression.sync_interval),
                 name="suppression-sync"))
         await self.scheduler.start()
-        self.tls = tls = (server_tls_context(str(cfg.tls.cert), str(cfg.tls.key))
-                          if cfg.tls.cert and cfg.tls.key else None)
         for listener in cfg.listeners:
             handler = Handler(listener=listener, users=self._current_users, spool=self.spool,
                               policy=policy, limits=cfg.limits, hostname=cfg.hostname,
@@ -132,7 +133,8 @@ class Relay:
                               connections=self.connections, auth_guard=self.auth_guard)
             self.handlers.append(handler)
             server = await listeners.start(
-                listener, handler, hostname=cfg.hostname, tls=tls,
+                listener, handler, hostname=cfg.hostname,
+                tls=tls.context if tls is not None else None,
                 data_size_limit=self.message_size_limit, limits=cfg.limits,
                 reuse_port=share.count > 1)
             self.servers.append(server)
@@ -153,8 +155,7 @@ class Relay:
         assert http is not None
         self.feedback_server = WebServer("feedback", cfg.web, max_body=sns.MAX_POST_BYTES)
         feedback.add_routes(self.feedback_server)
-        tls = (server_tls_context(str(http.cert), str(http.key)) if http.cert and http.key
-               else None)
+        tls = tlscontext.build(http.cert, http.key) if http.cert and http.key else None
         await self.feedback_server.start(http.address, http.port, tls)
 
     async def _notify_sender(self, queue_id: str, envelope: Envelope,
@@ -233,13 +234,14 @@ class Relay:
         try:
             assert old.source is not None
             new = await asyncio.to_thread(config_mod.load, old.source)
-            new_users = await asyncio.to_thread(users.load, new.users_file)
+            new_users = await asyncio.to_thread(users.load, new.users_file,
+                                                must_exist=users.required_by(new.listeners))
+            new_tls: ssl.SSLContext | None = None
             if self.tls is not None and new.tls.cert and new.tls.key:
-                # In place: listeners keep this context object, new handshakes use the
-                # new certificate, sessions already up are not touched.
-                await asyncio.to_thread(self.tls.load_cert_chain, str(new.tls.cert),
-                                        str(new.tls.key))
-        except (ConfigError, UsersFileError, OSError, ssl.SSLError) as e:
+                # Built aside, never loaded into the live context: a bad key would leave
+                # it without a usable certificate (see relay.smtp.tlscontext).
+                new_tls = await asyncio.to_thread(tlscontext.build, new.tls.cert, new.tls.key)
+        except (ConfigError, UsersFileError, OSError) as e:
             problems = e.problems if isinstance(e, ConfigError) else [str(e)]
             _log.error("reload_refused", problems=problems,
                        hint="the running configuration stays; fix the file and reload again")
@@ -249,6 +251,9 @@ class Relay:
         self.config = replace(new, listeners=old.listeners, queue=old.queue,
                               delivery=old.delivery, suppression=old.suppression)
         self._users = new_users
+        if self.tls is not None and new_tls is not None:
+            # New handshakes get the new certificate; sessions already up are untouched.
+            self.tls.replace(new_tls)
         assert self.policy is not None
         self.policy.reconfigure(self.config)
         for handler in self.handlers:

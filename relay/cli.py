@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import errno
 import getpass
 import json
 import os
@@ -27,9 +28,9 @@ from tqdm import tqdm
 
 from relay import __version__, config, log, users
 from relay.addresses import AddressError, normalize, normalize_pattern
-from relay.errors import Busy, ConfigError, DeliveryError, SpoolError, UsersFileError
+from relay.errors import ConfigError, DeliveryError, SpoolError, UsersFileError
 from relay.message import valid_configuration_set, valid_tag
-from relay.spool import Envelope, Share, Spool
+from relay.spool import ALONE, Envelope, Share
 from relay.suppression import REASONS, SuppressionError, SuppressionList
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -200,12 +201,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except ConfigError as e:
-        print(f"ses-relay: invalid configuration ({len(e.problems)} problem"
+        # The file's path too: a problem's key path alone does not say which file.
+        where = f"{_config_path(args.config)}: " if hasattr(args, "config") else ""
+        print(f"ses-relay: {where}invalid configuration ({len(e.problems)} problem"
               f"{'s' if len(e.problems) != 1 else ''}):", file=sys.stderr)
         for problem in e.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
-    except (UsersFileError, SuppressionError, SpoolError) as e:
+    except UsersFileError as e:  # a configuration problem too: never restart-loop on it
+        print(f"ses-relay: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SuppressionError, SpoolError) as e:
         print(f"ses-relay: {e}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
@@ -223,24 +229,54 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     log.configure(cfg.log.format, cfg.log.level)
+    if args.worker is None:
+        # Before a supervisor forks workers that would each fail on it: exit 2 here.
+        _check_files(cfg)
     if args.worker is None and cfg.workers > 1:
         return supervisor.run(cfg)
-    from relay import app
-
     if args.worker is None:
-        return app.run(cfg)
+        return _run_relay(cfg, ALONE)
     supervisor.follow_parent()
     log.bind(worker=args.worker)
-    return app.run(cfg, Share(args.worker, args.of or cfg.workers))
+    return _run_relay(cfg, Share(args.worker, args.of or cfg.workers))
+
+
+# A listener's address and port that this host will not give us: another process has the
+# port, the address is not this host's, or a port below 1024 without the capability. Only
+# the operator can mend that; restarting would loop.
+_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+
+def _run_relay(cfg: config.Config, share: Share) -> int:
+    from relay import app
+
+    try:
+        return app.run(cfg, share)
+    except OSError as e:
+        if e.errno not in _BIND_ERRNOS:
+            raise
+        print(f"ses-relay: cannot start: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     cfg = config.load(path)
-    db = users.load(cfg.users_file)
+    db = _check_files(cfg)
     print(f"{path}: ok ({len(cfg.listeners)} listeners, transport {cfg.delivery.transport}, "
           f"{len(list(db))} users)")
     return EXIT_OK
+
+
+def _check_files(cfg: config.Config) -> users.UserDB:
+    """The files the configuration names: the users file, and the certificate with its
+    key. A problem is a UsersFileError or ConfigError (exit 2, with the path)."""
+    db = users.load(cfg.users_file, must_exist=users.required_by(cfg.listeners))
+    if cfg.tls.cert and cfg.tls.key:
+        from relay.smtp import tlscontext
+
+        tlscontext.build(cfg.tls.cert, cfg.tls.key)
+    return db
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -387,8 +423,8 @@ def _suppress_remove(args: argparse.Namespace, db: SuppressionList) -> int:
 
 def _suppress_list(args: argparse.Namespace, db: SuppressionList) -> int:
     for e in db.entries():
-        expires = "never" if e.expires_at is None else _iso(e.expires_at)
-        print(f"{e.address}\t{e.reason}\t{e.source or '-'}\t{_iso(e.created_at)}\t{expires}")
+        expires = "never" if e.expires_at is None else iso_time(e.expires_at)
+        print(f"{e.address}\t{e.reason}\t{e.source or '-'}\t{iso_time(e.created_at)}\t{expires}")
     return EXIT_OK
 
 
@@ -410,7 +446,7 @@ def _suppress_export(args: argparse.Namespace, db: SuppressionList) -> int:
     return EXIT_OK
 
 
-def _iso(t: float) -> str:
+def iso_time(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -443,150 +479,27 @@ _SUPPRESS = {"add": _suppress_add, "remove": _suppress_remove, "list": _suppress
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from relay import queueadmin
-    from relay.spool import Spool
+    from relay import cliqueue
 
-    cfg = _load(args)
-    spool = Spool(cfg.queue.directory, Share(0, cfg.workers))  # triggers reach every worker
-    spool.open_for_admin()
-    command = args.queue_command
-    if command == "list":
-        n = 0
-        for row in queueadmin.rows(spool):
-            print(queueadmin.format_row(row))
-            n += 1
-        print(f"-- {n} message{'s' if n != 1 else ''}", file=sys.stderr)
-        return EXIT_OK
-    if command == "flush":
-        spool.trigger("flush")
-        print("flush requested: deferred messages are retried within seconds")
-        return EXIT_OK
-    if command == "delete" and args.failed:
-        ids = spool.ids("failed")
-        for qid in ids:
-            spool.delete(qid, "failed")
-        print(f"deleted {len(ids)} failed message{'s' if len(ids) != 1 else ''}")
-        return EXIT_OK
-    if command == "retry" and args.all:
-        failed = spool.ids("failed")
-        for qid in failed:
-            spool.requeue(qid)
-        spool.trigger("flush")
-        print(f"requeued {len(failed)} failed; deferred messages are retried within seconds")
-        return EXIT_OK
-    if not args.queue_id:
-        print(f"ses-relay: queue {command} needs a queue id", file=sys.stderr)
-        return EXIT_USAGE
-    return _queue_one(spool, command, args.queue_id)
-
-
-def _queue_one(spool: Spool, command: str, qid: str) -> int:
-    from relay import queueadmin
-
-    folder = spool.find(qid)
-    if folder is None:
-        print(f"ses-relay: no message {qid} in the queue", file=sys.stderr)
-        return EXIT_FAIL
-    wants = {"hold": "active", "release": "hold"}
-    if command in wants and folder != wants[command]:
-        print(f"ses-relay: {qid} is {folder}, not {wants[command]}", file=sys.stderr)
-        return EXIT_FAIL
-    try:
-        if command == "show":
-            print(queueadmin.show(spool, qid), end="")
-        elif command == "hold":
-            spool.hold(qid)
-        elif command == "release":
-            spool.release(qid)
-        elif command == "delete":
-            spool.delete(qid, folder)
-        elif command == "retry":
-            if folder == "failed":
-                spool.requeue(qid)
-            elif folder == "active":
-                spool.trigger(f"retry.{qid}")
-            else:
-                print(f"ses-relay: {qid} is held; release it first", file=sys.stderr)
-                return EXIT_FAIL
-    except Busy:
-        print(f"ses-relay: {qid} is being delivered right now; try again", file=sys.stderr)
-        return EXIT_FAIL
-    if command != "show":
-        print(f"{command}: {qid}")
-    return EXIT_OK
+    return cliqueue.queue(_load(args), args)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from relay.events import EventStore
+    from relay import cliqueue
 
-    cfg = _load(args)
-    store = EventStore(cfg.feedback.database)
-    try:
-        story = store.trace(args.key)
-    finally:
-        store.close()
-    if not story:
-        print(f"ses-relay: nothing known about {args.key}", file=sys.stderr)
-        return EXIT_FAIL
-    for entry in story:
-        when = _iso(entry.pop("at"))
-        what = entry.pop("step", None) or entry.pop("kind", "?")
-        entry.pop("seq", None)
-        details = " ".join(f"{k}={v}" for k, v in entry.items() if v not in (None, "", []))
-        print(f"{when}  {what:<12} {details}")
-    return EXIT_OK
+    return cliqueue.trace(_load(args), args)
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    import csv as csv_mod
+    from relay import cliqueue
 
-    from relay.events import EventStore
-
-    cfg = _load(args)
-    since = 0.0
-    if args.since:
-        try:
-            since = time.time() - config.parse_duration(args.since)
-        except ValueError:
-            try:
-                since = datetime.datetime.fromisoformat(args.since).timestamp()
-            except ValueError:
-                print("ses-relay: --since takes an ISO time or a duration (7d)",
-                      file=sys.stderr)
-                return EXIT_USAGE
-    after = int(args.cursor.read_text().strip() or 0) if args.cursor and \
-        args.cursor.exists() else 0
-    store = EventStore(cfg.feedback.database)
-    try:
-        rows = list(store.export(after_seq=after, since=since))
-    finally:
-        store.close()
-    fields = ["seq", "at", "ses_message_id", "queue_id", "kind", "recipient", "sender",
-              "user", "bounce_type", "bounce_subtype", "feedback_id", "diagnostic"]
-    if args.format == "csv":
-        w = csv_mod.DictWriter(sys.stdout, fields, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    else:
-        for row in rows:
-            print(json.dumps(row, sort_keys=True))
-    if args.cursor and rows:
-        args.cursor.write_text(f"{rows[-1]['seq']}\n")
-    return EXIT_OK
+    return cliqueue.events(_load(args), args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    spool = Spool(cfg.queue.directory, Share(0, cfg.workers))  # triggers reach every worker
-    spool.open_for_admin()
-    reason = spool.paused()
-    if reason is None:
-        print("delivery is not paused")
-        return EXIT_OK
-    spool.set_paused(None)
-    spool.trigger("resume")
-    print(f"resumed (was paused: {reason})")
-    return EXIT_OK
+    from relay import cliqueue
+
+    return cliqueue.resume(_load(args))
 
 
 def cmd_send_test(args: argparse.Namespace) -> int:

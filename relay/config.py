@@ -261,10 +261,14 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError([f"{path}: cannot read ({e.strerror})"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError([f"{path}: not valid YAML ({_yaml_problem(e)})"]) from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise ConfigError([f"{path}: not valid YAML (nested too deeply)"]) from None
     if raw is None:
         raw = {}
     return parse(raw, base=path.parent, environ=os.environ if environ is None else environ,

@@ -288,6 +288,10 @@ class Scheduler:
             await asyncio.to_thread(claim.quarantine)
             maillog.quarantined(qid, str(e))
             return
+        except SpoolError as e:  # an I/O error: the entry may well be fine, try later
+            _log.error("queue_read_failed", queue_id=qid, error=str(e))
+            self.enqueue(qid, self._clock() + self._backoff.maximum)
+            return
         state.attempts += 1
         state.last_attempt = self._clock()
         state.last_deferred = {}  # this attempt's; every chunk adds its own

@@ -29,14 +29,20 @@ import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from relay.errors import Busy, CorruptEntry, SpoolError
+from relay import queueentry
+from relay.errors import Busy, SpoolError
 
-_TRAILER_MAGIC = b"\nSESRELAY1 "
-_TRAILER_LEN = len(_TRAILER_MAGIC) + 10 + 1  # magic, 10 digits of envelope length, "\n"
+# The entry's records and format live in relay.queueentry; Envelope and DeliveryState
+# are imported from here as before (and the trailer's magic by bench/backlog.py).
+from relay.queueentry import TRAILER_MAGIC as _TRAILER_MAGIC  # noqa: F401
+from relay.queueentry import DeliveryState as DeliveryState
+from relay.queueentry import Envelope as Envelope
+from relay.queueentry import parse_entry, read_entry, read_meta
+
 _WRITE_BUFFER = 64 * 1024
 _SPILL = 256 * 1024
 _READ_WHOLE = 256 * 1024  # entries up to this size are read in one system call
@@ -48,65 +54,6 @@ _READ_WHOLE = 256 * 1024  # entries up to this size are read in one system call
 # and context switches (bench/RESULTS.md, "thread hand-offs").
 _COMMIT_THREADS = 32
 _FILE_MODE = 0o666  # what open() gives, less the umask
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """What SMTP said about a message, beyond its bytes."""
-
-    mail_from: str
-    rcpt_tos: tuple[str, ...]
-    user: str | None = None
-    peer: str | None = None
-    listener: str | None = None
-    configuration_set: str | None = None
-    tags: tuple[tuple[str, str], ...] = ()
-    # No delivery status notification about this message: it is one, or its sender was
-    # the null sender (MAIL FROM:<>, rewritten for SES).
-    no_dsn: bool = False
-
-    def to_json(self) -> bytes:
-        # The fields by name, not dataclasses.asdict(): its deep copy cost more than the
-        # JSON encoding, once per message accepted.
-        return json.dumps({
-            "mail_from": self.mail_from, "rcpt_tos": list(self.rcpt_tos), "user": self.user,
-            "peer": self.peer, "listener": self.listener,
-            "configuration_set": self.configuration_set,
-            "tags": [list(t) for t in self.tags], "no_dsn": self.no_dsn,
-        }, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> Envelope:
-        d = json.loads(raw)
-        if not isinstance(d, dict) or not isinstance(d.get("mail_from"), str):
-            raise ValueError("envelope is not an object with mail_from")
-        rcpts = d.get("rcpt_tos")
-        if not isinstance(rcpts, list) or not rcpts or not all(isinstance(r, str) for r in rcpts):
-            raise ValueError("envelope has no recipients")
-        tags = d.get("tags") or []
-        if not isinstance(tags, list) or not all(isinstance(t, list) and len(t) == 2
-                                                 for t in tags):
-            raise ValueError("envelope tags are not name/value pairs")
-        return cls(mail_from=d["mail_from"], rcpt_tos=tuple(rcpts), user=d.get("user"),
-                   peer=d.get("peer"), listener=d.get("listener"),
-                   configuration_set=d.get("configuration_set"),
-                   tags=tuple((str(n), str(v)) for n, v in tags),
-                   no_dsn=bool(d.get("no_dsn", False)))
-
-
-@dataclass
-class DeliveryState:
-    """Bookkeeping of delivery attempts; losing it costs at most an early retry."""
-
-    attempts: int = 0
-    last_error: str = ""
-    last_attempt: float = 0.0
-    # Per recipient: the upstream message id once accepted, or [code, error, hint] once
-    # refused for good. Settled recipients are never sent to again.
-    done: dict[str, str] = field(default_factory=dict)
-    rejected: dict[str, list[str]] = field(default_factory=dict)
-    # Recipients the upstream deferred one by one in the last attempt (SMTP 4xx to RCPT).
-    last_deferred: dict[str, list[str]] = field(default_factory=dict)
 
 
 def new_queue_id(now: float | None = None) -> str:
@@ -254,8 +201,7 @@ class Draft:
         """Write what is left and the envelope trailer; the open descriptor, to fsync."""
         if self.error is not None:
             raise self.error
-        trailer = envelope.to_json()
-        trailer += _TRAILER_MAGIC + b"%010d\n" % len(trailer)
+        trailer = queueentry.trailer(envelope)
         if self._file is not None:  # spilled: most of it is in the file already
             self._file.write(trailer)
             self._file.flush()
@@ -442,12 +388,28 @@ class Spool:
         path.unlink()
 
     def load_state(self, queue_id: str) -> DeliveryState:
+        """The delivery state for display (queue commands): a fresh one if unreadable."""
+        try:
+            return self.read_state(queue_id)
+        except SpoolError:
+            return DeliveryState()
+
+    def read_state(self, queue_id: str) -> DeliveryState:
+        """The delivery state for a delivery: a fresh one if there is none yet;
+        CorruptEntry if the file is not one (its recipients done would be sent again, and
+        wrong types would fail every attempt); SpoolError if it cannot be read."""
         try:
             with open(f"{self._state}/{queue_id}.json", "rb", buffering=0) as f:
-                d = json.loads(f.read())
-            return DeliveryState(**d)
-        except (OSError, ValueError, TypeError):
+                raw = f.read()
+        except FileNotFoundError:
             return DeliveryState()
+        except OSError as e:
+            raise SpoolError(f"cannot read the delivery state of {queue_id}: {e}") from e
+        if not raw:
+            # Created, not yet written when the machine stopped (attempt counts are
+            # written without fsync); durable progress is fsynced before its rename.
+            return DeliveryState()
+        return queueentry.parse_state(raw, queue_id)
 
     def save_state(self, queue_id: str, state: DeliveryState, *, durable: bool = False) -> None:
         """Write bookkeeping atomically (rename). Attempt counts are advisory and skip the
@@ -486,7 +448,7 @@ class Spool:
     def read(self, queue_id: str, folder: str = "active") -> tuple[Envelope, bytes]:
         try:
             with open(self.directory / folder / queue_id, "rb") as f:
-                return _read_entry(f, queue_id)
+                return read_entry(f, queue_id)
         except FileNotFoundError:
             raise
         except OSError as e:
@@ -494,7 +456,7 @@ class Spool:
 
     def summary(self, queue_id: str, folder: str) -> tuple[Envelope, int]:
         with open(self.directory / folder / queue_id, "rb") as f:
-            return _read_meta(f, queue_id)
+            return read_meta(f, queue_id)
 
     def ids(self, folder: str) -> list[str]:
         return sorted(n for n in os.listdir(self.directory / folder) if _is_queue_id(n))
@@ -507,8 +469,8 @@ class Spool:
 
     def failure_record(self, queue_id: str) -> dict[str, Any]:
         try:
-            return dict(json.loads((self.failed / f"{queue_id}.json").read_bytes()))
-        except (OSError, ValueError):
+            return dict(queueentry.loads((self.failed / f"{queue_id}.json").read_bytes()))
+        except (OSError, ValueError, TypeError):
             return {}
 
     def hold(self, queue_id: str) -> None:
@@ -598,13 +560,13 @@ class Claim:
         """The message, its envelope, and its delivery state."""
         try:
             if self.small:
-                envelope, data = _parse_entry(os.pread(self._file.fileno(), self.size, 0),
+                envelope, data = parse_entry(os.pread(self._file.fileno(), self.size, 0),
                                               self.queue_id)
             else:
-                envelope, data = _read_entry(self._file, self.queue_id)
+                envelope, data = read_entry(self._file, self.queue_id)
         except OSError as e:
             raise SpoolError(f"cannot read {self.queue_id}: {e}") from e
-        return envelope, data, self.spool.load_state(self.queue_id)
+        return envelope, data, self.spool.read_state(self.queue_id)
 
     def remove(self) -> None:
         """Forget a delivered message, and let go of it. Not fsynced: a crash here
@@ -641,45 +603,3 @@ def _size_if_same_file(f: BinaryIO, path: str | Path) -> int | None:
         return opened.st_size if opened.st_ino == os.stat(path).st_ino else None
     except FileNotFoundError:
         return None
-
-
-def _read_entry(f: BinaryIO, queue_id: str) -> tuple[Envelope, bytes]:
-    """Read trailer, then envelope, then the message: one allocation of the message's size
-    (reading the whole file and slicing it would hold two copies at once)."""
-    envelope, size = _read_meta(f, queue_id)
-    f.seek(0)
-    return envelope, f.read(size)
-
-
-def _parse_entry(entry: bytes, queue_id: str) -> tuple[Envelope, bytes]:
-    """A whole entry read at once (small messages): the envelope and the message."""
-    meta_start, meta_len = _meta_span(len(entry), entry[-_TRAILER_LEN:], queue_id)
-    return _envelope(entry[meta_start:meta_start + meta_len], queue_id), entry[:meta_start]
-
-
-def _read_meta(f: BinaryIO, queue_id: str) -> tuple[Envelope, int]:
-    """The envelope and the message's size, without reading the message."""
-    end = f.seek(0, os.SEEK_END)
-    f.seek(max(0, end - _TRAILER_LEN))
-    meta_start, meta_len = _meta_span(end, f.read(_TRAILER_LEN), queue_id)
-    f.seek(meta_start)
-    return _envelope(f.read(meta_len), queue_id), meta_start
-
-
-def _meta_span(end: int, trailer: bytes, queue_id: str) -> tuple[int, int]:
-    """Where the envelope starts and how long it is, from the entry's trailer."""
-    digits = trailer[len(_TRAILER_MAGIC):-1]
-    if end < _TRAILER_LEN or not trailer.startswith(_TRAILER_MAGIC) \
-            or not trailer.endswith(b"\n") or not digits.isdigit():
-        raise CorruptEntry(f"{queue_id}: no end-of-entry marker (incomplete write?)")
-    meta_start = end - _TRAILER_LEN - int(digits)
-    if meta_start < 0:
-        raise CorruptEntry(f"{queue_id}: envelope length out of range")
-    return meta_start, int(digits)
-
-
-def _envelope(raw: bytes, queue_id: str) -> Envelope:
-    try:
-        return Envelope.from_json(raw)
-    except ValueError as e:
-        raise CorruptEntry(f"{queue_id}: bad envelope ({e})") from None

@@ -12,10 +12,10 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 import yaml
 
@@ -27,6 +27,7 @@ from relay.message import SES_HEADERS, SesHeaders, valid_configuration_set, vali
 # attacker with a stolen file, fast enough for a relay that sees a login per connection.
 _N, _R, _P = 2**14, 8, 1
 _SCHEME = "scrypt"
+_MAXMEM = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def verify_password(password: str | bytes, encoded: str) -> bool:
         want = base64.b64decode(digest, validate=True)
         pw = password if isinstance(password, bytes) else password.encode()
         got = hashlib.scrypt(pw, salt=base64.b64decode(salt, validate=True), n=int(n),
-                             r=int(r), p=int(p), dklen=len(want), maxmem=128 * 1024 * 1024)
+                             r=int(r), p=int(p), dklen=len(want), maxmem=_MAXMEM)
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, want)
@@ -98,26 +99,73 @@ class UserDB:
         return UserDB({k: v for k, v in self._users.items() if k != name})
 
 
-def load(path: Path) -> UserDB:
-    """Read the users file; a missing file is an empty database."""
+class _Listener(Protocol):
+    @property
+    def auth(self) -> str: ...
+
+
+def required_by(listeners: Iterable[_Listener]) -> bool:
+    """Whether a listener requires AUTH: then the users file must exist, for without it
+    every client is refused (a missing file is a mistake to report, not an empty list)."""
+    return any(listener.auth == "required" for listener in listeners)
+
+
+def load(path: Path, *, must_exist: bool = False) -> UserDB:
+    """Read the users file; a missing file is an empty database unless *must_exist*.
+
+    Every problem is a UsersFileError naming the file: the command line exits 2 on it
+    (a configuration problem, which systemd must not restart-loop on).
+    """
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if must_exist:
+            raise UsersFileError(f"{path}: users file not found (listeners require AUTH); "
+                                 "create it with `ses-relay user add NAME`") from None
         return UserDB({})
-    except (OSError, yaml.YAMLError) as e:
-        raise UsersFileError(f"{path}: cannot read users file ({e})") from None
+    except OSError as e:
+        raise UsersFileError(f"{path}: cannot read users file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise UsersFileError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        raise UsersFileError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise UsersFileError(f"{path}: not valid YAML (nested too deeply)") from None
     if raw is None:
         return UserDB({})
     entries = raw.get("users") if isinstance(raw, dict) else None
+    if entries is None and isinstance(raw, dict) and set(raw) <= {"users"}:
+        return UserDB({})  # "users:" with nothing under it
     if not isinstance(entries, dict):
         raise UsersFileError(f"{path}: expected a mapping under 'users'")
     return UserDB({str(name): _user(path, str(name), entry) for name, entry in entries.items()})
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or "syntax error"
+    if mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(problem)
+
+
+# A key misspelt (allowed_sender) would silently lift a restriction: refused instead.
+# (ses_headers: the per-user switch of issue 15 item 11, read where the User is built.)
+_USER_KEYS = frozenset({"password_hash", "allowed_senders", "configuration_set", "tags",
+                        "ses_headers"})
+
+
 def _user(path: Path, name: str, entry: object) -> User:
-    if not isinstance(entry, dict) or not isinstance(entry.get("password_hash"), str):
-        raise UsersFileError(f"{path}: users.{name}: needs password_hash")
-    senders = entry.get("allowed_senders") or []
+    if not isinstance(entry, dict):
+        raise UsersFileError(f"{path}: users.{name}: must be a mapping with password_hash")
+    unknown = sorted(str(k) for k in entry if k not in _USER_KEYS)
+    if unknown:
+        raise UsersFileError(f"{path}: users.{name}: unknown key(s) {', '.join(unknown)}")
+    if not valid_hash(entry.get("password_hash")):
+        raise UsersFileError(f"{path}: users.{name}.password_hash: not a hash made by "
+                             "`ses-relay user add` (scrypt$N$r$p$salt$digest)")
+    senders = entry.get("allowed_senders")
+    senders = [] if senders is None else senders
     if not isinstance(senders, list) or not all(isinstance(s, str) for s in senders):
         raise UsersFileError(f"{path}: users.{name}.allowed_senders: must be a list")
     try:
@@ -129,7 +177,8 @@ def _user(path: Path, name: str, entry: object) -> User:
                                        and valid_configuration_set(config_set)):
         raise UsersFileError(f"{path}: users.{name}.configuration_set: 1-64 letters, digits, "
                              "_ and -")
-    tags = entry.get("tags") or {}
+    tags = entry.get("tags")
+    tags = {} if tags is None else tags
     if not isinstance(tags, dict) or not all(valid_tag(str(k)) and valid_tag(str(v))
                                              for k, v in tags.items()):
         raise UsersFileError(f"{path}: users.{name}.tags: a mapping of names to values, "
@@ -140,6 +189,24 @@ def _user(path: Path, name: str, entry: object) -> User:
     return User(name, entry["password_hash"], tuple(senders), config_set,
                 tuple((str(k), str(v)) for k, v in tags.items()),
                 cast(SesHeaders | None, ses_headers))
+
+
+def valid_hash(encoded: object) -> bool:
+    """Whether *encoded* is a hash verify_password can check (else no password ever works)."""
+    if not isinstance(encoded, str):
+        return False
+    parts = encoded.split("$")
+    if len(parts) != 6 or parts[0] != _SCHEME:
+        return False
+    try:
+        n, r, p = (int(x) for x in parts[1:4])
+        salt = base64.b64decode(parts[4], validate=True)
+        digest = base64.b64decode(parts[5], validate=True)
+    except ValueError:
+        return False
+    # verify_password allows scrypt 128 MiB; more would refuse every password.
+    return (n > 1 and n & (n - 1) == 0 and r >= 1 and p >= 1 and 128 * r * (n + p + 2) <= _MAXMEM
+            and bool(salt) and len(digest) >= 16)
 
 
 def save(path: Path, db: UserDB) -> None:

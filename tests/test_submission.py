@@ -15,7 +15,7 @@ import pytest
 from clients import Dialog, has_enhanced_code, implicit, starttls
 from conftest import PASSWORD, SENDER, USER, Setup, wait_until
 
-from relay.smtp.server import server_tls_context
+from relay.smtp import tlscontext
 
 MESSAGE = (b"From: Sender <sender@example.com>\r\nTo: rcpt@example.net\r\n"
            b"Subject: hello\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
@@ -211,7 +211,7 @@ def test_a_client_that_disconnects_mid_data_leaves_nothing_behind(
 
 
 def test_listeners_require_tls_1_2_or_newer(certs) -> None:
-    ctx = server_tls_context(str(certs.cert), str(certs.key))
+    ctx = tlscontext.build(Path(certs.cert), Path(certs.key))
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
-import ssl
 from enum import Enum
 from types import MethodType
 from typing import Any
@@ -467,11 +466,3 @@ class _Marker:
 
 _BARE_LF = _Marker()
 _TOO_SLOW = _Marker()
-
-
-def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """TLS for our listeners: TLS 1.2 minimum, the system's default ciphers."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
-    return ctx

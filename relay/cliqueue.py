@@ -1,0 +1,155 @@
+"""``ses-relay queue | trace | events | resume``: the queue and the history of its messages.
+
+Imported by relay.cli only when one of these commands runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+
+from relay import config, queueadmin
+from relay.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, iso_time
+from relay.errors import Busy
+from relay.spool import Share, Spool
+
+
+def queue(cfg: config.Config, args: argparse.Namespace) -> int:
+    spool = Spool(cfg.queue.directory, Share(0, cfg.workers))  # triggers reach every worker
+    spool.open_for_admin()
+    command = args.queue_command
+    if command == "list":
+        n = 0
+        for row in queueadmin.rows(spool):
+            print(queueadmin.format_row(row))
+            n += 1
+        print(f"-- {n} message{'s' if n != 1 else ''}", file=sys.stderr)
+        return EXIT_OK
+    if command == "flush":
+        spool.trigger("flush")
+        print("flush requested: deferred messages are retried within seconds")
+        return EXIT_OK
+    if command == "delete" and args.failed:
+        ids = spool.ids("failed")
+        for qid in ids:
+            spool.delete(qid, "failed")
+        print(f"deleted {len(ids)} failed message{'s' if len(ids) != 1 else ''}")
+        return EXIT_OK
+    if command == "retry" and args.all:
+        failed = spool.ids("failed")
+        for qid in failed:
+            spool.requeue(qid)
+        spool.trigger("flush")
+        print(f"requeued {len(failed)} failed; deferred messages are retried within seconds")
+        return EXIT_OK
+    if not args.queue_id:
+        print(f"ses-relay: queue {command} needs a queue id", file=sys.stderr)
+        return EXIT_USAGE
+    return _queue_one(spool, command, args.queue_id)
+
+
+def _queue_one(spool: Spool, command: str, qid: str) -> int:
+    folder = spool.find(qid)
+    if folder is None:
+        print(f"ses-relay: no message {qid} in the queue", file=sys.stderr)
+        return EXIT_FAIL
+    wants = {"hold": "active", "release": "hold"}
+    if command in wants and folder != wants[command]:
+        print(f"ses-relay: {qid} is {folder}, not {wants[command]}", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        if command == "show":
+            print(queueadmin.show(spool, qid), end="")
+        elif command == "hold":
+            spool.hold(qid)
+        elif command == "release":
+            spool.release(qid)
+        elif command == "delete":
+            spool.delete(qid, folder)
+        elif command == "retry":
+            if folder == "failed":
+                spool.requeue(qid)
+            elif folder == "active":
+                spool.trigger(f"retry.{qid}")
+            else:
+                print(f"ses-relay: {qid} is held; release it first", file=sys.stderr)
+                return EXIT_FAIL
+    except Busy:
+        print(f"ses-relay: {qid} is being delivered right now; try again", file=sys.stderr)
+        return EXIT_FAIL
+    if command != "show":
+        print(f"{command}: {qid}")
+    return EXIT_OK
+
+
+def trace(cfg: config.Config, args: argparse.Namespace) -> int:
+    from relay.events import EventStore
+
+    store = EventStore(cfg.feedback.database)
+    try:
+        story = store.trace(args.key)
+    finally:
+        store.close()
+    if not story:
+        print(f"ses-relay: nothing known about {args.key}", file=sys.stderr)
+        return EXIT_FAIL
+    for entry in story:
+        when = iso_time(entry.pop("at"))
+        what = entry.pop("step", None) or entry.pop("kind", "?")
+        entry.pop("seq", None)
+        details = " ".join(f"{k}={v}" for k, v in entry.items() if v not in (None, "", []))
+        print(f"{when}  {what:<12} {details}")
+    return EXIT_OK
+
+
+def events(cfg: config.Config, args: argparse.Namespace) -> int:
+    import csv as csv_mod
+
+    from relay.events import EventStore
+
+    since = 0.0
+    if args.since:
+        try:
+            since = time.time() - config.parse_duration(args.since)
+        except ValueError:
+            try:
+                since = datetime.datetime.fromisoformat(args.since).timestamp()
+            except ValueError:
+                print("ses-relay: --since takes an ISO time or a duration (7d)",
+                      file=sys.stderr)
+                return EXIT_USAGE
+    after = int(args.cursor.read_text().strip() or 0) if args.cursor and \
+        args.cursor.exists() else 0
+    store = EventStore(cfg.feedback.database)
+    try:
+        rows = list(store.export(after_seq=after, since=since))
+    finally:
+        store.close()
+    fields = ["seq", "at", "ses_message_id", "queue_id", "kind", "recipient", "sender",
+              "user", "bounce_type", "bounce_subtype", "feedback_id", "diagnostic"]
+    if args.format == "csv":
+        w = csv_mod.DictWriter(sys.stdout, fields, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+    if args.cursor and rows:
+        args.cursor.write_text(f"{rows[-1]['seq']}\n")
+    return EXIT_OK
+
+
+def resume(cfg: config.Config) -> int:
+    spool = Spool(cfg.queue.directory, Share(0, cfg.workers))  # triggers reach every worker
+    spool.open_for_admin()
+    reason = spool.paused()
+    if reason is None:
+        print("delivery is not paused")
+        return EXIT_OK
+    spool.set_paused(None)
+    spool.trigger("resume")
+    print(f"resumed (was paused: {reason})")
+    return EXIT_OK
