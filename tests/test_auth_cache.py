@@ -1,0 +1,112 @@
+"""The memory of successful logins (relay/authcache.py), through a real client: smtplib over
+STARTTLS, one connection per login, as PHPMailer and msmtp do it."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clients import starttls
+from conftest import PASSWORD, USER, InProcess, Setup, events
+
+from relay import metrics, users
+
+NEW_PASSWORD = "a new staple for the horse"  # test credential
+
+
+def cache_checks(result: str) -> float:
+    value = metrics.REGISTRY.get_sample_value("ses_relay_auth_cache_total", {"result": result})
+    return value or 0.0
+
+
+@pytest.fixture
+def own_users(setup: Setup, tmp_path: Path) -> Path:
+    """A users file of this test's own, to rewrite (the shared one is session-wide)."""
+    path = tmp_path / "users.yaml"
+    users.save(path, users.UserDB({}).with_user(users.User(USER, users.hash_password(PASSWORD))))
+    setup.doc["users_file"] = str(path)
+    setup.write()
+    return path
+
+
+def log_in(setup: Setup, password: str = PASSWORD) -> None:
+    with starttls(setup.starttls_port, setup.certs.ca, USER, password) as s:
+        s.noop()
+
+
+def auth_ok(logs: list[dict[str, Any]]) -> list[bool]:
+    return [e["cached"] for e in events(logs, "auth_ok")]
+
+
+def test_a_second_login_with_the_right_password_is_answered_from_memory(
+        setup: Setup, start_relay: Callable[[Setup], InProcess],
+        logs: list[dict[str, Any]]) -> None:
+    start_relay(setup)
+    hits, misses = cache_checks("hit"), cache_checks("miss")
+    log_in(setup)
+    log_in(setup)
+    assert auth_ok(logs) == [False, True]
+    assert (cache_checks("hit") - hits, cache_checks("miss") - misses) == (1, 1)
+
+
+def test_a_wrong_password_after_a_remembered_success_is_still_refused(
+        setup: Setup, start_relay: Callable[[Setup], InProcess],
+        logs: list[dict[str, Any]]) -> None:
+    start_relay(setup)
+    log_in(setup)
+    misses = cache_checks("miss")
+    with pytest.raises(smtplib.SMTPAuthenticationError) as err:
+        log_in(setup, PASSWORD + "x")
+    assert err.value.smtp_code == 535
+    # smtplib tried PLAIN then LOGIN: each wrong password was checked in full.
+    assert cache_checks("miss") - misses == 2
+    log_in(setup)
+    assert auth_ok(logs) == [False, True]
+
+
+def test_failures_are_never_remembered(
+        setup: Setup, start_relay: Callable[[Setup], InProcess],
+        logs: list[dict[str, Any]]) -> None:
+    start_relay(setup)
+    hits, misses = cache_checks("hit"), cache_checks("miss")
+    for _ in range(2):
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            log_in(setup, "wrong")
+    assert (cache_checks("hit") - hits, cache_checks("miss") - misses) == (0, 4)
+    log_in(setup)  # the first success is checked in full too
+    assert auth_ok(logs) == [False]
+
+
+def test_a_changed_users_file_forgets_what_was_remembered(
+        setup: Setup, own_users: Path, start_relay: Callable[[Setup], InProcess],
+        logs: list[dict[str, Any]]) -> None:
+    relay = start_relay(setup)
+    log_in(setup)
+    log_in(setup)
+    # `ses-relay user add` with a new password, then SIGHUP (what app.py runs on it).
+    users.save(own_users, users.load(own_users).with_user(
+        users.User(USER, users.hash_password(NEW_PASSWORD))))
+    assert relay.call(relay.relay.reload()) is True
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        log_in(setup)
+    log_in(setup, NEW_PASSWORD)
+    log_in(setup, NEW_PASSWORD)
+    assert auth_ok(logs) == [False, True, False, True]
+
+
+def test_a_reload_forgets_even_an_unchanged_password(
+        setup: Setup, own_users: Path, start_relay: Callable[[Setup], InProcess],
+        logs: list[dict[str, Any]]) -> None:
+    relay = start_relay(setup)
+    log_in(setup)
+    assert relay.call(relay.relay.reload()) is True
+    log_in(setup)
+    # The user removed from the file: the remembered success must not let it in.
+    users.save(own_users, users.load(own_users).without(USER))
+    assert relay.call(relay.relay.reload()) is True
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        log_in(setup)
+    assert auth_ok(logs) == [False, False]
