@@ -18,14 +18,16 @@ What changes, and why (each measured on aiosmtpd 1.4.6, see docs/architecture.md
 from __future__ import annotations
 
 import asyncio
+import binascii
 import collections
 import re
 import ssl
+from base64 import b64decode, b64encode
 from enum import Enum
 from types import MethodType
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, _AuthMechAttr
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, _AuthMechAttr, _Missing
 
 from relay.addresses import SIMPLE_ADDRESS
 from relay.message import is_header_line
@@ -235,6 +237,37 @@ class RelaySMTP(SMTP):
             await self.push(replies.STARTTLS_FIRST)
             return
         await super().smtp_AUTH(arg)
+
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> _Missing | bytes:
+        """Send a 334 challenge; the client's decoded response, or MISSING once answered.
+
+        aiosmtpd's reads the response with StreamReader.readline(), which on a line longer
+        than the reader's limit throws away what it holds and raises: the client got 451,
+        and the rest of that line, arriving later, was read as a command. Here an
+        over-long response is read to its end and dropped, as the command loop drops an
+        over-long command, and refused as RFC 4954 says (500 5.5.6). (The response is
+        never logged, whatever *log_client_response* says: it holds the password.)
+        """
+        raw = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (b64encode(raw) if encode_to_b64 else raw))
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as e:
+            await _skip_line(self._reader, e.consumed)
+            await self.push(replies.AUTH_LINE_TOO_LONG)
+            return MISSING
+        except asyncio.IncompleteReadError:
+            return MISSING  # the client hung up
+        blob = line.strip()
+        if blob == b"*":  # the client gives up (RFC 4954 4)
+            await self.push(replies.AUTH_ABORTED)
+            return MISSING
+        try:
+            return b64decode(blob, validate=True)
+        except binascii.Error:
+            await self.push(replies.AUTH_BAD_ENCODING)
+            return MISSING
 
     # -- replies
 
@@ -467,6 +500,17 @@ class RelaySMTP(SMTP):
             return result
         draft.write(result)
         return None
+
+
+async def _skip_line(reader: asyncio.StreamReader, consumed: int) -> None:
+    """Drop the rest of an over-long line: *consumed* bytes, then up to its LF."""
+    while True:
+        await reader.readexactly(consumed)
+        try:
+            await reader.readuntil(b"\n")
+            return
+        except asyncio.LimitOverrunError as e:
+            consumed = e.consumed
 
 
 def _take_plain_lines(reader: asyncio.StreamReader, room: int | None) -> bytes:
