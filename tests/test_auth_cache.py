@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clients import starttls
+from clients import implicit, starttls
 from conftest import PASSWORD, USER, InProcess, Setup, events
 
 from relay import metrics, users
@@ -117,3 +117,14 @@ def test_a_reload_forgets_even_an_unchanged_password(
     users.save(own_users, users.load(own_users).without(USER))
     assert relay.call(relay.relay.reload()) is True
     refused(setup, PASSWORD)
+
+
+def test_a_success_on_one_listener_is_remembered_on_the_others(
+        setup: Setup, start_relay: Callable[[Setup], InProcess],
+        logs: list[dict[str, Any]]) -> None:
+    start_relay(setup)
+    log_in(setup)
+    with implicit(setup.implicit_port, setup.certs.ca) as s:
+        s.user, s.password = USER, PASSWORD
+        assert s.auth("LOGIN", s.auth_login)[0] == 235
+    assert auth_ok(logs) == [False, True]
