@@ -47,7 +47,8 @@ class Handler:
         self.live: set[RelaySMTP] = set()  # sessions open now, for a clean shutdown
         self._connections = connections
         self._guard = auth_guard
-        self._auth = Authenticator(users, auth_guard, auth_cache or SuccessCache())
+        self._auth = Authenticator(users, auth_guard,
+                                   SuccessCache() if auth_cache is None else auth_cache)
         self._users = users
         self._spool = spool
         self._policy = policy
