@@ -60,6 +60,12 @@ def test_an_over_long_initial_response_on_the_auth_line_is_one_error(dialog: Dia
     assert dialog.cmd(f"MAIL FROM:<{SENDER}>").startswith(b"530 5.7.0")
 
 
+def test_a_long_initial_response_within_the_line_limit_is_checked(dialog: Dialog) -> None:
+    # 600 base64 characters: over a command's 512, within the line's 1,000.
+    reply = dialog.cmd("AUTH PLAIN " + b64("\0".join(("", USER, "x" * 440))))
+    assert reply.startswith(b"535 5.7.8 "), reply
+
+
 @pytest.mark.parametrize("authzid", ["admin", "APP", f"{USER} "])
 def test_plain_with_another_authorization_identity_is_refused(
         dialog: Dialog, logs: list[dict[str, Any]], authzid: str) -> None:

@@ -47,7 +47,12 @@ def _command_size_limits() -> collections.defaultdict[str, int]:
     """A session's own command length limits. aiosmtpd keeps them on the class, shared by
     every session, and each EHLO raises MAIL's: it only stayed bounded because its
     constructor reset them, which no longer runs per connection (see spawn)."""
-    return collections.defaultdict(lambda: SMTP.command_size_limit)
+    limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+    # AUTH with an initial response (RFC 4954 4 asks room for 12,288 octets) gets the room
+    # a response after a 334 gets, the reader's line limit, not MAIL's 512: a long password
+    # must not depend on the client's choice of one step or two.
+    limits["AUTH"] = SMTP.line_length_limit
+    return limits
 
 
 class DataProblem(Enum):
