@@ -14,13 +14,17 @@ and the password. Why this and not something else:
   cannot be precomputed; the user name in the tag keeps equal passwords apart.
 
 A dump that also holds the key lets its reader test guesses against the cached tags at
-HMAC speed; that reader also holds every password that came through AUTH recently in the
-process's buffers, so the cache adds no new exposure, and its TTL keeps it short-lived.
+HMAC speed rather than scrypt speed: that is the price. Such a dump is taken from a
+process through which every password arrives in clear (TLS and AUTH buffers, freed but not
+wiped), so it is exposed to much the same reader anyway; the TTL bounds how long a tag
+lives, and a restart makes every tag worthless.
 
 Only successes are remembered, and a wrong password always costs the full scrypt: a miss
 looks, in time, exactly as it did without the cache, and a hit only answers sooner what
-235 would say anyway. The check costs one HMAC (about a microsecond), cheap enough to
-make on the event loop without handing it to a thread.
+235 would say anyway. A check is one HMAC-SHA256 of about 100 bytes, a few microseconds
+(timeit of ``SuccessCache.verified``: 4-12 us on this 2-core machine while it was loaded
+by other work, against 50-110 ms for scrypt there): cheap enough to make on the event
+loop, with no hand-over to a thread.
 """
 
 from __future__ import annotations
@@ -57,9 +61,10 @@ class SuccessCache:
         return len(self._tags)
 
     def _tag(self, name: str, stored_hash: str, password: bytes) -> bytes:
-        # Length-prefixed parts: no two different triples give the same message.
-        parts = (name.encode(), stored_hash.encode(), password)
-        message = b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+        # Name and hash length-prefixed, the password last: no two different triples give
+        # the same message.
+        user, stored = name.encode(), stored_hash.encode()
+        message = b"%d:%s%d:%s%s" % (len(user), user, len(stored), stored, password)
         return hmac.digest(self._key, message, "sha256")
 
     def _follow(self, snapshot: object) -> None:

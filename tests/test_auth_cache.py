@@ -13,6 +13,7 @@ from clients import implicit, starttls
 from conftest import PASSWORD, USER, InProcess, Setup, events
 
 from relay import metrics, users
+from relay.authcache import SuccessCache
 
 NEW_PASSWORD = "a new staple for the horse"  # test credential
 
@@ -128,3 +129,58 @@ def test_a_success_on_one_listener_is_remembered_on_the_others(
         s.user, s.password = USER, PASSWORD
         assert s.auth("LOGIN", s.auth_login)[0] == 235
     assert auth_ok(logs) == [False, True]
+
+
+# --- the cache's own bounds (no network needed to see them) ------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_remembered_success_expires_after_its_ttl() -> None:
+    clock, db = Clock(), object()
+    cache = SuccessCache(ttl=60, clock=clock)
+    cache.remember(db, USER, "hash", b"pw")
+    clock.now = 59
+    assert cache.verified(db, USER, "hash", b"pw")
+    clock.now = 61  # a hit does not extend it: the TTL runs from the check by scrypt
+    assert not cache.verified(db, USER, "hash", b"pw")
+    assert len(cache) == 0
+
+
+def test_the_cache_keeps_the_most_recently_used_entries_up_to_its_size() -> None:
+    db = object()
+    cache = SuccessCache(size=3)
+    for n in range(3):
+        cache.remember(db, f"user{n}", "hash", b"pw")
+    assert cache.verified(db, "user0", "hash", b"pw")  # now the most recent
+    cache.remember(db, "user3", "hash", b"pw")
+    assert len(cache) == 3
+    assert not cache.verified(db, "user1", "hash", b"pw")
+    assert all(cache.verified(db, f"user{n}", "hash", b"pw") for n in (0, 2, 3))
+
+
+def test_a_success_matches_only_its_own_name_hash_and_password() -> None:
+    db = object()
+    cache = SuccessCache()
+    cache.remember(db, "ab", "c", b"pw")
+    assert not cache.verified(db, "a", "bc", b"pw")
+    assert not cache.verified(db, "ab", "c", b"pw2")
+    assert not cache.verified(db, "ab", "c2", b"pw")
+    assert cache.verified(db, "ab", "c", b"pw")
+    assert not cache.verified(object(), "ab", "c", b"pw")  # another users snapshot
+    assert len(cache) == 0
+
+
+def test_a_check_against_a_replaced_snapshot_is_not_remembered() -> None:
+    old, new = object(), object()
+    cache = SuccessCache()
+    cache.remember(old, USER, "hash", b"pw")
+    assert not cache.verified(new, USER, "hash", b"pw")
+    cache.remember(old, USER, "hash", b"pw")  # finished after the reload
+    assert not cache.verified(new, USER, "hash", b"pw")
