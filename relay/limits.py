@@ -9,6 +9,8 @@ command. Postfix's defaults inspired the numbers (50 connections per client).
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -64,8 +66,8 @@ class AuthGuard:
     """AUTH failures within *window* seconds, counted against the client, as Postfix's
     anvil and Dovecot's auth penalty do, never against a user name everywhere:
 
-    - one user name from one address: *max_failures*, then that name is refused from that
-      address (421) until the failures age out;
+    - one user name from one address (an IPv6 client: its /64): *max_failures*, then that
+      name is refused from that address (421) until the failures age out;
     - one address over all names: ADDRESS_FACTOR times as many, then the address is
       refused at connect too (someone there is trying names);
     - a password check in progress holds a slot under both counts: a success gives it
@@ -104,8 +106,9 @@ class AuthGuard:
         return len(times)
 
     def _limits(self, ip: str, user: str) -> list[tuple[str, int]]:
-        return [(f"ip:{ip}", self.ADDRESS_FACTOR * self.max_failures),
-                (f"user:{user}@ip:{ip}", self.max_failures)]
+        client = _client(ip)
+        return [(f"ip:{client}", self.ADDRESS_FACTOR * self.max_failures),
+                (f"user:{user}@ip:{client}", self.max_failures)]
 
     def locked(self, ip: str, user: str | None = None) -> bool:
         """Whether this address (and, given a user name, that name from it) is locked out."""
@@ -160,6 +163,23 @@ class AuthGuard:
     def delay(failures: int) -> float:
         """Seconds to wait before answering a failed AUTH: 0.5, 1, 2, 4, then 8."""
         return float(min(8.0, 0.5 * 2 ** max(0, failures - 1)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _client(ip: str) -> str:
+    """The client an address stands for: an IPv4 address (also when written as an
+    IPv4-mapped IPv6 one, as dual-stack listeners see it), or an IPv6 /64, which one site
+    usually holds whole: counted per address, IPv6 would give a guesser 2**64 fresh
+    counts. (Dovecot's auth penalty and Postfix's anvil aggregate IPv6 clients too.)"""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class Attempt:

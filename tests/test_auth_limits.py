@@ -7,6 +7,7 @@ client address for the relay listening on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import smtplib
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 from clients import Dialog, tls_context
 from conftest import PASSWORD, USER, InProcess, Setup, events
+
+from relay.limits import AuthGuard
 
 WRONG = "not the password"  # test credential
 
@@ -107,3 +110,68 @@ def test_an_address_is_locked_per_user_name_and_for_every_name_when_it_sprays(
         assert login(setup, PASSWORD, source) == 421  # at connect: the address is locked
     else:
         assert login(setup, PASSWORD, source) == 235  # another name from the same address
+
+
+# --- the guard's bookkeeping (addresses no loopback socket can have) --------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fail(guard: AuthGuard, ip: str, user: str) -> None:
+    attempt = asyncio.run(guard.attempt(ip, user))
+    assert attempt is not None
+    attempt.fail()
+
+
+def test_an_ipv6_client_is_its_64_and_a_mapped_ipv4_one_its_ipv4_address() -> None:
+    guard = AuthGuard(max_failures=2, window=60)
+    fail(guard, "2001:db8:1:2::1", USER)
+    fail(guard, "2001:db8:1:2:ffff::9", USER)
+    assert guard.locked("2001:db8:1:2::77", USER)
+    assert not guard.locked("2001:db8:1:3::1", USER)
+    fail(guard, "::ffff:192.0.2.7", USER)
+    fail(guard, "192.0.2.7", USER)
+    assert guard.locked("192.0.2.7", USER)
+    assert not guard.locked("::ffff:192.0.2.8", USER)
+
+
+def test_failures_age_out_and_made_up_names_are_forgotten() -> None:
+    clock = Clock()
+    guard = AuthGuard(max_failures=1, window=60, clock=clock)
+    for n in range(3000):
+        fail(guard, f"198.51.{n // 250}.{n % 250}", f"made-up-{n}")
+        clock.now += 0.05  # 150 s in all: the first ones are older than the window
+    assert len(guard._failures) < 3 * 3000
+    clock.now += 61
+    assert not guard.locked("198.51.11.249", "made-up-2999")
+
+
+def test_a_check_beyond_the_attempts_left_waits_for_those_in_progress() -> None:
+    async def scenario() -> list[object]:
+        guard = AuthGuard(max_failures=2, window=60)
+        first = await guard.attempt("192.0.2.1", USER)
+        second = await guard.attempt("192.0.2.1", USER)
+        assert first is not None and second is not None
+        third = asyncio.ensure_future(guard.attempt("192.0.2.1", USER))
+        fourth = asyncio.ensure_future(guard.attempt("192.0.2.1", USER))
+        await asyncio.sleep(0)
+        seen: list[object] = [third.done(), fourth.done()]  # both wait: two in progress
+        first.release()  # a success gives its slot back: one waiting check gets it
+        await asyncio.sleep(0)
+        seen.append(sum(t.done() for t in (third, fourth)))
+        second.fail()
+        winner = next(t.result() for t in (third, fourth) if t.done())
+        assert winner is not None
+        winner.fail()  # the second failure: the check still waiting is refused
+        await asyncio.sleep(0)
+        seen.append([t.result() for t in (third, fourth)].count(None))
+        seen.append(await guard.attempt("192.0.2.1", USER))
+        return seen
+
+    assert asyncio.run(scenario()) == [False, False, 1, 1, None]
