@@ -62,6 +62,9 @@ class Connections:
         return True
 
 
+_Key = tuple[str, str, str]  # what is counted, the client, the user name
+
+
 class AuthGuard:
     """AUTH failures within *window* seconds, counted against the client, as Postfix's
     anvil and Dovecot's auth penalty do, never against a user name everywhere:
@@ -88,12 +91,12 @@ class AuthGuard:
         self.max_failures = max_failures
         self.window = window
         self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
-        self._in_progress: Counter[str] = Counter()
+        self._failures: dict[_Key, deque[float]] = {}
+        self._in_progress: Counter[_Key] = Counter()
         self._changed: asyncio.Event | None = None  # set when a check in progress ends
         self._sweep_at = 1024
 
-    def _recent(self, key: str) -> int:
+    def _recent(self, key: _Key) -> int:
         times = self._failures.get(key)
         if not times:
             return 0
@@ -105,10 +108,11 @@ class AuthGuard:
             return 0
         return len(times)
 
-    def _limits(self, ip: str, user: str) -> list[tuple[str, int]]:
+    def _limits(self, ip: str, user: str) -> list[tuple[_Key, int]]:
+        # Tuples, not strings: no user name can be made to read as another key.
         client = _client(ip)
-        return [(f"ip:{client}", self.ADDRESS_FACTOR * self.max_failures),
-                (f"user:{user}@ip:{client}", self.max_failures)]
+        return [(("address", client, ""), self.ADDRESS_FACTOR * self.max_failures),
+                (("user at address", client, user), self.max_failures)]
 
     def locked(self, ip: str, user: str | None = None) -> bool:
         """Whether this address (and, given a user name, that name from it) is locked out."""
@@ -130,7 +134,7 @@ class AuthGuard:
                 self._changed = asyncio.Event()
             await self._changed.wait()
 
-    def _finished(self, keys: list[str], user: str, failed: bool) -> int:
+    def _finished(self, keys: list[_Key], user: str, failed: bool) -> int:
         now = self._clock()
         counts = []
         for key in keys:
@@ -142,7 +146,7 @@ class AuthGuard:
                 counts.append(self._recent(key))
         if failed:
             # Across addresses, for the delay only: a user name many are guessing at.
-            name = f"user:{user}"
+            name = ("user", "", user)
             self._failures.setdefault(name, deque()).append(now)
             counts.append(self._recent(name) // self.max_failures)
             self._sweep()
@@ -186,9 +190,9 @@ class Attempt:
     """One password check in progress: end it with ``release`` (it succeeded, or never
     happened) or ``fail``; only the first call counts."""
 
-    def __init__(self, guard: AuthGuard, keys: list[str], user: str) -> None:
+    def __init__(self, guard: AuthGuard, keys: list[_Key], user: str) -> None:
         self._guard = guard
-        self._keys: list[str] | None = keys
+        self._keys: list[_Key] | None = keys
         self._user = user
 
     def release(self) -> None:

@@ -177,3 +177,12 @@ def test_a_check_beyond_the_attempts_left_waits_for_those_in_progress() -> None:
         return seen
 
     assert asyncio.run(scenario()) == [False, False, 1, 1, None]
+
+
+def test_no_user_name_can_pass_for_another_count() -> None:
+    guard = AuthGuard(max_failures=1, window=60)
+    for n in range(1, 4):
+        fail(guard, f"192.0.2.{100 + n}", f"{USER}@ip:192.0.2.1")
+        fail(guard, f"192.0.2.{100 + n}", "")
+    assert not guard.locked("192.0.2.1", USER)
+    assert not guard.locked("192.0.2.1")
