@@ -3,6 +3,7 @@ STARTTLS, one connection per login, as PHPMailer and msmtp do it."""
 
 from __future__ import annotations
 
+import signal
 import smtplib
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 from clients import implicit, starttls
-from conftest import PASSWORD, USER, InProcess, Setup, events
+from conftest import PASSWORD, USER, InProcess, Process, Setup, events, wait_until
 
 from relay import metrics, users
 from relay.authcache import SuccessCache
@@ -184,3 +185,24 @@ def test_a_check_against_a_replaced_snapshot_is_not_remembered() -> None:
     assert not cache.verified(new, USER, "hash", b"pw")
     cache.remember(old, USER, "hash", b"pw")  # finished after the reload
     assert not cache.verified(new, USER, "hash", b"pw")
+
+
+def test_sighup_to_the_relay_process_forgets_what_was_remembered(
+        setup: Setup, own_users: Path, start_process: Callable[[Setup], Process]) -> None:
+    relay = start_process(setup)
+
+    def cached() -> list[bool]:
+        return [e["cached"] for e in relay.events() if e.get("event") == "auth_ok"]
+
+    log_in(setup)
+    log_in(setup)
+    wait_until(lambda: len(cached()) == 2)
+    users.save(own_users, users.load(own_users).with_user(
+        users.User(USER, users.hash_password(NEW_PASSWORD))))
+    relay.proc.send_signal(signal.SIGHUP)
+    relay.wait_event("reloaded")
+    refused(setup, PASSWORD)
+    log_in(setup, NEW_PASSWORD)
+    log_in(setup, NEW_PASSWORD)
+    wait_until(lambda: len(cached()) == 4)
+    assert cached() == [False, True, False, True]
