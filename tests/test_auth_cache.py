@@ -3,6 +3,7 @@ STARTTLS, one connection per login, as PHPMailer and msmtp do it."""
 
 from __future__ import annotations
 
+import base64
 import signal
 import smtplib
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clients import implicit, starttls
+from clients import Dialog, implicit, starttls
 from conftest import PASSWORD, USER, InProcess, Process, Setup, events, wait_until
 
 from relay import metrics, users
@@ -206,3 +207,28 @@ def test_sighup_to_the_relay_process_forgets_what_was_remembered(
     log_in(setup, NEW_PASSWORD)
     wait_until(lambda: len(cached()) == 4)
     assert cached() == [False, True, False, True]
+
+
+def test_a_burst_of_first_logins_checks_the_password_once_and_lets_every_one_in(
+        setup: Setup, start_relay: Callable[[Setup], InProcess]) -> None:
+    setup.doc["limits"] = {"max_auth_failures": 1}  # one check at a time per user and address
+    setup.write()
+    start_relay(setup)
+    hits, misses = cache_checks("hit"), cache_checks("miss")
+    sessions = []
+    try:
+        for _ in range(20):
+            d = Dialog(setup.starttls_port, setup.certs.ca)
+            sessions.append(d)
+            d.cmd("EHLO client.test")
+            d.starttls()
+            d.cmd("EHLO client.test")
+        creds = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+        for d in sessions:
+            d.send(f"AUTH PLAIN {creds}\r\n".encode())
+        answers = [d.reply()[:3] for d in sessions]
+    finally:
+        for d in sessions:
+            d.close()
+    assert answers == [b"235"] * 20
+    assert (cache_checks("hit") - hits, cache_checks("miss") - misses) == (19, 1)

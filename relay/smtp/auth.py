@@ -45,16 +45,19 @@ class Authenticator:
         peer, ip = server.session.peer, server.client_ip
         if self._guard.locked(ip, name):
             return await self._lock_out(server, name)
-        db = self._users()
-        user = db.get(name) if name else None
         authorized = authzid in (b"", login)
-        if (authorized and user is not None
-                and self._cache.verified(db, name, user.password_hash, password)):
+        if authorized and self._remembered(name, password):
             maillog.auth(peer, name, True, mechanism, cached=True)
             return AuthResult(success=True, auth_data=name)
         attempt = await self._guard.attempt(ip, name)
         if attempt is None:
             return await self._lock_out(server, name)
+        if authorized and self._remembered(name, password):
+            # Remembered while this check waited for a slot (a burst of first logins).
+            attempt.release()
+            maillog.auth(peer, name, True, mechanism, cached=True)
+            return AuthResult(success=True, auth_data=name)
+        db = self._users()
         if name and authorized:
             # Decided to the end even if the client hangs up meanwhile: the slot is held
             # until the check is over, and a wrong password still counts.
@@ -71,6 +74,12 @@ class Authenticator:
         if self._guard.locked(ip, name):
             return await self._lock_out(server, name)
         return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
+
+    def _remembered(self, name: str, password: bytes) -> bool:
+        db = self._users()
+        user = db.get(name) if name else None
+        return user is not None and self._cache.verified(db, name, user.password_hash,
+                                                         password)
 
     async def _verify(self, attempt: Attempt, db: UserDB, name: str,
                       password: bytes) -> int | None:
