@@ -2,9 +2,9 @@
 successes (relay.authcache) and scrypt in a thread, in that order.
 
 The order matters: a locked-out client is refused whatever it sends; a remembered success
-is answered on the event loop at once (a right password from a clean client is never made
-to wait for a slot); anything else takes a slot first and is counted before it is checked,
-so that parallel connections cannot check more passwords than the lockout allows.
+is answered on the event loop at once, without taking a slot; anything else takes a slot
+first and is counted before it is checked, so that parallel connections cannot check more
+passwords than the lockout allows.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from relay.users import UserDB
 
 
 class Authenticator:
-    """Shared by every session of the process (one guard, one cache)."""
+    """One per listener; the guard and the cache are the process's (relay.app)."""
 
     def __init__(self, users: Callable[[], UserDB], guard: AuthGuard,
                  cache: SuccessCache) -> None:
