@@ -83,3 +83,9 @@ def test_plain_with_no_or_the_same_authorization_identity_logs_in(
     reply = dialog.cmd("AUTH PLAIN " + b64("\0".join((authzid, USER, PASSWORD))))
     assert reply.startswith(b"235 2.7.0")
     assert dialog.cmd(f"MAIL FROM:<{SENDER}>").startswith(b"250 2.1.0")
+
+
+def test_plain_in_two_steps_with_another_authorization_identity_is_refused(
+        dialog: Dialog) -> None:
+    assert dialog.cmd("AUTH PLAIN").startswith(b"334 ")
+    assert dialog.cmd(b64("\0".join(("admin", USER, PASSWORD)))).startswith(b"535 5.7.8 ")
