@@ -14,6 +14,7 @@ from typing import Any
 
 from relay import config as config_mod
 from relay import dsn, log, maillog, memory, metrics, sessuppression, systemd, users
+from relay.authcache import SuccessCache
 from relay.config import Config
 from relay.delivery import Scheduler
 from relay.errors import ConfigError, DeliveryError, SpoolError, UsersFileError
@@ -53,6 +54,7 @@ class Relay:
     _users: users.UserDB | None = None
     connections: Connections = field(init=False)
     auth_guard: AuthGuard = field(init=False)
+    auth_cache: SuccessCache = field(default_factory=SuccessCache)  # one for every listener
     policy: Policy | None = None
     handlers: list[Handler] = field(default_factory=list)
     tls: ServerTLS | None = None
@@ -130,7 +132,8 @@ class Relay:
             handler = Handler(listener=listener, users=self._current_users, spool=self.spool,
                               policy=policy, limits=cfg.limits, hostname=cfg.hostname,
                               on_queued=self.scheduler.enqueue,
-                              connections=self.connections, auth_guard=self.auth_guard)
+                              connections=self.connections, auth_guard=self.auth_guard,
+                              auth_cache=self.auth_cache)
             self.handlers.append(handler)
             server = await listeners.start(
                 listener, handler, hostname=cfg.hostname,

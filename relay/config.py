@@ -135,8 +135,9 @@ class Limits:
     # Connections in all, and from one client address (Postfix's default is 50).
     max_connections: int = 500
     max_connections_per_ip: int = 50
-    # AUTH failures from one address within auth_lockout before it gets 421 (a user name:
-    # four times as many); each failure is answered a little later than the last.
+    # AUTH failures for one user name from one address within auth_lockout before that name
+    # gets 421 there; from one address over all names, four times as many before the
+    # address does (relay.limits.AuthGuard). Each failure is answered later than the last.
     max_auth_failures: int = 5
     auth_lockout: float = 900.0
     # DATA must finish within data_timeout plus one second per min_data_rate bytes.

@@ -42,9 +42,11 @@ def connected(peer: Any, listener: str) -> None:
     _log.debug("connect", **_who(peer), listener=listener)
 
 
-def auth(peer: Any, user: str, ok: bool, mechanism: str) -> None:
+def auth(peer: Any, user: str, ok: bool, mechanism: str, cached: bool = False) -> None:
+    # cached: the password matched a success remembered by relay.authcache (no scrypt).
+    metrics.AUTH_CACHE.labels("hit" if cached else "miss").inc()
     if ok:
-        _log.info("auth_ok", **_who(peer), user=user, mechanism=mechanism)
+        _log.info("auth_ok", **_who(peer), user=user, mechanism=mechanism, cached=cached)
     else:
         metrics.AUTH_FAILURES.inc()
         # fail2ban matches on this line: keep "auth_failed" and "peer=<ip>:port" stable.

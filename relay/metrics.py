@@ -32,6 +32,8 @@ CONNECTIONS_REFUSED = Counter("ses_relay_connections_refused",
                               "SMTP connections refused by a limit", registry=REGISTRY)
 AUTH_FAILURES = Counter("ses_relay_auth_failures", "Failed AUTH attempts", registry=REGISTRY)
 AUTH_LOCKOUTS = Counter("ses_relay_auth_lockouts", "AUTH lockouts", registry=REGISTRY)
+AUTH_CACHE = Counter("ses_relay_auth_cache", "AUTH answers from remembered successes (hit) "
+                     "or from a password check (miss)", ["result"], registry=REGISTRY)
 REJECTED = Counter("ses_relay_rejected", "SMTP commands refused by policy",
                    ["step", "code"], registry=REGISTRY)
 RECEIVED = Counter("ses_relay_messages_received", "Messages received (end of DATA)",

@@ -248,7 +248,7 @@ def test_a_spawned_session_is_set_up_like_one_aiosmtpd_builds() -> None:
                     assert ours.keys() == value.keys()
                     assert all(m.__self__ is copy for m in ours.values())
                 elif name == "command_size_limits":  # the session's own (EHLO raises them)
-                    assert ours == value == {}
+                    assert ours == value == {"AUTH": SMTP.line_length_limit}
                 elif name == "_auth_methods":
                     assert ours.keys() == value.keys()
                     assert all(a.method.__self__ is (copy if a.is_builtin else handler)

@@ -7,7 +7,6 @@ our own trouble must not make a client give up on a message).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
 from base64 import b64decode
@@ -18,12 +17,14 @@ from aiosmtpd.smtp import MISSING, AuthResult, TLSSetupException
 
 from relay import log, maillog
 from relay.addresses import AddressError, normalize
+from relay.authcache import SuccessCache
 from relay.config import Limits, Listener
 from relay.errors import SpoolError
 from relay.limits import LOCKED_OUT, TOO_MANY_CONNECTIONS, AuthGuard, Connections
 from relay.message import HeaderError, rewrite
 from relay.policy import NULL_SENDER_REFUSED, Policy
 from relay.smtp import proxy, replies
+from relay.smtp.auth import Authenticator
 from relay.smtp.server import DataProblem, RelayEnvelope, RelaySMTP
 from relay.spool import Draft, Envelope, Spool
 from relay.users import User, UserDB
@@ -41,11 +42,13 @@ class Handler:
     def __init__(self, *, listener: Listener, users: Callable[[], UserDB], spool: Spool,
                  policy: Policy, limits: Limits, hostname: str,
                  on_queued: Callable[[str], None], connections: Connections,
-                 auth_guard: AuthGuard) -> None:
+                 auth_guard: AuthGuard, auth_cache: SuccessCache | None = None) -> None:
         self.listener = listener
         self.live: set[RelaySMTP] = set()  # sessions open now, for a clean shutdown
         self._connections = connections
         self._guard = auth_guard
+        self._auth = Authenticator(users, auth_guard,
+                                   SuccessCache() if auth_cache is None else auth_cache)
         self._users = users
         self._spool = spool
         self._policy = policy
@@ -144,7 +147,8 @@ class Handler:
         parts = blob.split(b"\x00")
         if len(parts) != 3:
             return AuthResult(success=False, handled=False, message=replies.AUTH_BAD_ENCODING)
-        return await self._check(server, "PLAIN", parts[1], parts[2])
+        authzid, login, password = parts
+        return await self._auth.check(server, "PLAIN", login, password, authzid=authzid)
 
     async def auth_LOGIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
         if len(args) == 1:
@@ -159,37 +163,7 @@ class Handler:
         password = await server.challenge_auth("Password:")
         if password is MISSING:
             return AuthResult(success=False, handled=True)
-        return await self._check(server, "LOGIN", login, password)
-
-    async def _check(self, server: RelaySMTP, mechanism: str, login: bytes,
-                     password: bytes) -> AuthResult:
-        try:
-            name = login.decode("utf-8")
-        except UnicodeDecodeError:
-            name = ""
-        session = server.session
-        assert session is not None
-        ip = server.client_ip
-        if self._guard.locked(ip, name):
-            return await self._lock_out(server, name)
-        db = self._users()
-        # scrypt takes tens of milliseconds: run it in a thread so other sessions keep going.
-        ok = bool(name) and await asyncio.to_thread(db.authenticate, name, password)
-        maillog.auth(session.peer, name, ok, mechanism)
-        if ok:
-            return AuthResult(success=True, auth_data=name)
-        failures = self._guard.failed(ip, name)
-        await asyncio.sleep(self._guard.delay(failures))  # slows guessing down
-        if self._guard.locked(ip, name):
-            return await self._lock_out(server, name)
-        return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
-
-    async def _lock_out(self, server: RelaySMTP, name: str) -> AuthResult:
-        assert server.session is not None
-        maillog.auth_locked(server.session.peer, name)
-        await server.push(LOCKED_OUT)
-        server._close()
-        return AuthResult(success=False, handled=True)
+        return await self._auth.check(server, "LOGIN", login, password)
 
     # -- envelope
 

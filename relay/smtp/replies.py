@@ -18,6 +18,8 @@ STARTTLS_FIRST = "530 5.7.0 Must issue a STARTTLS command first"
 TLS_ACTIVE = "554 5.5.1 TLS already active"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_BAD_ENCODING = "501 5.5.2 Cannot decode AUTH data"
+AUTH_ABORTED = "501 5.7.0 Authentication aborted"
+AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication exchange line is too long"  # RFC 4954 6
 
 BAD_ADDRESS = "553 5.1.3 Bad address syntax"
 NON_ASCII_ADDRESS = "553 5.6.7 Non-ASCII addresses are not supported"

@@ -16,13 +16,15 @@ What changes, and why (each measured on aiosmtpd 1.4.6, see docs/architecture.md
 from __future__ import annotations
 
 import asyncio
+import binascii
 import collections
 import re
+from base64 import b64decode, b64encode
 from enum import Enum
 from types import MethodType
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, _AuthMechAttr, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, _AuthMechAttr, _Missing, syntax
 
 from relay.addresses import SIMPLE_ADDRESS
 from relay.message import is_header_line
@@ -43,7 +45,12 @@ def _command_size_limits() -> collections.defaultdict[str, int]:
     """A session's own command length limits. aiosmtpd keeps them on the class, shared by
     every session, and each EHLO raises MAIL's: it only stayed bounded because its
     constructor reset them, which no longer runs per connection (see spawn)."""
-    return collections.defaultdict(lambda: SMTP.command_size_limit)
+    limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+    # AUTH with an initial response (RFC 4954 4 asks room for 12,288 octets) gets the room
+    # a response after a 334 gets, the reader's line limit, not MAIL's 512: a long password
+    # must not depend on the client's choice of one step or two.
+    limits["AUTH"] = SMTP.line_length_limit
+    return limits
 
 
 class DataProblem(Enum):
@@ -183,6 +190,37 @@ class RelaySMTP(EdgeSMTP):
             await self.push(replies.STARTTLS_FIRST)
             return
         await super().smtp_AUTH(arg)
+
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> _Missing | bytes:
+        """Send a 334 challenge; the client's decoded response, or MISSING once answered.
+
+        aiosmtpd's reads the response with StreamReader.readline(), which on a line longer
+        than the reader's limit throws away what it holds and raises: the client got 451,
+        and the rest of that line, arriving later, was read as a command. Here an
+        over-long response is read to its end and dropped, as the command loop drops an
+        over-long command, and refused as RFC 4954 says (500 5.5.6). (The response is
+        never logged, whatever *log_client_response* says: it holds the password.)
+        """
+        raw = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (b64encode(raw) if encode_to_b64 else raw))
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as e:
+            await _skip_line(self._reader, e.consumed)
+            await self.push(replies.AUTH_LINE_TOO_LONG)
+            return MISSING
+        except asyncio.IncompleteReadError:
+            return MISSING  # the client hung up
+        blob = line.strip()
+        if blob == b"*":  # the client gives up (RFC 4954 4)
+            await self.push(replies.AUTH_ABORTED)
+            return MISSING
+        try:
+            return b64decode(blob, validate=True)
+        except binascii.Error:
+            await self.push(replies.AUTH_BAD_ENCODING)
+            return MISSING
 
     # -- replies
 
@@ -424,6 +462,17 @@ class RelaySMTP(EdgeSMTP):
             return result
         draft.write(result)
         return None
+
+
+async def _skip_line(reader: asyncio.StreamReader, consumed: int) -> None:
+    """Drop the rest of an over-long line: *consumed* bytes, then up to its LF."""
+    while True:
+        await reader.readexactly(consumed)
+        try:
+            await reader.readuntil(b"\n")
+            return
+        except asyncio.LimitOverrunError as e:
+            consumed = e.consumed
 
 
 def _take_plain_lines(reader: asyncio.StreamReader, room: int | None) -> bytes:

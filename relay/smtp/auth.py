@@ -1,0 +1,106 @@
+"""Checking AUTH credentials: the lockout rules (relay.limits.AuthGuard), the memory of
+successes (relay.authcache) and scrypt in a thread, in that order.
+
+The order matters: a locked-out client is refused whatever it sends; a remembered success
+is answered on the event loop at once, without taking a slot; anything else takes a slot
+first and is counted before it is checked, so that parallel connections cannot check more
+passwords than the lockout allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiosmtpd.smtp import AuthResult
+
+from relay import maillog
+from relay.authcache import SuccessCache
+from relay.limits import LOCKED_OUT, Attempt, AuthGuard
+from relay.smtp import replies
+from relay.smtp.server import RelaySMTP
+from relay.users import UserDB
+
+
+class Authenticator:
+    """One per listener; the guard and the cache are the process's (relay.app)."""
+
+    def __init__(self, users: Callable[[], UserDB], guard: AuthGuard,
+                 cache: SuccessCache) -> None:
+        self._users = users
+        self._guard = guard
+        self._cache = cache
+        self._checks: set[asyncio.Task[int | None]] = set()  # strong references
+
+    async def check(self, server: RelaySMTP, mechanism: str, login: bytes, password: bytes,
+                    authzid: bytes = b"") -> AuthResult:
+        """The AUTH answer for these credentials. *authzid*: PLAIN's authorization identity,
+        which may only be empty or the user itself (RFC 4616: acting as another user is a
+        right nobody has here)."""
+        try:
+            name = login.decode("utf-8")
+        except UnicodeDecodeError:
+            name = ""
+        assert server.session is not None
+        peer, ip = server.session.peer, server.client_ip
+        if self._guard.locked(ip, name):
+            return await self._lock_out(server, name)
+        authorized = authzid in (b"", login)
+        if authorized and self._remembered(name, password):
+            maillog.auth(peer, name, True, mechanism, cached=True)
+            return AuthResult(success=True, auth_data=name)
+        attempt = await self._guard.attempt(ip, name)
+        if attempt is None:
+            return await self._lock_out(server, name)
+        if authorized and self._remembered(name, password):
+            # Remembered while this check waited for a slot (a burst of first logins).
+            attempt.release()
+            maillog.auth(peer, name, True, mechanism, cached=True)
+            return AuthResult(success=True, auth_data=name)
+        db = self._users()
+        if name and authorized:
+            # Decided to the end even if the client hangs up meanwhile: the slot is held
+            # until the check is over, and a wrong password still counts.
+            task = asyncio.create_task(self._verify(attempt, db, name, password))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+            failures = await asyncio.shield(task)
+        else:
+            failures = attempt.fail()
+        maillog.auth(peer, name, failures is None, mechanism)
+        if failures is None:
+            return AuthResult(success=True, auth_data=name)
+        await asyncio.sleep(self._guard.delay(failures))  # slows guessing down
+        if self._guard.locked(ip, name):
+            return await self._lock_out(server, name)
+        return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
+
+    def _remembered(self, name: str, password: bytes) -> bool:
+        db = self._users()
+        user = db.get(name) if name else None
+        return user is not None and self._cache.verified(db, name, user.password_hash,
+                                                         password)
+
+    async def _verify(self, attempt: Attempt, db: UserDB, name: str,
+                      password: bytes) -> int | None:
+        """None if the password is right, else the failure count (for the delay)."""
+        try:
+            # scrypt takes tens of milliseconds: in a thread, so other sessions keep going.
+            ok = await asyncio.to_thread(db.authenticate, name, password)
+        except BaseException:
+            attempt.release()
+            raise
+        if not ok:
+            return attempt.fail()  # never remembered
+        user = db.get(name)
+        if user is not None:
+            self._cache.remember(db, name, user.password_hash, password)
+        attempt.release()
+        return None
+
+    async def _lock_out(self, server: RelaySMTP, name: str) -> AuthResult:
+        assert server.session is not None
+        maillog.auth_locked(server.session.peer, name)
+        await server.push(LOCKED_OUT)
+        server.close()
+        return AuthResult(success=False, handled=True)
