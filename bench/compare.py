@@ -120,13 +120,16 @@ def run_load(target: Target, messages: int, sessions: int, size: int) -> Result:
 
 
 def start_relay(name: str, work: Path, delivery: dict[str, object],
-                delivered: Callable[[], int], workers: int | str) -> tuple[Target, Path]:
+                delivered: Callable[[], int], workers: int | str,
+                concurrency: int | None = None) -> tuple[Target, Path]:
     """ses-relay in its default configuration but for its plain listener open to loopback
     (smtp-source speaks neither TLS nor AUTH) and the per-IP connection limit (all the
     sessions come from 127.0.0.1; Postfix's limit is off too)."""
     home = work / name
     home.mkdir()
     port = free_port()
+    if concurrency is not None:
+        delivery = {**delivery, "concurrency": concurrency}
     config = write_relay_config(home, port, delivery, workers)
     return relay_target(name, config, port, delivered, AWS_ENV, workers=workers), config
 
@@ -142,7 +145,7 @@ def run_target(name: str, work: Path, args: argparse.Namespace) -> Result:
             stops.append(fake.stop)
             target, config = start_relay("sesv2", work, {"transport": "sesv2",
                                                          "endpoint_url": fake.url},
-                                         fake.count, args.workers)
+                                         fake.count, args.workers, args.concurrency)
         else:
             sink = Sink(work)
             stops.append(sink.stop)
@@ -150,7 +153,7 @@ def run_target(name: str, work: Path, args: argparse.Namespace) -> Result:
                 target, config = start_relay("smtp", work, {
                     "transport": "smtp", "smtp": {"host": "127.0.0.1", "port": sink.port,
                                                   "tls": "none"}},
-                    sink.count, args.workers)
+                    sink.count, args.workers, args.concurrency)
             else:
                 target = postfix_target(sink)
         stops.insert(0, target.stop)
@@ -203,6 +206,8 @@ def main() -> None:
     ap.add_argument("--workers", default=1, type=lambda v: v if v == "auto" else int(v),
                     help="ses-relay's workers setting (default 1, the relay's default; "
                          "auto: one per CPU)")
+    ap.add_argument("--concurrency", type=int, default=None,
+                    help="ses-relay's delivery.concurrency (default: the relay's, 10)")
     ap.add_argument("--ses-idle-timeout", type=float, default=4.0,
                     help="the fake SES closes keep-alive connections idle this long "
                          "(seconds; 0: never, as before)")

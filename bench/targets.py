@@ -11,6 +11,7 @@ are the server's (for Postfix: master and every child; with SASL, Dovecot's too)
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -99,10 +100,16 @@ class FakeSES:
 def relay_target(name: str, config: Path, port: int, delivered: Callable[[], int],
                  env: dict[str, str], *, workers: int | str = 1,
                  ports: dict[str, int] | None = None) -> Target:
-    """``ses-relay serve`` with *config*, once it listens on *port*."""
+    """``ses-relay serve`` with *config*, once it listens on *port*.
+
+    The relay imported is this checkout's (PYTHONPATH), not whichever one the virtualenv's
+    editable install points at: a worktree sharing another checkout's virtualenv measures
+    its own code."""
     log = (config.parent / "log").open("wb")
+    path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen([BIN / "ses-relay", "serve", "--config", str(config)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+                            env={**env, "PYTHONPATH": path}, stdout=log,
+                            stderr=subprocess.STDOUT)
     wait_port(port)
     if workers != 1:
         time.sleep(2)  # the other workers bind the port too
