@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import AWS_ENV, free_port, write_relay_config  # noqa: E402
+from bench.common import AWS_ENV, cpu_seconds, free_port, write_relay_config  # noqa: E402
 from bench.targets import (  # noqa: E402
     FakeSES,
     Sink,
@@ -66,7 +66,7 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     peak_rss: float = 0.0
     cpu: float = 0.0
-    notes: dict[str, int] = field(default_factory=dict)  # relay log events, fake SES counts
+    notes: dict[str, float] = field(default_factory=dict)  # log events, upstream's cost
 
 
 def probe(port: int, size: int, stop: threading.Event, out: list[float]) -> None:
@@ -157,7 +157,13 @@ def run_target(name: str, work: Path, args: argparse.Namespace) -> Result:
             else:
                 target = postfix_target(sink)
         stops.insert(0, target.stop)
+        upstream = fake.proc.pid if fake is not None else sink.proc.pid
+        upstream_cpu = cpu_seconds(upstream)
         result = run_load(target, args.messages, args.sessions, args.size)
+        # The upstream runs on the same cores as the target: what it costs is taken from
+        # the target (real SES costs the relay's machine nothing).
+        result.notes["upstream CPU ms/msg"] = round(
+            (cpu_seconds(upstream) - upstream_cpu) / args.messages * 1000, 2)
         if fake is not None:
             result.notes["fake SES idle closes"] = int(fake.stats()["idle_closed"])
         if config is not None:
@@ -166,6 +172,7 @@ def run_target(name: str, work: Path, args: argparse.Namespace) -> Result:
             events = relay_events(config)
             for event in ("deferred", "upstream_down"):
                 result.notes[event] = events.get(event, 0)
+            result.notes.update({k: v for k, v in events.items() if k.startswith("deferred:")})
         return result
     finally:
         for stop in stops:

@@ -123,15 +123,20 @@ def relay_target(name: str, config: Path, port: int, delivered: Callable[[], int
 
 
 def relay_events(config: Path) -> dict[str, int]:
-    """How often each event is in a relay's log (JSON lines), e.g. deferred, upstream_down."""
+    """How often each event is in a relay's log (JSON lines), e.g. deferred, upstream_down;
+    and each deferral's error, as "deferred: <error>"."""
     counts: dict[str, int] = {}
     for line in (config.parent / "log").read_text(errors="replace").splitlines():
         try:
-            event = json.loads(line).get("event")
+            entry = json.loads(line)
         except ValueError:
             continue
+        event = entry.get("event")
         if isinstance(event, str):
             counts[event] = counts.get(event, 0) + 1
+            if event == "deferred":
+                key = f"deferred: {str(entry.get('error'))[:100]}"
+                counts[key] = counts.get(key, 0) + 1
     return counts
 
 
