@@ -21,7 +21,7 @@ the whole target (for Postfix: master and every child process).
 
     python bench/compare.py [--messages 5000] [--sessions 50] [--size 5120] [--only sesv2]
                             [--workers 1] [--rounds 1] [--ses-idle-timeout 4]
-                            [--ses-latency 0]
+                            [--ses-latency 0] [--ses-close-after 0]
 
 Needs root (Postfix, smtp-sink -u nobody) and the postfix package (make peers).
 """
@@ -141,7 +141,8 @@ def run_target(name: str, work: Path, args: argparse.Namespace) -> Result:
     fake: FakeSES | None = None
     try:
         if name == "sesv2":
-            fake = FakeSES(idle_timeout=args.ses_idle_timeout, latency=args.ses_latency)
+            fake = FakeSES(idle_timeout=args.ses_idle_timeout, latency=args.ses_latency,
+                           close_after=args.ses_close_after)
             stops.append(fake.stop)
             target, config = start_relay("sesv2", work, {"transport": "sesv2",
                                                          "endpoint_url": fake.url},
@@ -165,7 +166,9 @@ def run_target(name: str, work: Path, args: argparse.Namespace) -> Result:
         result.notes["upstream CPU ms/msg"] = round(
             (cpu_seconds(upstream) - upstream_cpu) / args.messages * 1000, 2)
         if fake is not None:
-            result.notes["fake SES idle closes"] = int(fake.stats()["idle_closed"])
+            stats = fake.stats()
+            result.notes["fake SES idle closes"] = int(stats["idle_closed"])
+            result.notes["of new connections"] = int(stats["idle_closed_unused"])
         if config is not None:
             target.stop()
             stops.remove(target.stop)
@@ -220,6 +223,9 @@ def main() -> None:
                          "(seconds; 0: never, as before)")
     ap.add_argument("--ses-latency", type=float, default=0.0,
                     help="seconds the fake SES takes to answer a SendEmail")
+    ap.add_argument("--ses-close-after", type=int, default=0,
+                    help="the fake SES closes each connection after this many answers, "
+                         "without a Connection: close (0: never)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run every target this many times, in turn (every other round in "
                          "reverse order); medians at the end (this machine's speed drifts "

@@ -11,8 +11,11 @@ Keep-alive as SES's front end does it: a connection idle for --idle-timeout seco
 (AWS's close idle keep-alive connections after some seconds); a request that crosses
 that close on the wire is lost with the connection, and a client must send it again on a
 new one. A request with "Connection: close" is answered with "Connection: close" and the
-connection closed after the answer. --latency adds a fixed wait before each SendEmail
-answer (real SES answers in tens of milliseconds; default 0, the fastest upstream).
+connection closed after the answer. --close-after N closes every connection after its
+N-th answer without announcing it (as a server may at any time, RFC 9112 section 9.6): a
+client that sends on it next finds it closed before any answer. --latency adds a fixed
+wait before each SendEmail answer (real SES answers in tens of milliseconds; default 0,
+the fastest upstream).
 
 It runs on the same cores as the relay it measures, where real SES costs the relay's
 machine nothing, so it does as little as it can, as smtp-sink does for Postfix in the same
@@ -23,7 +26,7 @@ a 1 MB message's request cost this process 3.7 ms of CPU, half of what Postfix s
 the whole message.)
 
     python bench/fake_ses.py --port 8999 [--rate 100] [--stats out.json]
-                             [--idle-timeout 4] [--latency 0.02]
+                             [--idle-timeout 4] [--latency 0.02] [--close-after 100]
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class Endpoint:
         self.first: float | None = None
         self.last: float | None = None
         self.idle_closed = 0  # connections closed for being idle
+        self.idle_closed_unused = 0  # of those: closed before their first request
         self.connections = 0
 
     def admit(self, rcpts: int) -> bool:
@@ -93,7 +97,7 @@ class Endpoint:
         return {"calls": self.calls, "throttled": self.throttled,
                 "accepted_rcpts": self.accepted_rcpts, "accepted_bytes": self.accepted_bytes,
                 "span": span, "rate_limit": self.rate, "connections": self.connections,
-                "idle_closed": self.idle_closed}
+                "idle_closed": self.idle_closed, "idle_closed_unused": self.idle_closed_unused}
 
 
 def _send_email(body: bytes) -> tuple[dict[str, Any], int]:
@@ -115,14 +119,17 @@ def _send_email(body: bytes) -> tuple[dict[str, Any], int]:
 class Connection(asyncio.Protocol):
     """One keep-alive connection: requests parsed as their bytes arrive, answered in order."""
 
-    def __init__(self, endpoint: Endpoint, open_: set[Connection], latency: float) -> None:
+    def __init__(self, endpoint: Endpoint, open_: set[Connection], latency: float,
+                 close_after: int = 0) -> None:
         self.endpoint = endpoint
         self.open = open_
         self.latency = latency
+        self.close_after = close_after
         self.buffer = bytearray()
         self.request: tuple[str, str, int, bool] | None = None  # method, path, length, close
         self.transport: asyncio.Transport | None = None
         self.busy = 0  # answers still to write (with --latency)
+        self.requests = 0
         self.last = time.monotonic()  # last byte in or out: the idle clock
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -167,9 +174,11 @@ class Connection(asyncio.Protocol):
         body = bytes(self.buffer[:length])
         del self.buffer[:length]
         self.request = None
+        self.requests += 1
         status, headers, payload = self.endpoint.handle(method, path, body)
         if close:
             headers = {**headers, "Connection": "close"}
+        close = close or self.requests == self.close_after  # unannounced after the N-th
         head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}",
                 "Content-Type: application/json", f"Content-Length: {len(payload)}",
                 *(f"{k}: {v}" for k, v in headers.items())]
@@ -199,6 +208,7 @@ async def close_idle(open_: set[Connection], endpoint: Endpoint, idle: float) ->
         for connection in [c for c in open_ if c.idle_for(now) >= idle]:
             if connection.transport is not None:
                 endpoint.idle_closed += 1
+                endpoint.idle_closed_unused += connection.requests == 0
                 connection.transport.close()
 
 
@@ -211,11 +221,14 @@ async def main() -> None:
                     help="seconds before an idle connection is closed (0: never)")
     ap.add_argument("--latency", type=float, default=0.0,
                     help="seconds before each SendEmail answer")
+    ap.add_argument("--close-after", type=int, default=0,
+                    help="close each connection after this many answers, unannounced")
     args = ap.parse_args()
     endpoint = Endpoint(args.rate)
     open_: set[Connection] = set()
     server = await asyncio.get_running_loop().create_server(
-        lambda: Connection(endpoint, open_, args.latency), "127.0.0.1", args.port)
+        lambda: Connection(endpoint, open_, args.latency, args.close_after), "127.0.0.1",
+        args.port)
     sweepers = ([asyncio.create_task(close_idle(open_, endpoint, args.idle_timeout))]
                 if args.idle_timeout > 0 else [])  # held here: the loop keeps weak references
     stop = asyncio.Event()

@@ -72,12 +72,14 @@ class FakeSES:
     """bench/fake_ses.py in its own process: SESv2 at ``url``, closing idle keep-alive
     connections after *idle_timeout* seconds as SES's front end does."""
 
-    def __init__(self, *, idle_timeout: float = 4.0, latency: float = 0.0) -> None:
+    def __init__(self, *, idle_timeout: float = 4.0, latency: float = 0.0,
+                 close_after: int = 0) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fake_ses.py"),
                                       "--port", str(self.port),
                                       "--idle-timeout", str(idle_timeout),
-                                      "--latency", str(latency)])
+                                      "--latency", str(latency),
+                                      "--close-after", str(close_after)])
         wait_port(self.port)
         self.url = f"http://127.0.0.1:{self.port}"
 
