@@ -63,6 +63,22 @@ def test_no_second_try_when_the_request_may_have_been_read(script: Script,
     assert run(go()) == (1, answered + 1)
 
 
+def test_the_second_try_is_the_only_one() -> None:
+    # The first connection answers once, then every request goes unanswered: the request
+    # is tried on one new connection and the failure is then the caller's.
+    async def go() -> tuple[int, int]:
+        server = Server(lambda n: [OK] if server.connections == 1 and n == 0 else None)
+        async with server:
+            client = pool(server.port)
+            assert (await client.post(b"{}", {})).status == 200
+            with pytest.raises(HTTPError, match="closed before the answer"):
+                await client.post(b"{}", {})
+            client.close()
+            return server.connections, len(server.requests)
+
+    assert run(go()) == (2, 3)
+
+
 @contextmanager
 def serving(script: Script) -> Iterator[Server]:
     """The scripted server on its own event loop in a thread, for a relay in another."""
