@@ -31,10 +31,11 @@ after DATA, CPU seconds per 1,000 messages of the server (ses-relay's process; P
 master and every child, and Dovecot's, until the upstream has every message), and the
 clients' own CPU per 1,000 messages (to show the client is not the bottleneck). One user
 for every connection (a site's one account); a few warm-up messages per server and
-profile come first, so both have their auth cache filled and their processes started.
+profile come first, so both have their processes started and any auth cache filled.
 
-    python bench/perconn.py [--messages 400] [--clients 1,10,50] [--profiles all]
-                            [--procs 2] [--rounds 1] [--quick]
+    python bench/perconn.py [--messages 400] [--clients 1,10,50] [--procs 2] [--rounds 1]
+                            [--profiles starttls-plain,implicit-login,plain]
+                            [--targets ses-relay,postfix] [--quick]
 
 Needs root (Postfix, Dovecot, smtp-sink -u nobody) and the postfix and dovecot-core
 packages (scripts/install-bench-peers).
