@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import socket
 import urllib.error
 import urllib.request
 
@@ -63,6 +64,25 @@ def test_metrics_count_what_happened(setup: Setup, start_relay) -> None:
         assert value(after, name) - value(before, name) == delta, name
     assert value(after, "ses_relay_auth_failures_total") >= 1
     assert "ses_relay_queue_depth 0.0" in after
+
+
+def test_the_started_line_says_which_ports_were_bound(setup: Setup, start_relay,
+                                                     logs) -> None:
+    # Every listener on port 0: what the kernel gave is what an operator (and the tests)
+    # read from the log, the HTTP listeners' too.
+    setup.doc["feedback"].update({"http": {"address": "127.0.0.1", "port": 0},
+                                  "topic_arns": ["arn:aws:sns:us-east-1:123456789012:t"]})
+    with_metrics(setup)
+    start_relay(setup)
+    [started] = [e for e in logs if e["event"] == "started"]
+    ports = {**started["listeners"], **started["http"]}
+    assert set(ports) == {"submission", "submissions", "metrics", "feedback"}
+    assert 0 not in ports.values() and len(set(ports.values())) == 4
+    assert get(ports["metrics"], "/healthz") == (200, "ok\n")
+    with socket.create_connection(("127.0.0.1", ports["feedback"]), timeout=10):
+        pass
+    with implicit(ports["submissions"], setup.certs.ca, USER, PASSWORD) as s:
+        assert s.noop()[0] == 250
 
 
 def test_health_and_readiness(setup: Setup, start_relay) -> None:
