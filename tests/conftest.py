@@ -77,19 +77,6 @@ def refused_url() -> Iterator[str]:
         yield f"http://127.0.0.1:{port_of(s)}"
 
 
-def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[Any] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
-
-
 def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
     """Poll *condition* until it is true; fail the test after *timeout* seconds."""
     deadline = time.monotonic() + timeout
@@ -192,7 +179,7 @@ class Moto:
 # public ThreadedMotoServer (the same application and request handler) reports it. Run in
 # a process of its own, as moto_server is, so its work does not share the tests' GIL.
 _MOTO = """
-import os, sys, threading
+import os, threading
 from moto.server import ThreadedMotoServer
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 server.start()
