@@ -64,6 +64,7 @@ class Relay:
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     feedback: FeedbackService | None = None
     metrics_port: int | None = None
+    feedback_port: int | None = None
 
     def __post_init__(self) -> None:
         limits = self.config.limits
@@ -77,10 +78,17 @@ class Relay:
         return min(self.config.limits.max_message_size, self.transport.max_message_size)
 
     def bound_ports(self) -> dict[str, int]:
+        """The port each SMTP listener got, by listener name: with port 0 configured the
+        kernel picks one, and this (and the ``started`` log line) says which."""
         ports = {}
         for listener, server in zip(self.config.listeners, self.servers, strict=True):
             ports[listener.name] = server.sockets[0].getsockname()[1]
         return ports
+
+    def http_ports(self) -> dict[str, int]:
+        """The ports the HTTP listeners got (``metrics``, ``feedback``), those running."""
+        ports = {"metrics": self.metrics_port, "feedback": self.feedback_port}
+        return {name: port for name, port in ports.items() if port is not None}
 
     async def start(self) -> None:
         cfg = self.config
@@ -149,7 +157,8 @@ class Relay:
             MetricsRoutes(self._readiness, self._refresh_gauges).add_to(self.metrics_server)
             self.metrics_port = await self.metrics_server.start(cfg.metrics.address,
                                                                 cfg.metrics.port)
-        _log.info("started", listeners=self.bound_ports(), transport=self.transport.name,
+        _log.info("started", listeners=self.bound_ports(), http=self.http_ports(),
+                  transport=self.transport.name,
                   queued=len(backlog), users=len(list(self._users)),
                   max_message_size=self.message_size_limit)
 
@@ -159,7 +168,7 @@ class Relay:
         self.feedback_server = WebServer("feedback", cfg.web, max_body=sns.MAX_POST_BYTES)
         feedback.add_routes(self.feedback_server)
         tls = tlscontext.build(http.cert, http.key) if http.cert and http.key else None
-        await self.feedback_server.start(http.address, http.port, tls)
+        self.feedback_port = await self.feedback_server.start(http.address, http.port, tls)
 
     async def _notify_sender(self, queue_id: str, envelope: Envelope,
                              record: dict[str, Any]) -> None:

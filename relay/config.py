@@ -457,6 +457,9 @@ class _Reader:
             self.problem("hostname", "required (the name used in the SMTP banner and EHLO)")
         listeners = self.listeners(top.get("listeners", _MISSING))
         tls = self.tls(top.get("tls"), listeners)
+        workers = self.get(top, "workers", "", self.workers, Config.workers)
+        if workers > 1:
+            self.shared_ports(listeners)
         return Config(
             hostname=hostname,
             listeners=listeners,
@@ -471,8 +474,16 @@ class _Reader:
             metrics=self.metrics(top.get("metrics")),
             feedback=self.feedback(top.get("feedback")),
             web=self.web(top.get("web")),
-            workers=self.get(top, "workers", "", self.workers, Config.workers),
+            workers=workers,
         )
+
+    def shared_ports(self, listeners: tuple[Listener, ...]) -> None:
+        # Port 0 (any free port, for tests and trials: the started log line says which)
+        # cannot be shared: each worker would be given a port of its own.
+        for i, listener in enumerate(listeners):
+            if listener.port == 0:
+                self.problem(f"listeners[{i}].port", "0 (any free port) cannot be shared "
+                                                     "by workers: give the port")
 
     def workers(self, v: object, p: str) -> int:
         if v == "auto":

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from clients import implicit, starttls
-from conftest import SENDER, Moto, Setup, free_port, ses_relay_exe, wait_port
+from conftest import SENDER, Moto, Process, Setup, ses_relay_exe
 
 from relay import users
 from relay.errors import UsersFileError
@@ -97,24 +97,26 @@ def test_send_test_explains_a_failure_with_a_hint(make_setup, moto: Moto) -> Non
 
 
 def test_dev_init_and_serve_work_without_aws(tmp_path: Path) -> None:
-    # What `make run` does, on free ports so it cannot collide with a developer's relay.
+    # What `make run` does, on ports 0 (any free port) so it cannot collide with a
+    # developer's relay; the relay says which it got in its started line.
     dev = tmp_path / "dev"
     out = run("dev-init", str(dev)).stdout
     password = re.search(r"password:\s+(\S+)", out)
     assert password, out
     doc = yaml.safe_load((dev / "ses-relay.yaml").read_text())
     assert doc["delivery"]["transport"] == "outbox"
-    ports = [free_port(), free_port()]
-    for listener, port in zip(doc["listeners"], ports, strict=True):
-        listener["port"] = port
+    for listener in doc["listeners"]:
+        listener["port"] = 0
     (dev / "ses-relay.yaml").write_text(yaml.safe_dump(doc))
     assert run("dev-init", str(dev)).stdout.count(password.group(1)) == 1  # kept, not renewed
-    proc = subprocess.Popen([ses_relay_exe(), "serve", "--config", str(dev / "ses-relay.yaml")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log_path = tmp_path / "relay.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([ses_relay_exe(), "serve", "--config",
+                                 str(dev / "ses-relay.yaml")], stdout=log, stderr=log)
     try:
-        wait_port(ports[0], proc=proc)
-        wait_port(ports[1], proc=proc)
-        with starttls(ports[0], dev / "tls" / "cert.pem", "dev", password.group(1)) as s:
+        ports = Process(proc, log_path).wait_event("started")["listeners"]
+        assert set(ports) == {"submission", "submissions"}
+        with starttls(ports["submission"], dev / "tls" / "cert.pem", "dev", password.group(1)) as s:
             s.sendmail(SENDER, ["someone@example.net"], DEV_MESSAGE)
         deadline = time.monotonic() + 10
         while not list((dev / "outbox").glob("*.eml")) and time.monotonic() < deadline:
@@ -125,8 +127,6 @@ def test_dev_init_and_serve_work_without_aws(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
-        assert proc.stdout is not None
-        proc.stdout.close()
 
 
 def test_a_users_file_with_an_invalid_ses_option_is_refused(tmp_path: Path) -> None:

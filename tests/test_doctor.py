@@ -139,13 +139,14 @@ def test_no_sender_restrictions_warns_and_suggests_send_test(
 def test_listener_port_in_use_fails_and_says_a_running_relay_explains_it(
         ses_setup: Callable[..., Setup]) -> None:
     setup = ses_setup(SENDER)
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", setup.starttls_port))
-        busy.listen()
+    with socket.create_server(("127.0.0.1", 0)) as busy:  # another service, on its port
+        port = busy.getsockname()[1]
+        setup.doc["listeners"][0]["port"] = port
+        setup.write()
         code, report = run_doctor(setup.load())
     assert code == 1
     [failed] = rows(report, "FAIL", "listener submission ")
-    assert f"127.0.0.1:{setup.starttls_port}: in use or not permitted" in failed
+    assert f"127.0.0.1:{port}: in use or not permitted" in failed
     fix = fix_after(report, failed)
     assert "stop the other service" in fix and "ses-relay itself" in fix
     assert rows(report, "OK", "listener submissions")
