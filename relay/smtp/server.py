@@ -39,6 +39,12 @@ _SIMPLE_PATH = re.compile(  # <local@domain> [params]: no quotes, comments, lite
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 _NULL_SENDER = re.compile(r"^FROM:\s*<>", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# MAIL's AUTH parameter (RFC 4954 section 5): "<>" or xtext. Part of the AUTH extension we
+# advertise, so it must be accepted; it is ignored (SES learns the sender from the session).
+_AUTH_PARAM = re.compile(r"(?:^|[ \t]+)AUTH=(?:<>|(?:[!-*,-<>-~]|\+[0-9A-F]{2})+)(?=[ \t]|\Z)",
+                         re.IGNORECASE)
+_UNKNOWN_COMMAND = '500 Error: command "'  # aiosmtpd's, which echoes the command
+_TOO_MANY_UNKNOWN = "502 5.5.1 Too many unrecognized commands"
 
 
 def _command_size_limits() -> collections.defaultdict[str, int]:
@@ -71,6 +77,7 @@ class RelaySMTP(SMTP):
         self._in_ehlo = False
         self._counted = False
         self._refusal: str | None = None
+        self._parsing_mail = False
         self.started = self.loop.time()
         self._idle_deadline = 0.0
         self.command_size_limits = _command_size_limits()
@@ -153,8 +160,19 @@ class RelaySMTP(SMTP):
                 result: tuple[str | None, str | None] = super()._getaddr(arg)
             except IndexError:  # the email parser's own failure on a path cut short ("<")
                 return None, None  # malformed: 553 5.1.3, not our 451
-            return result
-        return m.group(1), m.group(2) or ""
+            address, rest = result
+            if (address and arg.lstrip().startswith("<")
+                    and not arg[:len(arg) - len(rest or "")].rstrip().endswith(">")):
+                # "<user@example.net" without its ">": the email parser notes a defect
+                # and reads on; Postfix answers 501 5.1.3, and so does the caller here.
+                return None, None
+            return address, self._mail_params(rest)
+        return m.group(1), self._mail_params(m.group(2) or "")
+
+    def _mail_params(self, params: str | None) -> str | None:
+        if self._parsing_mail and params:
+            return _AUTH_PARAM.sub("", params).lstrip()
+        return params
 
     @property
     def client_ip(self) -> str:
@@ -251,6 +269,10 @@ class RelaySMTP(SMTP):
         if self._in_ehlo and status == "250-SMTPUTF8":
             return  # see listeners.py: decoded, never advertised
         if isinstance(status, str):
+            if status.startswith(_UNKNOWN_COMMAND):
+                status = replies.UNKNOWN_COMMAND
+            elif status.startswith(_TOO_MANY_UNKNOWN):
+                status = replies.TOO_MANY_UNKNOWN
             await super().push(self._with_enhanced_code(status))
         else:
             await super().push(status)
@@ -328,11 +350,18 @@ class RelaySMTP(SMTP):
                 await self.push(rewrite)
                 return
             arg = _NULL_SENDER.sub(f"FROM:<{rewrite}>", arg, count=1)
-            await super().smtp_MAIL(arg)
+            await self._mail(arg)
             if self.envelope is not None and self.envelope.mail_from:
                 self.envelope.null_sender = True  # type: ignore[attr-defined]
             return
-        await super().smtp_MAIL(arg)
+        await self._mail(arg)
+
+    async def _mail(self, arg: str | None) -> None:
+        self._parsing_mail = True  # MAIL's parameters may carry AUTH= (see _AUTH_PARAM)
+        try:
+            await super().smtp_MAIL(arg)
+        finally:
+            self._parsing_mail = False
 
     def _create_envelope(self) -> RelayEnvelope:
         return RelayEnvelope()
@@ -340,6 +369,14 @@ class RelaySMTP(SMTP):
     # -- DATA
 
     async def smtp_DATA(self, arg: str | None) -> None:
+        if self._reader._buffer:  # type: ignore[attr-defined]
+            # The client sent on without waiting for our answer to DATA (we do not even
+            # offer PIPELINING). When DATA is refused, what follows would be read as
+            # commands: a message text with MAIL/RCPT/DATA lines in it (a bounce, a
+            # transcript) would send mail nobody asked for. Answer, and hang up.
+            await self.push(replies.OUT_OF_SYNC)
+            self._close()
+            return
         if await self.check_helo_needed():
             return
         if await self.check_auth_needed("DATA"):
