@@ -78,6 +78,8 @@ class RelaySMTP(SMTP):
         self._counted = False
         self._refusal: str | None = None
         self._parsing_mail = False
+        self._answering_data = False
+        self._eof_seen = False
         self.started = self.loop.time()
         self._idle_deadline = 0.0
         self.command_size_limits = _command_size_limits()
@@ -402,12 +404,29 @@ class RelaySMTP(SMTP):
                 self._close()
                 return
             assert not isinstance(outcome, _Marker)
+            self._answering_data = True  # the whole message is in: see eof_received
             status = await handler.close_draft(self, self.session, envelope, draft, outcome)
         finally:
+            self._answering_data = False
             # Idempotent: after a commit the draft is gone from tmp/ and this is a no-op.
             draft.abort()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
+        if self._eof_seen:
+            self._close()
+
+    def eof_received(self) -> bool | None:
+        """The client shut its sending side (netcat, scripts: right after the final dot).
+
+        aiosmtpd cancels the session at once, so a message whose last line had arrived was
+        queued (the commit is shielded) but never answered: the client, with no 250,
+        sends it again. Postfix answers it; so does this, then hangs up. Only on plaintext:
+        a TLS transport closes on EOF whatever this returns.
+        """
+        if self._answering_data and self.session is not None and not self.tls_active:
+            self._eof_seen = True
+            return asyncio.StreamReaderProtocol.eof_received(self)
+        return super().eof_received()
 
     async def _receive_data(self, draft: Draft, envelope: RelayEnvelope
                             ) -> DataProblem | str | _Marker | None:

@@ -1,0 +1,180 @@
+"""Hostile clients at the TLS and connection level, with real sockets against the relay
+(the command-level cases are scripted dialogs in tests/dialogs): old TLS versions,
+client-initiated renegotiation, plaintext on the implicit-TLS port, a half-closed
+connection, and claims of another client address on a trusted-network listener."""
+
+from __future__ import annotations
+
+import base64
+import os
+import select
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from typing import Any
+
+import pytest
+from clients import Dialog
+from conftest import PASSWORD, USER, Setup, free_port, wait_until
+from peers.interop import need
+
+OLD_VERSIONS = ["TLSv1", "TLSv1_1"]  # names: the members warn (deprecated) when read
+
+
+def _old_tls_client(version: ssl.TLSVersion) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # OpenSSL 3 offers TLS < 1.2 only at level 0
+    ctx.minimum_version = ctx.maximum_version = version
+    return ctx
+
+
+def _client_can_speak(version: ssl.TLSVersion, setup: Setup) -> bool:
+    """Whether this machine's OpenSSL can still do *version* at all (else the test below
+    would pass for the wrong reason): a handshake with a local server that allows it."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.set_ciphers("DEFAULT:@SECLEVEL=0")
+    server.minimum_version = version
+    server.load_cert_chain(setup.certs.cert, setup.certs.key)
+    a, b = socket.socketpair()
+    a.settimeout(5)
+    b.settimeout(5)
+    done: list[str] = []
+
+    def serve() -> None:
+        try:
+            with server.wrap_socket(a, server_side=True) as s:
+                done.append(str(s.version()))
+        except (ssl.SSLError, OSError):
+            pass
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        with _old_tls_client(version).wrap_socket(b) as c:
+            ok = c.version() is not None
+    except (ssl.SSLError, OSError):
+        ok = False
+    t.join(5)
+    return ok
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
+@pytest.mark.parametrize("name", OLD_VERSIONS, ids=["TLSv1.0", "TLSv1.1"])
+def test_tls_before_1_2_refused(name: str, setup: Setup, start_relay: Any) -> None:
+    """TLS 1.0 and 1.1 are refused on both listeners (RFC 8996); the relay goes on."""
+    version = getattr(ssl.TLSVersion, name)
+    assert _client_can_speak(version, setup), "this OpenSSL cannot test old TLS versions"
+    start_relay(setup)
+    with socket.create_connection(("127.0.0.1", setup.implicit_port), timeout=10) as raw, \
+            pytest.raises((ssl.SSLError, ConnectionResetError)):
+        _old_tls_client(version).wrap_socket(raw)
+    with Dialog(setup.starttls_port) as d:
+        assert d.cmd("EHLO client.test").startswith(b"250")
+        assert d.cmd("STARTTLS").startswith(b"220 2.0.0")
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            _old_tls_client(version).wrap_socket(d.sock)
+    with Dialog(setup.implicit_port, setup.certs.ca, implicit_tls=True) as d:
+        assert d.cmd("NOOP").startswith(b"250 2.0.0")
+
+
+def _read_until(proc: subprocess.Popen[bytes], marks: tuple[bytes, ...],
+                timeout: float = 10) -> bytes:
+    assert proc.stdout is not None
+    out = b""
+    deadline = time.monotonic() + timeout
+    while not any(m in out for m in marks) and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def test_client_renegotiation_refused(setup: Setup, start_relay: Any) -> None:
+    """A client asking for a TLS 1.2 renegotiation (CVE-2011-1473: each one costs the
+    server a handshake) is refused, as Postfix does, and the relay goes on."""
+    start_relay(setup)
+    proc = subprocess.Popen(
+        [need("openssl"), "s_client", "-connect", f"127.0.0.1:{setup.implicit_port}",
+         "-tls1_2", "-CAfile", str(setup.certs.ca)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert b"220 relay.test" in _read_until(proc, (b"220 relay.test",))
+        assert proc.stdin is not None
+        proc.stdin.write(b"R\n")  # s_client's command for a renegotiation
+        proc.stdin.flush()
+        out = _read_until(proc, (b"no renegotiation", b"alert"))
+        assert b"no renegotiation" in out, out.decode("utf-8", "replace")
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)  # reaps it and closes its pipes
+    with Dialog(setup.implicit_port, setup.certs.ca, implicit_tls=True) as d:
+        assert d.cmd("NOOP").startswith(b"250 2.0.0")
+
+
+@pytest.mark.parametrize("first", [b"EHLO client.test\r\n", b"GET / HTTP/1.0\r\n\r\n"],
+                         ids=["smtp", "http"])
+def test_plaintext_on_implicit_tls_port(first: bytes, setup: Setup, start_relay: Any) -> None:
+    """Plaintext on the implicit-TLS port gets no SMTP reply (it is no TLS handshake) and
+    the connection ends; the relay goes on."""
+    start_relay(setup)
+    with socket.create_connection(("127.0.0.1", setup.implicit_port), timeout=10) as s:
+        s.sendall(first)
+        got = b""
+        while chunk := s.recv(4096):
+            got += chunk
+        assert not got.startswith((b"2", b"5")), got
+    with Dialog(setup.implicit_port, setup.certs.ca, implicit_tls=True) as d:
+        assert d.cmd("NOOP").startswith(b"250 2.0.0")
+
+
+def _plain_listener(setup: Setup, networks: list[str]) -> int:
+    """A plaintext listener without AUTH, open to *networks* only."""
+    port = free_port()
+    setup.doc["listeners"].append({"name": "internal", "address": "127.0.0.1", "port": port,
+                                   "tls": "none", "auth": "none",
+                                   "trusted_networks": networks})
+    setup.write()
+    return port
+
+
+def test_half_close_after_final_dot(setup: Setup, start_relay: Any) -> None:
+    """A client that shuts its sending side right after the final dot (netcat, scripts)
+    still gets its 250 and the message is queued, as Postfix does."""
+    port = _plain_listener(setup, ["127.0.0.1/32"])
+    start_relay(setup)
+    with Dialog(port) as d:
+        for command, reply in [("EHLO client.test", b"250"),
+                               ("MAIL FROM:<app@example.com>", b"250 2.1.0"),
+                               ("RCPT TO:<rcpt@example.net>", b"250 2.1.5"),
+                               ("DATA", b"354")]:
+            assert d.cmd(command).startswith(reply)
+        d.send(b"Subject: half-close\r\n\r\nhello\r\n.\r\n")
+        d.sock.shutdown(socket.SHUT_WR)
+        assert d.reply().startswith(b"250 2.0.0 Ok: queued as ")
+    wait_until(lambda: len(list(setup.outbox_dir.glob("*.eml"))) == 1)
+
+
+def test_claimed_client_address_not_believed(setup: Setup, start_relay: Any) -> None:
+    """On a listener open to 10.0.0.0/8 without AUTH, a client from 127.0.0.1 that claims
+    a 10.x address (a PROXY header on a listener without proxy_protocol, XCLIENT,
+    XFORWARD) is still 127.0.0.1: no relaying (Postfix refuses XCLIENT from hosts not in
+    smtpd_authorized_xclient_hosts)."""
+    port = _plain_listener(setup, ["10.0.0.0/8"])
+    start_relay(setup)
+    with Dialog(port) as d:
+        assert d.cmd("PROXY TCP4 10.1.2.3 127.0.0.1 40000 25").startswith(b"500 5.5.2")
+        assert d.cmd("EHLO client.test").startswith(b"250")
+        assert d.cmd("XCLIENT ADDR=10.1.2.3 NAME=trusted.example").startswith(b"500 5.5.2")
+        assert d.cmd("XFORWARD ADDR=10.1.2.3").startswith(b"500 5.5.2")
+        assert d.cmd("MAIL FROM:<app@example.com>").startswith(b"530 5.7.0")
+        creds = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+        # No AUTH on an auth: none listener: a password does not open it either.
+        assert not d.cmd(f"AUTH PLAIN {creds}").startswith(b"235")
+        assert d.cmd("MAIL FROM:<app@example.com>").startswith(b"530 5.7.0")
