@@ -45,6 +45,7 @@ _AUTH_PARAM = re.compile(r"(?:^|[ \t]+)AUTH=(?:<>|(?:[!-*,-<>-~]|\+[0-9A-F]{2})+
                          re.IGNORECASE)
 _UNKNOWN_COMMAND = '500 Error: command "'  # aiosmtpd's, which echoes the command
 _TOO_MANY_UNKNOWN = "502 5.5.1 Too many unrecognized commands"
+_VRFY_ECHO = "502 Could not VRFY "  # aiosmtpd's, followed by the argument as sent
 
 
 def _command_size_limits() -> collections.defaultdict[str, int]:
@@ -275,6 +276,8 @@ class RelaySMTP(SMTP):
                 status = replies.UNKNOWN_COMMAND
             elif status.startswith(_TOO_MANY_UNKNOWN):
                 status = replies.TOO_MANY_UNKNOWN
+            elif status.startswith(_VRFY_ECHO):
+                status = replies.VRFY_BAD_ADDRESS
             await super().push(self._with_enhanced_code(status))
         else:
             await super().push(status)
