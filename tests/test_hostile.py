@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 from clients import Dialog
-from conftest import PASSWORD, USER, Setup, free_port, wait_until
+from conftest import PASSWORD, USER, Setup, events, free_port, wait_until
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from peers.interop import need
 
 OLD_VERSIONS = ["TLSv1", "TLSv1_1"]  # names: the members warn (deprecated) when read
@@ -178,3 +180,54 @@ def test_claimed_client_address_not_believed(setup: Setup, start_relay: Any) -> 
         # No AUTH on an auth: none listener: a password does not open it either.
         assert not d.cmd(f"AUTH PLAIN {creds}").startswith(b"235")
         assert d.cmd("MAIL FROM:<app@example.com>").startswith(b"530 5.7.0")
+
+
+_path_piece = st.sampled_from(
+    ["<", ">", '"', "\\", "@", "[", "]", "(", ")", ",", ":", ";", "=?utf-8?q?x?=", "a",
+     ".", " ", "\t", "é", "\udcff", "<>", "@@", "b.example", "%", "!", "192.0.2.1", "IPv6:"])
+
+
+def test_no_path_is_our_trouble(setup: Setup, start_relay: Any,
+                                logs: list[dict[str, Any]]) -> None:
+    """Whatever follows MAIL FROM:, RCPT TO: or VRFY, the client's mistake is a 5xx (never a
+    451, which a client retries forever) and no session error: the email parser that
+    aiosmtpd reads paths with raised on some (an unclosed "[", a VRFY echo of invalid UTF-8)."""
+    start_relay(setup)
+    dialog: list[Dialog] = []
+    used = [0]
+
+    def session() -> Dialog:
+        if not dialog or used[0] > 80:  # under the per-session command limits
+            if dialog:
+                dialog.pop().close()
+            d = Dialog(setup.implicit_port, setup.certs.ca, implicit_tls=True)
+            assert d.cmd("EHLO client.test").startswith(b"250")
+            creds = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+            assert d.cmd(f"AUTH PLAIN {creds}").startswith(b"235")
+            dialog.append(d)
+            used[0] = 0
+        used[0] += 2
+        return dialog[0]
+
+    @given(st.sampled_from(["MAIL FROM:", "RCPT TO:", "VRFY "]),
+           st.lists(_path_piece, min_size=1, max_size=8))
+    @example("RCPT TO:", ["<", "a", "@", "[", "192.0.2.1", ">"])
+    @example("VRFY ", ["@", "\udcff"])
+    @settings(max_examples=300, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    def check(command: str, pieces: list[str]) -> None:
+        d = session()
+        if command == "RCPT TO:":
+            d.cmd("RSET")
+            assert d.cmd("MAIL FROM:<app@example.com>").startswith(b"250")
+        line = (command + "".join(pieces)).encode("utf-8", "surrogateescape")
+        reply = d.cmd(line)
+        assert reply[:1] in (b"2", b"5"), (line, reply)
+        d.cmd("RSET")
+
+    try:
+        check()
+    finally:
+        for d in dialog:
+            d.close()
+    assert not events(logs, "session_error")

@@ -161,8 +161,11 @@ class RelaySMTP(SMTP):
                          and len(m.group(1).rpartition("@")[0]) > self.local_part_limit):
             try:
                 result: tuple[str | None, str | None] = super()._getaddr(arg)
-            except IndexError:  # the email parser's own failure on a path cut short ("<")
-                return None, None  # malformed: 553 5.1.3, not our 451
+            except (IndexError, AttributeError):
+                # The email parser's own failures on a path cut short: "<" (IndexError), an
+                # unclosed literal such as "<a@[192.0.2.1>" (AttributeError, from a defect
+                # token it builds). Malformed: 553 5.1.3, not our 451 and a traceback.
+                return None, None
             address, rest = result
             if (address and arg.lstrip().startswith("<")
                     and not arg[:len(arg) - len(rest or "")].rstrip().endswith(">")):
