@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from clients import Dialog
-from conftest import PASSWORD, USER, Setup, events, free_port, wait_until
+from conftest import PASSWORD, USER, Setup, events, free_port, ses_relay_exe, wait_until
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from peers.interop import need
@@ -231,3 +231,21 @@ def test_no_path_is_our_trouble(setup: Setup, start_relay: Any,
         for d in dialog:
             d.close()
     assert not events(logs, "session_error")
+
+
+def test_unusable_queue_directory_is_a_clear_error(setup: Setup, tmp_path: Any) -> None:
+    """A queue directory that cannot be made (its parent is a file; as root no permission
+    bits stop us): the relay exits non-zero with one line naming the path, no traceback,
+    and listens on nothing."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    setup.doc["queue"]["directory"] = str(blocker / "queue")
+    setup.write()
+    proc = subprocess.run([ses_relay_exe(), "serve", "--config", str(setup.path)],
+                          capture_output=True, text=True, timeout=30)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out  # 1 today: a mount not there yet may come back
+    assert "Traceback" not in out, out
+    assert str(blocker / "queue") in out, out
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", setup.implicit_port))  # free: nothing was left listening
