@@ -249,3 +249,27 @@ def test_unusable_queue_directory_is_a_clear_error(setup: Setup, tmp_path: Any) 
     assert str(blocker / "queue") in out, out
     with socket.socket() as s:
         s.bind(("127.0.0.1", setup.implicit_port))  # free: nothing was left listening
+
+
+def test_a_command_line_trickled_forever_is_cut_off(setup: Setup, start_relay: Any) -> None:
+    """Slowloris on the command channel: bytes of a line that never ends keep coming, yet
+    only a whole command restarts the idle timer, so the session ends with 421 4.4.2."""
+    setup.doc.setdefault("limits", {})["idle_timeout"] = "1s"
+    setup.write()
+    start_relay(setup)
+    with Dialog(setup.implicit_port, setup.certs.ca, implicit_tls=True) as d:
+        d.send(b"NOOP ")
+        got = b""
+        d.sock.settimeout(0.1)
+        for _ in range(100):  # 10 s at most, ten times the idle timeout
+            try:
+                d.send(b"x")
+                chunk = d.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except (OSError, ssl.SSLError):
+                break
+            got += chunk
+            if not chunk or b"\r\n" in got:
+                break
+        assert got.startswith(b"421 4.4.2"), got
