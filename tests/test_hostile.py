@@ -273,3 +273,21 @@ def test_a_command_line_trickled_forever_is_cut_off(setup: Setup, start_relay: A
             if not chunk or b"\r\n" in got:
                 break
         assert got.startswith(b"421 4.4.2"), got
+
+
+def test_ehlo_advertises_enhanced_status_codes(setup: Setup, start_relay: Any) -> None:
+    """Every reply carries an enhanced status code, so EHLO says ENHANCEDSTATUSCODES
+    (RFC 2034 section 3; Postfix does), before TLS and after; PIPELINING and CHUNKING,
+    not implemented, are not offered."""
+    import smtplib
+
+    from clients import implicit
+
+    start_relay(setup)
+    with smtplib.SMTP("127.0.0.1", setup.starttls_port, local_hostname="client.test",
+                      timeout=10) as s:
+        s.ehlo("client.test")
+        assert s.has_extn("enhancedstatuscodes")
+    with implicit(setup.implicit_port, setup.certs.ca) as s:
+        assert s.has_extn("enhancedstatuscodes")
+        assert not s.has_extn("pipelining") and not s.has_extn("chunking")

@@ -274,6 +274,10 @@ class RelaySMTP(SMTP):
     async def push(self, status: str | bytes) -> None:
         if self._in_ehlo and status == "250-SMTPUTF8":
             return  # see listeners.py: decoded, never advertised
+        if self._in_ehlo and status == "250 HELP":
+            # Every reply carries an enhanced code; RFC 2034 has the server say so, and
+            # clients (Postfix's) read the codes only when it does.
+            await super().push("250-ENHANCEDSTATUSCODES")
         if isinstance(status, str):
             if status.startswith(_UNKNOWN_COMMAND):
                 status = replies.UNKNOWN_COMMAND
