@@ -38,6 +38,8 @@ OUT_OF_SYNC = "554 5.5.0 Error: SMTP protocol synchronization"
 UNKNOWN_COMMAND = "500 5.5.2 Error: command not recognized"
 # A server that hangs up says 421 (RFC 5321 3.8); aiosmtpd says 502 and closes.
 TOO_MANY_UNKNOWN = "421 4.7.0 Too many unrecognized commands, closing connection"
+# BDAT without CHUNKING offered: its chunk cannot be told from commands (Postfix, CHUNKING off).
+BDAT_REFUSED = "521 5.5.1 Error: command not implemented"
 VRFY_BAD_ADDRESS = "501 5.1.3 Bad address syntax"  # Postfix's; aiosmtpd echoed the argument
 
 # Enhanced codes for the replies aiosmtpd composes itself without one (RFC 3463 classes).

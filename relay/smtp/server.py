@@ -316,6 +316,13 @@ class RelaySMTP(SMTP):
 
     smtp_GET = smtp_POST = smtp_HEAD = smtp_PUT = smtp_CONNECT = smtp_OPTIONS = _not_smtp
 
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        """CHUNKING is not offered, yet a client sends BDAT and its chunk right after: read
+        as commands, a chunk with MAIL/RCPT/DATA lines in it would send mail. As Postfix
+        does with CHUNKING off: refuse and hang up."""
+        await self.push(replies.BDAT_REFUSED)
+        self._close()
+
     def close(self) -> None:
         """Hang up (shutdown: sessions still open after the grace period)."""
         self._close()
