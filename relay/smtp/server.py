@@ -168,7 +168,7 @@ class RelaySMTP(SMTP):
                 return None, None
             address, rest = result
             if (address and arg.lstrip().startswith("<")
-                    and not arg[:len(arg) - len(rest or "")].rstrip().endswith(">")):
+                    and ">" not in arg[:len(arg) - len(rest or "")]):
                 # "<user@example.net" without its ">": the email parser notes a defect
                 # and reads on; Postfix answers 501 5.1.3, and so does the caller here.
                 return None, None
