@@ -267,6 +267,9 @@ class RelaySMTP(SMTP):
             # Never advertised before TLS; refuse it the same way as MAIL.
             await self.push(replies.STARTTLS_FIRST)
             return
+        if arg:  # "AUTH plain": argument values are not case sensitive (RFC 5321 2.4)
+            mechanism, *response = arg.split(None, 1)
+            arg = " ".join([mechanism.upper(), *response])
         await super().smtp_AUTH(arg)
 
     # -- replies
