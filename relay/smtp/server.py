@@ -13,6 +13,9 @@ What changes, and why (each measured on aiosmtpd 1.4.6, see docs/architecture.md
   so TLS state is read from the transport.
 - A finished session's reference cycles are broken, so it is freed without the garbage
   collector (see ``_session_over``).
+- Input sent before DATA is answered, and BDAT (CHUNKING is not offered), end the session:
+  what follows could otherwise be read as commands. Replies never echo what the client
+  sent (aiosmtpd's for unknown commands and VRFY did, control characters included).
 """
 
 from __future__ import annotations
