@@ -66,6 +66,9 @@ def new_queue_id(now: float | None = None) -> str:
     return f"{micros:013X}{secrets.randbelow(16**5):05X}"
 
 
+_FOLDER_MODE = 0o750  # before the umask; see Spool._make_folders
+
+
 @dataclass(frozen=True)
 class Share:
     """Which entries of a shared queue this process owns (``workers`` > 1).
@@ -292,9 +295,17 @@ class Spool:
         return self.share.owns(name) if _is_queue_id(name) else self.share.index == 0
 
     def _make_folders(self) -> None:
-        for d in (self.tmp, self.active, self.state, self.failed, self.corrupt,
-                  self.hold_dir, self.triggers, *self._trigger_dirs):
-            d.mkdir(parents=True, exist_ok=True)
+        # Queued mail (password resets, invoices) is not for other local users: no access
+        # for "other" on the queue and its folders, whatever the umask of the shell or
+        # container that started the relay (Postfix keeps its queue 0700). The group
+        # keeps what the umask gives it, for admins in the relay's group.
+        self.directory.mkdir(parents=True, exist_ok=True, mode=_FOLDER_MODE)
+        for d in (self.directory, self.tmp, self.active, self.state, self.failed,
+                  self.corrupt, self.hold_dir, self.triggers, *self._trigger_dirs):
+            d.mkdir(exist_ok=True, mode=_FOLDER_MODE)
+            mode = d.stat().st_mode
+            if mode & 0o007:
+                d.chmod(mode & 0o770)
 
     def open_for_admin(self) -> None:
         """Make sure the folders exist, without the start-up clean-up (the relay may run)."""
