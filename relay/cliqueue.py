@@ -66,7 +66,7 @@ def _queue_one(spool: Spool, command: str, qid: str) -> int:
 
 
 def trace(cfg: config.Config, args: argparse.Namespace) -> int:
-    from relay.events import EventStore
+    from relay.events import EventStore, story_lines
 
     store = EventStore(cfg.feedback.database)
     try:
@@ -76,12 +76,8 @@ def trace(cfg: config.Config, args: argparse.Namespace) -> int:
     if not story:
         print(f"ses-relay: nothing known about {args.key}", file=sys.stderr)
         return EXIT_FAIL
-    for entry in story:
-        when = iso_time(entry.pop("at"))
-        what = entry.pop("step", None) or entry.pop("kind", "?")
-        entry.pop("seq", None)
-        details = " ".join(f"{k}={v}" for k, v in entry.items() if v not in (None, "", []))
-        print(f"{when}  {what:<12} {details}")
+    for when, what, details in story_lines(story):
+        print(f"{iso_time(when)}  {what:<12} {details}")
     return EXIT_OK
 
 
