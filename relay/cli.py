@@ -653,6 +653,10 @@ def cmd_dev_init(args: argparse.Namespace) -> int:
           f"  password:  {password}\n"
           f"  CA/cert:   {cfg.tls.cert}\n"
           f"  outbox:    {cfg.delivery.outbox_dir}  (delivered mail lands here as .eml)")
+    if cfg.console is not None:
+        scheme = "https" if cfg.console.tls else "http"
+        print(f"  console:   {scheme}://{cfg.console.address}:{cfg.console.port}/  (log in as "
+              f"{devsetup.DEV_USER}, same password)")
     return EXIT_OK
 
 

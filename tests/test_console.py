@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from clients import implicit
-from consolekit import ADMIN, ADMIN_PASSWORD, client, with_console
 from conftest import PASSWORD, SENDER, USER, Setup, wait_until
+from consolekit import ADMIN, ADMIN_PASSWORD, client, with_console
 
 MESSAGE = (b"From: sender@example.com\r\nSubject: m\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
            b"Message-ID: <m@example.com>\r\n\r\nbody\r\n")
@@ -34,7 +34,7 @@ def test_no_session_gets_only_401_or_303_to_login(console) -> None:
     routes = {(r.method, r.resource.canonical) for r in app.router.routes()}
     assert len(routes) >= 15
     checked = 0
-    for method, path in sorted(routes) + [("GET", "/no/such/page"), ("DELETE", "/queue")]:
+    for method, path in [*sorted(routes), ("GET", "/no/such/page"), ("DELETE", "/queue")]:
         if path == "/login" or path.startswith("/static/"):
             continue  # the login page and its stylesheet and script are public
         url = _concrete(path)
@@ -183,3 +183,32 @@ def test_pages_show_queue_and_history(console, setup: Setup) -> None:
     assert r.status_code == 303
     assert "removed gone@example.net" in c.get("/suppression").text
     assert console.relay.suppression.lookup("gone@example.net") is None
+
+
+def test_off_the_loopback_the_console_needs_tls(setup: Setup) -> None:
+    from relay.errors import ConfigError
+
+    setup.doc["console"] = {"address": "192.0.2.10", "port": 8025}
+    tls = setup.doc.pop("tls")
+    setup.write()
+    with pytest.raises(ConfigError) as e:
+        setup.load()
+    assert any(p.startswith("console.address: off the loopback the console is served "
+                            "over TLS") for p in e.value.problems)
+    setup.doc.update(tls=tls, console={"address": "127.0.0.1"})
+    setup.write()
+    cfg = setup.load()
+    assert cfg.console is not None and not cfg.console.tls and cfg.console.port == 8025
+
+
+def test_with_tls_the_cookie_is_secure_and_host_only() -> None:
+    from aiohttp import web
+
+    from relay.web.console.access import Access, Sessions
+
+    access = Access(Sessions(60), tls=True, is_admin=lambda _: True)
+    response = web.Response()
+    access.set_cookie(response, access.sessions.create(ADMIN))
+    morsel = response.cookies["__Host-console"]
+    assert morsel["secure"] and morsel["httponly"] and morsel["samesite"] == "Strict"
+    assert morsel["path"] == "/" and not morsel["domain"]

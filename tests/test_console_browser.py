@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from clients import implicit
-from consolekit import ADMIN, ADMIN_PASSWORD, with_console
 from conftest import PASSWORD, SENDER, USER, InProcess, Setup, wait_until
+from consolekit import ADMIN, ADMIN_PASSWORD, with_console
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
