@@ -5,6 +5,7 @@ every answer tells the browser not to keep."""
 from __future__ import annotations
 
 import re
+import smtplib
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,7 @@ def test_wrong_password_and_non_admin_are_refused_alike(console) -> None:
         assert c.get("/").status_code == 303
 
 
-def test_lockout_is_the_smtp_auth_lockout(console) -> None:
+def test_lockout_is_the_smtp_auth_lockout(console, setup: Setup) -> None:
     """max_auth_failures: 3. After three wrong passwords the right one is refused too, in
     the console and over SMTP AUTH from the same address: one guard for both."""
     c = client(console)
@@ -95,7 +96,10 @@ def test_lockout_is_the_smtp_auth_lockout(console) -> None:
     r = c.login()
     assert r.status_code == 429 and "Too many failed logins" in r.text
     assert "Set-Cookie" not in r.headers
-    assert console.relay.auth_guard.locked("127.0.0.1", ADMIN)
+    # SMTP AUTH from this address, as the same user with the right password: locked too.
+    with implicit(setup.implicit_port, setup.certs.ca) as s, \
+            pytest.raises(smtplib.SMTPException):
+        s.login(ADMIN, ADMIN_PASSWORD)
 
 
 def test_csrf_token_missing_or_wrong_is_refused(console) -> None:
@@ -111,6 +115,14 @@ def test_csrf_token_missing_or_wrong_is_refused(console) -> None:
     r = c.post("/reputation/pause", {"reason": "testing", "csrf": token})
     assert (r.status_code, r.headers["Location"]) == (303, "/reputation")
     assert "testing (by boss in the console)" in c.get("/reputation").text
+    # The running scheduler takes the pause (through the trigger `ses-relay pause` uses),
+    # and the resume.
+    scheduler = console.relay.scheduler
+    wait_until(lambda: scheduler.paused_reason == "testing (by boss in the console)")
+    r = c.post("/reputation/resume", {"csrf": token})
+    assert "resumed (was paused: testing (by boss in the console))" in c.get(
+        "/reputation").text
+    wait_until(lambda: scheduler.paused_reason is None)
 
 
 def test_cross_origin_post_is_refused_even_with_a_token(console) -> None:
