@@ -657,6 +657,10 @@ def cmd_dev_init(args: argparse.Namespace) -> int:
         scheme = "https" if cfg.console.tls else "http"
         print(f"  console:   {scheme}://{cfg.console.address}:{cfg.console.port}/  (log in as "
               f"{devsetup.DEV_USER}, same password)")
+    else:  # a setup written before the console existed: kept as it is
+        print(f"  console:   off (add `console: {{address: 127.0.0.1, port: 8025}}` to "
+              f"{args.directory}/ses-relay.yaml and `ses-relay user update dev --admin`, "
+              f"or start afresh: make clean)")
     return EXIT_OK
 
 

@@ -145,6 +145,22 @@ def test_cross_origin_post_is_refused_even_with_a_token(console) -> None:
     assert r.status_code == 303
 
 
+def test_a_loopback_console_answers_only_to_loopback_names(console) -> None:
+    """DNS rebinding: a page at evil.example resolving to 127.0.0.1 would send its own
+    name as Host."""
+    c = client(console)
+    for host in ["evil.example", f"evil.example:{console.relay.console_port}"]:
+        r = c.get("/login", headers={"Host": host})
+        assert r.status_code == 421, host
+        assert r.headers["Cache-Control"] == "no-store"
+        r = c.post("/login", {"user": ADMIN, "password": "guess"}, origin=False,
+                   headers={"Host": host, "Origin": f"http://{host}"})
+        assert r.status_code == 421 and "Set-Cookie" not in r.headers
+    assert not console.relay.auth_guard.locked("127.0.0.1", ADMIN)
+    for host in ["localhost", f"127.0.0.1:{console.relay.console_port}"]:
+        assert c.get("/login", headers={"Host": host}).status_code == 200, host
+
+
 def test_logout_ends_the_session(console) -> None:
     c = client(console)
     c.login()

@@ -25,7 +25,7 @@ from relay.limits import AuthGuard
 from relay.smtp.auth import Authenticator, Outcome
 from relay.suppression import REASONS, SuppressionError
 from relay.web.console import charts, data
-from relay.web.console.access import SESSION, Access, Sessions, session_of
+from relay.web.console.access import LOOPBACK_NAMES, SESSION, Access, Sessions, session_of
 from relay.web.server import WebServer
 
 _log = log.get("console")
@@ -53,7 +53,8 @@ class Console:
         self._auth = auth
         self._guard = guard
         self.access = Access(Sessions(config.session_timeout), tls=config.tls,
-                             is_admin=self._is_admin)
+                             is_admin=self._is_admin,
+                             hosts=None if config.tls else LOOPBACK_NAMES | {config.address})
         self._env = jinja2.Environment(loader=jinja2.PackageLoader(_PACKAGE, "templates"),
                                        autoescape=True, undefined=jinja2.StrictUndefined)
         self._env.filters.update(iso=_iso, age=_age)

@@ -85,10 +85,15 @@ class Sessions:
 class Access:
     """The console's middleware: sessions, same-origin and CSRF checks, headers."""
 
-    def __init__(self, sessions: Sessions, *, tls: bool, is_admin: Callable[[str], bool]
-                 ) -> None:
+    def __init__(self, sessions: Sessions, *, tls: bool, is_admin: Callable[[str], bool],
+                 hosts: frozenset[str] | None = None) -> None:
+        """*hosts*: the only names the Host header may give (None: any). A console on the
+        loopback answers only to loopback names, so that a page elsewhere cannot reach it
+        under a name of its own that resolves to 127.0.0.1 (DNS rebinding), where it would
+        get our login form and could spend the address's AUTH failures."""
         self.sessions = sessions
         self.tls = tls
+        self._hosts = hosts
         self._is_admin = is_admin
         # __Host-: the browser keeps it only if Secure, for this host, for path / (it
         # cannot be set by a sibling domain). Without TLS (loopback) the plain name.
@@ -125,6 +130,9 @@ class Access:
             headers["Strict-Transport-Security"] = "max-age=31536000"
 
     async def _checked(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._hosts is not None and _hostname(request.host) not in self._hosts:
+            return web.Response(status=421, text="this console answers to its own address "
+                                                 "only\n")
         public = request.path == "/login" or request.path.startswith("/static/")
         changes = request.method not in _SAFE_METHODS
         if changes and not self.same_origin(request):
@@ -167,6 +175,16 @@ class Access:
             token = value if isinstance(value, str) else None
         return token is not None and hmac.compare_digest(token.encode(),
                                                          session.csrf.encode())
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _hostname(host: str) -> str:
+    """The name in a Host header, without its port or an IPv6 address's brackets."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 def session_of(request: web.Request) -> Session:
