@@ -113,6 +113,9 @@ async def _deadline(request: web.Request, handler: Handler) -> web.StreamRespons
         _log.error("http_handler_failed", path=request.path,
                    error=f"{type(e).__name__}: {e}")
         response = web.Response(status=500, text="internal error\n")
+    if response.status in (408, 500, 503) and "Cache-Control" not in response.headers:
+        # Answered here, outside a module's own middleware (the console's headers).
+        response.headers["Cache-Control"] = "no-store"
     response.force_close()
     return response
 
