@@ -240,3 +240,20 @@ def test_with_tls_the_cookie_is_secure_and_host_only() -> None:
     morsel = response.cookies["__Host-console"]
     assert morsel["secure"] and morsel["httponly"] and morsel["samesite"] == "Strict"
     assert morsel["path"] == "/" and not morsel["domain"]
+
+
+def test_a_session_ends_after_its_idle_timeout_and_ids_are_random() -> None:
+    from relay.web.console.access import Sessions
+
+    now = [1000.0]
+    sessions = Sessions(60, clock=lambda: now[0])
+    a, b = sessions.create(ADMIN), sessions.create(ADMIN)
+    assert a.id != b.id and a.csrf != b.csrf and len(a.id) >= 43  # 32 random bytes
+    now[0] += 59
+    assert sessions.get(a.id) is a  # in use: its expiry moves on
+    now[0] += 59
+    assert sessions.get(a.id) is a
+    assert sessions.get(b.id) is None  # idle for 118 s
+    now[0] += 61
+    assert sessions.get(a.id) is None
+    assert sessions.get("made-up") is None and sessions.get(None) is None
