@@ -60,11 +60,14 @@ class Relay:
     tls: ServerTLS | None = None
     metrics_server: WebServer | None = None
     feedback_server: WebServer | None = None
+    console_server: WebServer | None = None
+    console_port: int | None = None
     events: EventStore | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     feedback: FeedbackService | None = None
     metrics_port: int | None = None
     feedback_port: int | None = None
+    _console_ready: tuple[float, bool, str] | None = None
 
     def __post_init__(self) -> None:
         limits = self.config.limits
@@ -86,8 +89,10 @@ class Relay:
         return ports
 
     def http_ports(self) -> dict[str, int]:
-        """The ports the HTTP listeners got (``metrics``, ``feedback``), those running."""
-        ports = {"metrics": self.metrics_port, "feedback": self.feedback_port}
+        """The ports the HTTP listeners got (``metrics``, ``feedback``, ``console``), those
+        running."""
+        ports = {"metrics": self.metrics_port, "feedback": self.feedback_port,
+                 "console": self.console_port}
         return {name: port for name, port in ports.items() if port is not None}
 
     async def start(self) -> None:
@@ -157,6 +162,8 @@ class Relay:
             MetricsRoutes(self._readiness, self._refresh_gauges).add_to(self.metrics_server)
             self.metrics_port = await self.metrics_server.start(cfg.metrics.address,
                                                                 cfg.metrics.port)
+        if cfg.console is not None and first:
+            await self._start_console(cfg, cfg.console)
         _log.info("started", listeners=self.bound_ports(), http=self.http_ports(),
                   transport=self.transport.name,
                   queued=len(backlog), users=len(list(self._users)),
@@ -169,6 +176,42 @@ class Relay:
         feedback.add_routes(self.feedback_server)
         tls = tlscontext.build(http.cert, http.key) if http.cert and http.key else None
         self.feedback_port = await self.feedback_server.start(http.address, http.port, tls)
+
+    async def _start_console(self, cfg: Config, console: config_mod.ConsoleConfig) -> None:
+        # Imported here: Jinja2 and the templates are loaded only by a relay that serves it.
+        from relay import queueadmin
+        from relay.smtp.auth import Authenticator
+        from relay.web.console import Console
+        from relay.web.console.data import Sources
+
+        assert self.scheduler is not None and self.events is not None
+        assert self.suppression is not None
+        src = Sources(config=lambda: self.config, users=self._current_users,
+                      spool=queueadmin.open_spool(cfg.queue.directory, cfg.workers),
+                      scheduler=self.scheduler, events=self.events,
+                      suppression=self.suppression, readiness=self._console_readiness)
+        # The same guard and cache as SMTP AUTH: failures here count towards the lockout
+        # there, and the other way round.
+        app = Console(console, src, Authenticator(self._current_users, self.auth_guard,
+                                                  self.auth_cache), self.auth_guard)
+        self.console_server = WebServer("console", cfg.web, middlewares=[app.access.middleware])
+        app.add_to(self.console_server)
+        tls = self.tls.context if console.tls and self.tls is not None else None
+        self.console_port = await self.console_server.start(console.address, console.port, tls)
+        host = f"[{console.address}]" if ":" in console.address else console.address
+        _log.info("console", url=f"{'https' if tls else 'http'}://{host}:{self.console_port}/")
+
+    async def _console_readiness(self) -> tuple[bool, str]:
+        """The readiness check, asked at most every 15 s (it may call the upstream)."""
+        now = asyncio.get_running_loop().time()
+        cached = self._console_ready
+        if cached is None or now - cached[0] > 15.0:
+            try:
+                ok, detail = await asyncio.wait_for(self._readiness(), 5.0)
+            except Exception as e:  # a check that breaks means: not ready
+                ok, detail = False, f"check failed: {type(e).__name__}"
+            self._console_ready = cached = (now, ok, detail)
+        return cached[1], cached[2]
 
     async def _notify_sender(self, queue_id: str, envelope: Envelope,
                              record: dict[str, Any]) -> None:
@@ -287,7 +330,7 @@ class Relay:
                 for session in list(handler.live):
                     session.close()  # no 250 was given: the client keeps its message
             await self.connections.wait_idle(5)
-        for web in (self.metrics_server, self.feedback_server):
+        for web in (self.metrics_server, self.feedback_server, self.console_server):
             if web is not None:
                 await web.stop()
         for task in self._background:
