@@ -193,6 +193,10 @@ class Scheduler:
 
     async def _worker(self) -> None:
         while True:
+            # Not while paused: a message taken now would stay claimed until the pause ends,
+            # and a pause is when an operator holds or deletes mail (`queue hold` would
+            # answer "being delivered right now").
+            await self._running.wait()
             qid = await self._ready.get()
             if qid in self._in_flight:  # already being delivered (rescheduled meanwhile)
                 continue
