@@ -7,13 +7,14 @@ stored), signals, and shutdown order (listeners first, then delivery, then the t
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import ssl
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from relay import config as config_mod
-from relay import dsn, log, maillog, memory, metrics, sessuppression, systemd, users
+from relay import dsn, log, maillog, memory, metrics, running, sessuppression, systemd, users
 from relay.authcache import SuccessCache
 from relay.config import Config
 from relay.delivery import Scheduler
@@ -32,6 +33,7 @@ from relay.spool import ALONE, Envelope, Share, Spool
 from relay.suppression import SuppressionList
 from relay.transports import Transport, build
 from relay.web.server import WebServer
+from relay.web.sites import Site, SiteError, Sites
 
 _log = log.get("app")
 # The quota call may be refused while sending works (no ses:GetAccount permission, or an
@@ -50,6 +52,7 @@ class Relay:
     spool: Spool | None = None
     scheduler: Scheduler | None = None
     servers: list[asyncio.Server] = field(default_factory=list)
+    sessions: list[listeners.Sessions] = field(default_factory=list)  # one per listener
     suppression: SuppressionList | None = None
     _users: users.UserDB | None = None
     connections: Connections = field(init=False)
@@ -58,17 +61,28 @@ class Relay:
     policy: Policy | None = None
     handlers: list[Handler] = field(default_factory=list)
     tls: ServerTLS | None = None
-    metrics_server: WebServer | None = None
-    feedback_server: WebServer | None = None
+    # The HTTP listeners (metrics, the feedback webhook...), rebuilt by reload: _sites.
+    sites: Sites = field(default_factory=Sites)
     events: EventStore | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     feedback: FeedbackService | None = None
-    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         limits = self.config.limits
         self.connections = Connections(limits.max_connections, limits.max_connections_per_ip)
         self.auth_guard = AuthGuard(limits.max_auth_failures, limits.auth_lockout)
+
+    @property
+    def metrics_server(self) -> WebServer | None:
+        return self.sites.server("metrics")
+
+    @property
+    def feedback_server(self) -> WebServer | None:
+        return self.sites.server("feedback")
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.sites.port("metrics")
 
     @property
     def message_size_limit(self) -> int:
@@ -121,8 +135,6 @@ class Relay:
                 region=cfg.delivery.region,
                 share=self._share_suppression if cfg.suppression.backend == "ses" else None)
             await self.feedback.start()
-            if cfg.feedback.http is not None:
-                await self._start_webhook(cfg, self.feedback)
         if cfg.suppression.backend == "ses" and first:
             self._background.append(asyncio.create_task(sessuppression.keep_in_step(
                 cfg.delivery, self.suppression, cfg.suppression.sync_interval),
@@ -135,31 +147,49 @@ class Relay:
                               connections=self.connections, auth_guard=self.auth_guard,
                               auth_cache=self.auth_cache)
             self.handlers.append(handler)
-            server = await listeners.start(
+            server, sessions = await listeners.start(
                 listener, handler, hostname=cfg.hostname,
                 tls=tls.context if tls is not None else None,
                 data_size_limit=self.message_size_limit, limits=cfg.limits,
                 reuse_port=share.count > 1)
             self.servers.append(server)
+            self.sessions.append(sessions)
         if share.count > 1:  # the first process serves every process's gauges
             self._background.append(asyncio.create_task(self._publish_gauges(),
                                                         name="gauges"))
-        if cfg.metrics is not None and first:
-            self.metrics_server = WebServer("metrics", cfg.web)
-            MetricsRoutes(self._readiness, self._refresh_gauges).add_to(self.metrics_server)
-            self.metrics_port = await self.metrics_server.start(cfg.metrics.address,
-                                                                cfg.metrics.port)
+        await self.sites.start(self._sites(cfg))
+        await self._record_running()
         _log.info("started", listeners=self.bound_ports(), transport=self.transport.name,
                   queued=len(backlog), users=len(list(self._users)),
-                  max_message_size=self.message_size_limit)
+                  max_message_size=self.message_size_limit, web=self.sites.ports())
 
-    async def _start_webhook(self, cfg: Config, feedback: FeedbackService) -> None:
-        http = cfg.feedback.http
-        assert http is not None
-        self.feedback_server = WebServer("feedback", cfg.web, max_body=sns.MAX_POST_BYTES)
-        feedback.add_routes(self.feedback_server)
-        tls = tlscontext.build(http.cert, http.key) if http.cert and http.key else None
-        await self.feedback_server.start(http.address, http.port, tls)
+    def _sites(self, cfg: Config) -> list[Site]:
+        """The HTTP listeners *cfg* asks for, run by the first process only. (A new one,
+        such as the console, is one more Site here: reload rebuilds it like the others.)"""
+        if self.share.index != 0:
+            return []
+        sites = []
+        if cfg.metrics is not None:
+            routes = MetricsRoutes(self._readiness, self._refresh_gauges)
+            sites.append(Site("metrics", cfg.metrics.address, cfg.metrics.port, cfg.web,
+                              routes=routes.add_to))
+        http, feedback = cfg.feedback.http, self.feedback
+        if http is not None and feedback is not None:
+            sites.append(Site("feedback", http.address, http.port, cfg.web,
+                              tls=(http.cert, http.key) if http.cert and http.key else None,
+                              max_body=sns.MAX_POST_BYTES, extra=(http.path,),
+                              routes=lambda server: feedback.add_routes(server, http.path)))
+        return sites
+
+    async def _record_running(self) -> None:
+        """The running configuration, for `ses-relay check-config --running`."""
+        if self.share.index != 0:
+            return
+        try:
+            await asyncio.to_thread(running.write, self.config, os.getpid())
+        except OSError as e:
+            _log.warning("running_config_not_recorded", error=str(e),
+                         hint="`check-config --running` cannot compare with this relay")
 
     async def _notify_sender(self, queue_id: str, envelope: Envelope,
                              record: dict[str, Any]) -> None:
@@ -227,11 +257,14 @@ class Relay:
         return self._users
 
     async def reload(self) -> bool:
-        """SIGHUP: new configuration, users, TLS certificates and policy, without dropping a
-        session. An invalid new configuration is refused and the running one stays.
+        """SIGHUP: apply every setting that can be applied live (users, TLS certificates,
+        policy, hostname, log, limits, the HTTP listeners) without dropping a session. An
+        invalid new configuration, or an HTTP listener that cannot listen, is refused and
+        the running configuration stays whole.
 
-        Listeners, the queue, the transport and the suppression database are bound at
-        start; a change to them is logged as needing a restart.
+        SMTP listeners, the queue, the transport, the suppression database, feedback (but
+        its listener) and workers are bound at start: those keys are logged as needing a
+        restart (relay.running.LIVE says which are live), and keep their running values.
         """
         old = self.config
         try:
@@ -244,27 +277,54 @@ class Relay:
                 # Built aside, never loaded into the live context: a bad key would leave
                 # it without a usable certificate (see relay.smtp.tlscontext).
                 new_tls = await asyncio.to_thread(tlscontext.build, new.tls.cert, new.tls.key)
-        except (ConfigError, UsersFileError, OSError) as e:
+            applied = self._applicable(new)
+            swap = await self.sites.prepare(self._sites(applied))
+        except (ConfigError, UsersFileError, OSError, SiteError) as e:
             problems = e.problems if isinstance(e, ConfigError) else [str(e)]
             _log.error("reload_refused", problems=problems,
                        hint="the running configuration stays; fix the file and reload again")
             return False
-        restart = [k for k in ("listeners", "queue", "delivery", "suppression", "workers")
-                   if getattr(new, k) != getattr(old, k)]
-        self.config = replace(new, listeners=old.listeners, queue=old.queue,
-                              delivery=old.delivery, suppression=old.suppression)
+        restart = [k for k in running.differences(running.flatten(applied),
+                                                  running.flatten(new))]
+        self.config = applied
         self._users = new_users
         if self.tls is not None and new_tls is not None:
             # New handshakes get the new certificate; sessions already up are untouched.
             self.tls.replace(new_tls)
+        self._apply_limits()
         assert self.policy is not None
         self.policy.reconfigure(self.config)
-        for handler in self.handlers:
-            handler.reconfigure(self.config.limits, self.config.hostname)
         log.configure(new.log.format, new.log.level)
+        restarted = await swap.commit()
+        await self._record_running()
         _log.info("reloaded", users=len(list(new_users)),
+                  **({"web_restarted": restarted} if restarted else {}),
                   **({"restart_needed_for": restart} if restart else {}))
         return True
+
+    def _applicable(self, new: Config) -> Config:
+        """*new* with what cannot change live kept as it runs."""
+        old = self.config
+        tls_toggled = (self.tls is None) != bool(new.tls.cert and new.tls.key)
+        return replace(new, listeners=old.listeners, queue=old.queue, delivery=old.delivery,
+                       suppression=old.suppression, workers=old.workers,
+                       feedback=replace(old.feedback, http=new.feedback.http),
+                       tls=old.tls if tls_toggled else new.tls)
+
+    def _apply_limits(self) -> None:
+        """limits.* for connections and sessions from now on; counts so far are kept."""
+        cfg = self.config
+        limits = cfg.limits
+        self.connections.total_limit = limits.max_connections
+        self.connections.per_ip_limit = limits.max_connections_per_ip
+        self.auth_guard.max_failures = limits.max_auth_failures
+        self.auth_guard.window = limits.auth_lockout
+        for handler in self.handlers:
+            handler.reconfigure(limits, cfg.hostname)
+        tls = self.tls.context if self.tls is not None else None
+        for sessions in self.sessions:
+            sessions.rebuild(hostname=cfg.hostname, tls=tls,
+                             data_size_limit=self.message_size_limit, limits=limits)
 
     async def stop(self) -> None:
         """Stop accepting, let sessions finish (up to limits.shutdown_grace), then stop
@@ -278,9 +338,7 @@ class Relay:
                 for session in list(handler.live):
                     session.close()  # no 250 was given: the client keeps its message
             await self.connections.wait_idle(5)
-        for web in (self.metrics_server, self.feedback_server):
-            if web is not None:
-                await web.stop()
+        await self.sites.stop()
         for task in self._background:
             task.cancel()
         if self.feedback is not None:

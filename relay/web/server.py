@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -53,8 +54,17 @@ class WebServer:
         """Connections held now (counted from accept, TLS handshakes included)."""
         return self._admission.connections.count if self._admission is not None else 0
 
-    async def start(self, address: str, port: int, tls: ssl.SSLContext | None = None) -> int:
-        """Listen on *address*:*port* (0: any free port); return the port bound."""
+    def dup_socket(self) -> socket.socket | None:
+        """A second descriptor of the listening socket, for a successor to listen on: the
+        port stays open while this server closes its own (see relay.web.sites)."""
+        if self._server is None or not self._server.sockets:
+            return None
+        return self._server.sockets[0].dup()
+
+    async def start(self, address: str, port: int, tls: ssl.SSLContext | None = None, *,
+                    sock: socket.socket | None = None) -> int:
+        """Listen on *address*:*port* (0: any free port), or on *sock*, a listening socket
+        already bound (it becomes this server's); return the port bound."""
         c = self._config
         self._runner = runner = web.AppRunner(
             self.app, handle_signals=False, access_log=None, logger=_AIOHTTP_LOG,
@@ -70,8 +80,12 @@ class WebServer:
             self.name, Connections(c.max_connections, c.max_connections_per_ip),
             c.request_timeout, tls)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: Gate(server, admission), address,
-                                                port, reuse_address=True)
+        if sock is not None:
+            self._server = await loop.create_server(lambda: Gate(server, admission),
+                                                    sock=sock)
+        else:
+            self._server = await loop.create_server(lambda: Gate(server, admission),
+                                                    address, port, reuse_address=True)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:

@@ -1,0 +1,136 @@
+"""The configuration a relay runs with, key by key: what SIGHUP applies live, what needs a
+restart, and the record the running relay keeps of it for `check-config --running`.
+
+A configuration is flattened to key paths (``limits.max_auth_failures``,
+``listeners.submission.port``, ``delivery.region``) with JSON values. The running relay
+writes its own, atomically, to ``running-config.json`` in the queue directory at start
+and after each reload (the queue directory: the one place both the relay and the
+operator's tools already share, with the relay's permissions). Secrets (the upstream
+SMTP password, the role's external id) are never written: only a salted scrypt digest,
+enough to tell whether the file's differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from relay.config import Config
+
+STATE_FILE = "running-config.json"
+FORMAT = 1
+# Sections and keys SIGHUP applies (relay.app.Relay.reload). Everything else (listeners,
+# queue, delivery, suppression, feedback but its listener, workers) is bound at start.
+# A key not named here needs a restart: an unknown new key is never claimed to be live.
+LIVE = ("hostname", "tls", "users_file", "log", "limits", "policy", "metrics",
+        "feedback.http", "web", "console")
+_SECRETS = frozenset({"password", "external_id"})
+_NOT_CONFIG = frozenset({"source"})
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if f.name not in _NOT_CONFIG:
+            _flatten(getattr(cfg, f.name), f.name, out)
+    return out
+
+
+def _flatten(value: object, path: str, out: dict[str, Any]) -> None:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            _flatten(getattr(value, f.name), f"{path}.{f.name}", out)
+    elif (isinstance(value, tuple) and value
+          and all(dataclasses.is_dataclass(v) and hasattr(v, "name") for v in value)):
+        for v in value:  # listeners, by name: their order means nothing
+            _flatten(v, f"{path}.{v.name}", out)
+    else:
+        out[path] = _json(value)
+
+
+def _json(value: object) -> Any:
+    if isinstance(value, tuple | list):
+        return [_json(v) for v in value]
+    if isinstance(value, Path | ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return str(value)
+    return value
+
+
+def needs_restart(key: str) -> bool:
+    return not any(key == live or key.startswith(live + ".") for live in LIVE)
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Key paths whose value differs (or that only one side has), sorted."""
+    keys = set(old) | set(new)
+    return sorted(k for k in keys if not _same(k, old.get(k, _ABSENT), new.get(k, _ABSENT)))
+
+
+_ABSENT: Any = object()
+
+
+def _same(key: str, running: Any, wanted: Any) -> bool:
+    if key.rsplit(".", 1)[-1] in _SECRETS and isinstance(running, str) and (
+            running.startswith("scrypt:")) and isinstance(wanted, str):
+        return _digest(wanted, bytes.fromhex(running.split(":")[1])) == running
+    return bool(running == wanted)
+
+
+def _digest(secret: str, salt: bytes) -> str:
+    key = hashlib.scrypt(secret.encode(), salt=salt, n=2**14, r=8, p=1, dklen=16)
+    return f"scrypt:{salt.hex()}:{key.hex()}"
+
+
+def redacted(flat: dict[str, Any]) -> dict[str, Any]:
+    return {k: _digest(v, secrets.token_bytes(16))
+            if k.rsplit(".", 1)[-1] in _SECRETS and isinstance(v, str) else v
+            for k, v in flat.items()}
+
+
+def write(cfg: Config, pid: int) -> Path:
+    """Record *cfg* as the running configuration (atomically: a reader sees the old record
+    or the new one, whole)."""
+    directory = cfg.queue.directory
+    record = {"format": FORMAT, "pid": pid, "source": str(cfg.source) if cfg.source else None,
+              "config": redacted(flatten(cfg))}
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".running-config.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / STATE_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return directory / STATE_FILE
+
+
+def read(directory: Path) -> dict[str, Any]:
+    """The record a running relay wrote; OSError or ValueError if there is none usable."""
+    with (directory / STATE_FILE).open(encoding="utf-8") as f:
+        record = json.load(f)
+    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(
+            record.get("config"), dict):
+        raise ValueError(f"{directory / STATE_FILE}: not a running-configuration record")
+    return record
+
+
+def alive(pid: object) -> bool:
+    """Whether process *pid* exists (a record left by a relay that is gone is stale)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
