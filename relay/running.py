@@ -31,7 +31,7 @@ FORMAT = 1
 # A key not named here needs a restart: an unknown new key is never claimed to be live.
 LIVE = ("hostname", "tls", "users_file", "log", "limits", "policy", "metrics",
         "feedback.http", "web", "console")
-_SECRETS = frozenset({"password", "external_id"})
+SECRETS = frozenset({"password", "external_id"})
 _NOT_CONFIG = frozenset({"source"})
 
 
@@ -77,7 +77,7 @@ _ABSENT: Any = object()
 
 
 def _same(key: str, running: Any, wanted: Any) -> bool:
-    if key.rsplit(".", 1)[-1] in _SECRETS and isinstance(running, str) and (
+    if key.rsplit(".", 1)[-1] in SECRETS and isinstance(running, str) and (
             running.startswith("scrypt:")) and isinstance(wanted, str):
         return _digest(wanted, bytes.fromhex(running.split(":")[1])) == running
     return bool(running == wanted)
@@ -90,7 +90,7 @@ def _digest(secret: str, salt: bytes) -> str:
 
 def redacted(flat: dict[str, Any]) -> dict[str, Any]:
     return {k: _digest(v, secrets.token_bytes(16))
-            if k.rsplit(".", 1)[-1] in _SECRETS and isinstance(v, str) else v
+            if k.rsplit(".", 1)[-1] in SECRETS and isinstance(v, str) else v
             for k, v in flat.items()}
 
 
