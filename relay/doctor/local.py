@@ -18,6 +18,7 @@ from cryptography import x509
 
 from relay import users
 from relay.config import Listener
+from relay.doctor import live
 from relay.doctor.report import (
     FAIL,
     OK,
@@ -159,16 +160,21 @@ def _covers(hostname: str, dns: list[str],
 
 
 def _check_listeners(ctx: Context) -> list[Row]:
-    return [_bind_row(listener) for listener in ctx.config.listeners]
+    relay = live.find(ctx.config)
+    return [_bind_row(listener, ctx, relay) for listener in ctx.config.listeners]
 
 
-def _bind_row(listener: Listener) -> Row:
+def _bind_row(listener: Listener, ctx: Context, relay: live.Relay | None) -> Row:
     check = f"listener {listener.name}"
     where = (f"[{listener.address}]:{listener.port}" if ":" in listener.address
              else f"{listener.address}:{listener.port}")
     try:
         _try_bind(listener.address, listener.port)
     except OSError as e:
+        if e.errno == errno.EADDRINUSE:  # the relay's own, running? Ask it.
+            ours = live.listener_row(listener, ctx.config, relay, where)
+            if ours is not None:
+                return ours
         return Row(FAIL, check, f"{where}: in use or not permitted ({e.strerror or e})",
                    fix=_bind_fix(e, listener.port))
     return Row(OK, check, f"{where}: can bind ({listener.tls}, auth {listener.auth})")
@@ -272,6 +278,7 @@ LOCAL_CHECKS: tuple[tuple[str, Callable[[Context], list[Row]]], ...] = (
     ("configuration", _check_configuration),
     ("TLS certificate", _check_tls),
     ("listeners", _check_listeners),
+    ("running relay", live.check_running),
     ("queue directory", _check_queue),
     ("DATA fast path", _check_build),
 )
