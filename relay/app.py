@@ -10,7 +10,7 @@ import asyncio
 import os
 import signal
 import ssl
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from relay import config as config_mod
@@ -32,7 +32,6 @@ from relay.smtp.tlscontext import ServerTLS
 from relay.spool import ALONE, Envelope, Share, Spool
 from relay.suppression import SuppressionList
 from relay.transports import Transport, build
-from relay.web.server import WebServer
 from relay.web.sites import Site, SiteError, Sites
 
 _log = log.get("app")
@@ -66,23 +65,12 @@ class Relay:
     events: EventStore | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     feedback: FeedbackService | None = None
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         limits = self.config.limits
         self.connections = Connections(limits.max_connections, limits.max_connections_per_ip)
         self.auth_guard = AuthGuard(limits.max_auth_failures, limits.auth_lockout)
-
-    @property
-    def metrics_server(self) -> WebServer | None:
-        return self.sites.server("metrics")
-
-    @property
-    def feedback_server(self) -> WebServer | None:
-        return self.sites.server("feedback")
-
-    @property
-    def metrics_port(self) -> int | None:
-        return self.sites.port("metrics")
 
     @property
     def message_size_limit(self) -> int:
@@ -266,6 +254,10 @@ class Relay:
         its listener) and workers are bound at start: those keys are logged as needing a
         restart (relay.running.LIVE says which are live), and keep their running values.
         """
+        async with self._reloading:  # one SIGHUP after the other
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         old = self.config
         try:
             assert old.source is not None
@@ -277,15 +269,15 @@ class Relay:
                 # Built aside, never loaded into the live context: a bad key would leave
                 # it without a usable certificate (see relay.smtp.tlscontext).
                 new_tls = await asyncio.to_thread(tlscontext.build, new.tls.cert, new.tls.key)
-            applied = self._applicable(new)
+            applied = running.applicable(old, new, tls_on=self.tls is not None)
             swap = await self.sites.prepare(self._sites(applied))
         except (ConfigError, UsersFileError, OSError, SiteError) as e:
             problems = e.problems if isinstance(e, ConfigError) else [str(e)]
             _log.error("reload_refused", problems=problems,
                        hint="the running configuration stays; fix the file and reload again")
             return False
-        restart = [k for k in running.differences(running.flatten(applied),
-                                                  running.flatten(new))]
+        # Whatever still differs from the file is what only a restart applies.
+        restart = running.differences(running.flatten(applied), running.flatten(new))
         self.config = applied
         self._users = new_users
         if self.tls is not None and new_tls is not None:
@@ -301,15 +293,6 @@ class Relay:
                   **({"web_restarted": restarted} if restarted else {}),
                   **({"restart_needed_for": restart} if restart else {}))
         return True
-
-    def _applicable(self, new: Config) -> Config:
-        """*new* with what cannot change live kept as it runs."""
-        old = self.config
-        tls_toggled = (self.tls is None) != bool(new.tls.cert and new.tls.key)
-        return replace(new, listeners=old.listeners, queue=old.queue, delivery=old.delivery,
-                       suppression=old.suppression, workers=old.workers,
-                       feedback=replace(old.feedback, http=new.feedback.http),
-                       tls=old.tls if tls_toggled else new.tls)
 
     def _apply_limits(self) -> None:
         """limits.* for connections and sessions from now on; counts so far are kept."""

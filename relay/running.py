@@ -35,6 +35,17 @@ SECRETS = frozenset({"password", "external_id"})
 _NOT_CONFIG = frozenset({"source"})
 
 
+def applicable(old: Config, new: Config, *, tls_on: bool) -> Config:
+    """*new* as a reload applies it: what cannot change live keeps its running value
+    (TLS can be renewed live, not turned on or off)."""
+    toggled = tls_on != bool(new.tls.cert and new.tls.key)
+    return dataclasses.replace(
+        new, listeners=old.listeners, queue=old.queue, delivery=old.delivery,
+        suppression=old.suppression, workers=old.workers,
+        feedback=dataclasses.replace(old.feedback, http=new.feedback.http),
+        tls=old.tls if toggled else new.tls)
+
+
 def flatten(cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):

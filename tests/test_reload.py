@@ -172,3 +172,26 @@ def test_the_running_record_holds_no_secret(setup: Setup, start_process, secret:
     differs = _check_running(setup)
     assert differs.returncode == 1 and "delivery.smtp.password: (secret)" in differs.stdout
     assert secret not in differs.stdout
+
+
+def test_a_web_setting_restarts_the_listener_on_the_same_port_without_closing_it(
+        setup: Setup, start_process) -> None:
+    port = free_port()
+    setup.doc["metrics"] = {"address": "127.0.0.1", "port": port}
+    setup.write()
+    relay = start_process(setup)
+    wait_until(lambda: not _refused(port))
+    setup.doc["web"] = {"max_headers": 20}
+    setup.write()
+    reloaded = _reload(relay, "reloaded")
+    assert reloaded.get("web_restarted") == ["metrics"], reloaded
+    assert _healthz(port) == 200
+    # The new server's limits are the ones in force: 21 header lines is one too many.
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/healthz",
+                                     headers={f"X-H{i}": "v" for i in range(21)})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(request, timeout=10)
+    e.value.close()
+    assert e.value.code == 400
+    # Nothing changed: nothing restarts.
+    assert "web_restarted" not in _reload(relay, "reloaded")
