@@ -295,7 +295,7 @@ class Relay:
         return True
 
     def _apply_limits(self) -> None:
-        """limits.* for connections and sessions from now on; counts so far are kept."""
+        """limits.* (and the send rate) from now on; counts so far are kept."""
         cfg = self.config
         limits = cfg.limits
         self.connections.total_limit = limits.max_connections
@@ -304,6 +304,8 @@ class Relay:
         self.auth_guard.window = limits.auth_lockout
         for handler in self.handlers:
             handler.reconfigure(limits, cfg.hostname)
+        if self.scheduler is not None:
+            self.scheduler.set_max_send_rate(cfg.delivery.max_send_rate)
         tls = self.tls.context if self.tls is not None else None
         for sessions in self.sessions:
             sessions.rebuild(hostname=cfg.hostname, tls=tls,

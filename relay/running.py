@@ -27,10 +27,11 @@ from relay.config import Config
 STATE_FILE = "running-config.json"
 FORMAT = 1
 # Sections and keys SIGHUP applies (relay.app.Relay.reload). Everything else (listeners,
-# queue, delivery, suppression, feedback but its listener, workers) is bound at start.
+# queue, delivery but its max_send_rate, suppression, feedback but its listener, workers)
+# is bound at start.
 # A key not named here needs a restart: an unknown new key is never claimed to be live.
 LIVE = ("hostname", "tls", "users_file", "log", "limits", "policy", "metrics",
-        "feedback.http", "web", "console")
+        "feedback.http", "web", "console", "delivery.max_send_rate")
 SECRETS = frozenset({"password", "external_id"})
 _NOT_CONFIG = frozenset({"source"})
 
@@ -40,7 +41,8 @@ def applicable(old: Config, new: Config, *, tls_on: bool) -> Config:
     (TLS can be renewed live, not turned on or off)."""
     toggled = tls_on != bool(new.tls.cert and new.tls.key)
     return dataclasses.replace(
-        new, listeners=old.listeners, queue=old.queue, delivery=old.delivery,
+        new, listeners=old.listeners, queue=old.queue,
+        delivery=dataclasses.replace(old.delivery, max_send_rate=new.delivery.max_send_rate),
         suppression=old.suppression, workers=old.workers,
         feedback=dataclasses.replace(old.feedback, http=new.feedback.http),
         tls=old.tls if toggled else new.tls)

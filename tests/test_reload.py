@@ -195,3 +195,24 @@ def test_a_web_setting_restarts_the_listener_on_the_same_port_without_closing_it
     assert e.value.code == 400
     # Nothing changed: nothing restarts.
     assert "web_restarted" not in _reload(relay, "reloaded")
+
+
+def test_a_new_max_send_rate_is_in_force_after_a_reload(setup: Setup, start_process) -> None:
+    port = free_port()
+    setup.doc["metrics"] = {"address": "127.0.0.1", "port": port}
+    setup.doc["delivery"]["max_send_rate"] = 5
+    setup.write()
+    relay = start_process(setup)
+    wait_until(lambda: not _refused(port))
+
+    def rate() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            lines = r.read().decode().splitlines()
+        return next(line for line in lines if line.startswith("ses_relay_send_rate_limit "))
+
+    assert rate() == "ses_relay_send_rate_limit 5.0"
+    setup.doc["delivery"]["max_send_rate"] = 2
+    setup.write()
+    reloaded = _reload(relay, "reloaded")
+    assert "restart_needed_for" not in reloaded, reloaded
+    assert rate() == "ses_relay_send_rate_limit 2.0"
