@@ -42,8 +42,8 @@ def compare(cfg: Config, out: TextIO, queue_dir: Path | None = None) -> int:
         print(f"the running relay (pid {pid}) uses this configuration", file=out)
         return SAME
     wanted = running.flatten(cfg)
-    live = [k for k in keys if not running.needs_restart(k)]
-    restart = [k for k in keys if running.needs_restart(k)]
+    restart = [k for k in keys if running.needs_restart(k, ran, wanted)]
+    live = [k for k in keys if k not in restart]
     print(f"the running relay (pid {pid}) differs from the file in {len(keys)} "
           f"key{'s' if len(keys) > 1 else ''}:", file=out)
     for title, group in (("applied by a reload (systemctl reload ses-relay)", live),

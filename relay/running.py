@@ -76,7 +76,13 @@ def _json(value: object) -> Any:
     return value
 
 
-def needs_restart(key: str) -> bool:
+def needs_restart(key: str, running: dict[str, Any] | None = None,
+                  wanted: dict[str, Any] | None = None) -> bool:
+    """Whether a change to *key* (from the *running* flat configuration to the *wanted*
+    one, when given) takes a restart: TLS can be renewed live, not turned on or off."""
+    if key.startswith("tls.") and running is not None and wanted is not None and (
+            (running.get("tls.cert") is None) != (wanted.get("tls.cert") is None)):
+        return True
     return not any(key == live or key.startswith(live + ".") for live in LIVE)
 
 

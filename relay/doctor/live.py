@@ -92,11 +92,12 @@ def check_running(ctx: Context) -> list[Row]:
 
 
 def _config_row(cfg: Config, relay: Relay) -> Row:
-    keys = running.differences(relay.config, running.flatten(cfg))
+    wanted = running.flatten(cfg)
+    keys = running.differences(relay.config, wanted)
     if not keys:
         return Row(OK, "running config", "the running relay uses this file's configuration")
-    restart = [k for k in keys if running.needs_restart(k)]
-    live = [k for k in keys if not running.needs_restart(k)]
+    restart = [k for k in keys if running.needs_restart(k, relay.config, wanted)]
+    live = [k for k in keys if k not in restart]
     parts = ([f"a reload applies {', '.join(live)}"] if live else []) + (
         [f"a restart is needed for {', '.join(restart)}"] if restart else [])
     return Row(WARN, "running config", oneline(f"differs from the file: {'; '.join(parts)}"),
