@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEV    := .dev
 
-.PHONY: run test lint typecheck unit peers bench clean
+.PHONY: run test lint typecheck unit peers bench bench-peers clean
 
 # The virtualenv is rebuilt when the project's dependencies or its C part change.
 $(BIN)/.installed: pyproject.toml setup.py relay/smtp/_plainlines.c
@@ -38,11 +38,16 @@ unit: $(BIN)/.installed
 peers:
 	@scripts/install-peers
 
-## bench: ses-relay (sesv2, smtp) against a private Postfix, side by side (needs root)
-bench: $(BIN)/.installed peers
+## bench: ses-relay (sesv2, smtp) against a private Postfix (+ Dovecot SASL), side by side (needs root)
+bench: $(BIN)/.installed peers bench-peers
 	$(BIN)/python bench/compare.py --messages 5000 --sessions 50 --size 5120 --rounds 3
 	$(BIN)/python bench/compare.py --messages 200 --sessions 20 --size 1048576 --rounds 3
+	$(BIN)/python bench/perconn.py --messages 300 --clients 1,10,50 --rounds 3
 	$(BIN)/python bench/rate.py
+
+## bench-peers: install what the bench needs beyond the test peers (Dovecot), if missing
+bench-peers:
+	@scripts/install-bench-peers
 
 clean:
 	rm -rf $(VENV) $(DEV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build \

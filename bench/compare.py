@@ -2,10 +2,17 @@
 
 The same smtp-source load goes to three targets in one run, so machine noise cancels:
 
-  sesv2    ses-relay delivering with the SESv2 API to bench/fake_ses.py (no rate limit)
+  sesv2    ses-relay delivering with the SESv2 API to bench/fake_ses.py (no rate limit;
+           it closes keep-alive connections idle for --ses-idle-timeout, 4 s, as SES does)
   smtp     ses-relay delivering with its smtp transport to smtp-sink
   postfix  a private Postfix instance relaying to smtp-sink (fsyncing its queue, as
            ses-relay does)
+
+ses-relay runs in its default configuration (workers 1, delivery concurrency 10, the
+account's send rate read from the fake's GetAccount) but for what smtp-source needs: a
+plain listener open to loopback, and no per-IP connection limit (Postfix's is off too).
+Before issue 16 this ran ses-relay with `workers: auto` (2 here) and `concurrency: 20`,
+settings a user would not have, against a fake SES that never closed a connection.
 
 For each: messages/s accepted (smtp-source's wall time), messages/s delivered end to end
 (until the upstream has them all), p50/p99 time from connect to the 250 after DATA (a
@@ -13,7 +20,8 @@ probe session running beside the load), peak RSS and CPU seconds per 1,000 messa
 the whole target (for Postfix: master and every child process).
 
     python bench/compare.py [--messages 5000] [--sessions 50] [--size 5120] [--only sesv2]
-                            [--workers auto] [--rounds 1]
+                            [--workers 1] [--rounds 1] [--ses-idle-timeout 4]
+                            [--ses-latency 0] [--ses-close-after 0]
 
 Needs root (Postfix, smtp-sink -u nobody) and the postfix package (make peers).
 """
@@ -21,10 +29,7 @@ Needs root (Postfix, smtp-sink -u nobody) and the postfix package (make peers).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
-import shutil
 import smtplib
 import statistics
 import subprocess
@@ -32,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,144 +44,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import (  # noqa: E402
-    AWS_ENV,
-    cpu_seconds,
-    free_port,
-    pss_mb,
-    wait_port,
-    write_relay_config,
+from bench.common import AWS_ENV, cpu_seconds, free_port, write_relay_config  # noqa: E402
+from bench.targets import (  # noqa: E402
+    FakeSES,
+    Sink,
+    Target,
+    postfix_target,
+    relay_events,
+    relay_target,
 )
-
-BIN = Path(sys.executable).parent
-
-
-# --- targets ---------------------------------------------------------------------------
-
-
-@dataclass
-class Target:
-    name: str
-    port: int
-    root_pid: Callable[[], int]
-    delivered: Callable[[], int]
-    stop: Callable[[], None]
-
-
-class Sink:
-    def __init__(self, work: Path) -> None:
-        self.port = free_port()
-        self.out = work / f"sink-{self.port}.out"
-        self.proc = subprocess.Popen(["smtp-sink", "-u", "nobody", "-c",
-                                      f"127.0.0.1:{self.port}", "1024"],
-                                     stdout=self.out.open("wb"), stderr=subprocess.STDOUT)
-        wait_port(self.port)
-
-    def count(self) -> int:
-        found = re.findall(rb"mesg=(\d+)", self.out.read_bytes()[-200:])
-        return int(found[-1]) if found else 0
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-def relay_target(name: str, work: Path, delivery: dict[str, object], delivered: Callable[
-        [], int], env: dict[str, str], workers: int | str = "auto") -> Target:
-    home = work / name
-    home.mkdir()
-    port = free_port()
-    config = write_relay_config(home, port, {"concurrency": 20, **delivery}, workers)
-    proc = subprocess.Popen([BIN / "ses-relay", "serve", "--config", str(config)],
-                            env=env, stdout=(home / "log").open("wb"), stderr=subprocess.STDOUT)
-    wait_port(port)
-    if workers != 1:
-        time.sleep(2)  # the other workers bind the port too
-
-    def stop() -> None:
-        proc.terminate()
-        proc.wait(60)
-
-    return Target(name, port, lambda: proc.pid, delivered, stop)
-
-
-POSTFIX_MASTER = """\
-127.0.0.1:{port} inet n - n - - smtpd
-pickup     unix  n - n 60    1 pickup
-cleanup    unix  n - n -     0 cleanup
-qmgr       unix  n - n 300   1 qmgr
-rewrite    unix  - - n -     - trivial-rewrite
-bounce     unix  - - n -     0 bounce
-defer      unix  - - n -     0 bounce
-trace      unix  - - n -     0 bounce
-verify     unix  - - n -     1 verify
-flush      unix  n - n 1000? 0 flush
-proxymap   unix  - - n -     - proxymap
-smtp       unix  - - n -     - smtp
-relay      unix  - - n -     - smtp
-showq      unix  n - n -     - showq
-error      unix  - - n -     - error
-retry      unix  - - n -     - error
-discard    unix  - - n -     - discard
-anvil      unix  - - n -     1 anvil
-scache     unix  - - n -     1 scache
-postlog    unix-dgram n - n - 1 postlogd
-"""
-
-
-def postfix_target(work: Path, sink: Sink) -> Target:
-    """A private Postfix with smtpd on a free port, relaying everything to the sink."""
-    base = Path(tempfile.mkdtemp(prefix="ses-relay-bench-postfix-"))
-    base.chmod(0o755)
-    conf, queue, data, logs = base / "conf", base / "queue", base / "data", base / "log"
-    for d in (conf, queue, data, logs):
-        d.mkdir()
-    shutil.chown(data, "postfix", "postfix")
-    shutil.chown(logs, "postfix", "postfix")
-    port = free_port()
-    (conf / "master.cf").write_text(POSTFIX_MASTER.format(port=port))
-    (conf / "main.cf").write_text(f"""\
-compatibility_level = 3.6
-queue_directory = {queue}
-data_directory = {data}
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = bench.localdomain
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-relayhost = [127.0.0.1]:{sink.port}
-default_process_limit = 200
-smtpd_client_connection_count_limit = 0
-smtpd_client_connection_rate_limit = 0
-default_destination_concurrency_limit = 20
-queue_run_delay = 1s
-minimal_backoff_time = 1s
-maximal_backoff_time = 5s
-maillog_file = {logs}/postfix.log
-maillog_file_prefixes = {base}
-message_size_limit = 4194304
-""")
-    system = Path("/etc/postfix/main.cf")
-    system.parent.mkdir(exist_ok=True)
-    text = system.read_text() if system.exists() else ""
-    if str(conf) not in text:
-        system.write_text(text + f"\nalternate_config_directories = {conf}\n")
-    subprocess.run(["postfix", "-c", str(conf), "check"], check=True)
-    subprocess.run(["postfix", "-c", str(conf), "start"], check=True, capture_output=True)
-    wait_port(port)
-    pid = int((queue / "pid" / "master.pid").read_text().split()[0])
-
-    def stop() -> None:
-        subprocess.run(["postfix", "-c", str(conf), "stop"], capture_output=True)
-        time.sleep(1)
-        system.write_text(text)
-        shutil.rmtree(base, ignore_errors=True)
-
-    return Target("postfix", port, lambda: pid, sink.count, stop)
-
 
 # --- the load ------------------------------------------------------------------------
 
@@ -191,6 +66,7 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     peak_rss: float = 0.0
     cpu: float = 0.0
+    notes: dict[str, float] = field(default_factory=dict)  # log events, upstream's cost
 
 
 def probe(port: int, size: int, stop: threading.Event, out: list[float]) -> None:
@@ -209,16 +85,15 @@ def probe(port: int, size: int, stop: threading.Event, out: list[float]) -> None
 
 
 def run_load(target: Target, messages: int, sessions: int, size: int) -> Result:
-    root = target.root_pid()
     before_delivered = target.delivered()
-    cpu0 = cpu_seconds(root)
-    peak = [pss_mb(root)]
+    cpu0 = target.cpu()
+    peak = [target.pss()]
     done = threading.Event()
     latencies: list[float] = []
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], pss_mb(root))
+            peak[0] = max(peak[0], target.pss())
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -236,46 +111,72 @@ def run_load(target: Target, messages: int, sessions: int, size: int) -> Result:
     want = before_delivered + messages + len(latencies)
     deadline = time.monotonic() + 600
     while target.delivered() < want and time.monotonic() < deadline:
-        peak[0] = max(peak[0], pss_mb(root))
+        peak[0] = max(peak[0], target.pss())
         time.sleep(0.05)
     delivered = time.perf_counter() - t0
     sampler.join(5)
     return Result(target.name, messages, accepted, delivered, latencies, peak[0],
-                  cpu_seconds(root) - cpu0)
+                  target.cpu() - cpu0)
 
 
-def fake_ses_count(url: str) -> Callable[[], int]:
-    def count() -> int:
-        with urllib.request.urlopen(f"{url}/stats", timeout=5) as r:
-            return int(json.load(r)["accepted_rcpts"])
-    return count
+def start_relay(name: str, work: Path, delivery: dict[str, object],
+                delivered: Callable[[], int], workers: int | str,
+                concurrency: int | None = None) -> tuple[Target, Path]:
+    """ses-relay in its default configuration but for its plain listener open to loopback
+    (smtp-source speaks neither TLS nor AUTH) and the per-IP connection limit (all the
+    sessions come from 127.0.0.1; Postfix's limit is off too)."""
+    home = work / name
+    home.mkdir()
+    port = free_port()
+    if concurrency is not None:
+        delivery = {**delivery, "concurrency": concurrency}
+    config = write_relay_config(home, port, delivery, workers)
+    return relay_target(name, config, port, delivered, AWS_ENV, workers=workers), config
 
 
 def run_target(name: str, work: Path, args: argparse.Namespace) -> Result:
     """Start one target in its own folder, load it, stop it."""
     stops: list[Callable[[], None]] = []
+    config: Path | None = None
+    fake: FakeSES | None = None
     try:
         if name == "sesv2":
-            port = free_port()
-            fake = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fake_ses.py"),
-                                     "--port", str(port)])
-            stops.append(lambda: (fake.terminate(), fake.wait(10)))
-            wait_port(port)
-            url = f"http://127.0.0.1:{port}"
-            target = relay_target("sesv2", work, {"transport": "sesv2", "endpoint_url": url},
-                                  fake_ses_count(url), AWS_ENV, args.workers)
+            fake = FakeSES(idle_timeout=args.ses_idle_timeout, latency=args.ses_latency,
+                           close_after=args.ses_close_after)
+            stops.append(fake.stop)
+            target, config = start_relay("sesv2", work, {"transport": "sesv2",
+                                                         "endpoint_url": fake.url},
+                                         fake.count, args.workers, args.concurrency)
         else:
             sink = Sink(work)
             stops.append(sink.stop)
             if name == "smtp":
-                target = relay_target("smtp", work, {
+                target, config = start_relay("smtp", work, {
                     "transport": "smtp", "smtp": {"host": "127.0.0.1", "port": sink.port,
                                                   "tls": "none"}},
-                    sink.count, AWS_ENV, args.workers)
+                    sink.count, args.workers, args.concurrency)
             else:
-                target = postfix_target(work, sink)
+                target = postfix_target(sink)
         stops.insert(0, target.stop)
-        return run_load(target, args.messages, args.sessions, args.size)
+        upstream = fake.proc.pid if fake is not None else sink.proc.pid
+        upstream_cpu = cpu_seconds(upstream)
+        result = run_load(target, args.messages, args.sessions, args.size)
+        # The upstream runs on the same cores as the target: what it costs is taken from
+        # the target (real SES costs the relay's machine nothing).
+        result.notes["upstream CPU ms/msg"] = round(
+            (cpu_seconds(upstream) - upstream_cpu) / args.messages * 1000, 2)
+        if fake is not None:
+            stats = fake.stats()
+            result.notes["fake SES idle closes"] = int(stats["idle_closed"])
+            result.notes["of new connections"] = int(stats["idle_closed_unused"])
+        if config is not None:
+            target.stop()
+            stops.remove(target.stop)
+            events = relay_events(config)
+            for event in ("deferred", "upstream_down"):
+                result.notes[event] = events.get(event, 0)
+            result.notes.update({k: v for k, v in events.items() if k.startswith("deferred:")})
+        return result
     finally:
         for stop in stops:
             stop()
@@ -298,14 +199,33 @@ HEADER = ("| target | accepted msg/s | delivered msg/s | p50 connect-to-250 | p9
           "CPU s / 1000 msg |\n|---|---|---|---|---|---|---|")
 
 
+def print_notes(results: dict[str, list[Result]], index: int) -> None:
+    """What else the round saw: the relay's deferrals and upstream-down pauses, the fake
+    SES's idle closes (a send failing on a closed keep-alive connection shows here)."""
+    for name, rs in results.items():
+        if rs[index].notes:
+            print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in rs[index].notes.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--sessions", type=int, default=50)
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--only", action="append", choices=("sesv2", "smtp", "postfix"))
-    ap.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v),
-                    help="ses-relay's workers setting (default auto: one per CPU)")
+    ap.add_argument("--workers", default=1, type=lambda v: v if v == "auto" else int(v),
+                    help="ses-relay's workers setting (default 1, the relay's default; "
+                         "auto: one per CPU)")
+    ap.add_argument("--concurrency", type=int, default=None,
+                    help="ses-relay's delivery.concurrency (default: the relay's, 10)")
+    ap.add_argument("--ses-idle-timeout", type=float, default=4.0,
+                    help="the fake SES closes keep-alive connections idle this long "
+                         "(seconds; 0: never, as before)")
+    ap.add_argument("--ses-latency", type=float, default=0.0,
+                    help="seconds the fake SES takes to answer a SendEmail")
+    ap.add_argument("--ses-close-after", type=int, default=0,
+                    help="the fake SES closes each connection after this many answers, "
+                         "without a Connection: close (0: never)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run every target this many times, in turn (every other round in "
                          "reverse order); medians at the end (this machine's speed drifts "
@@ -327,11 +247,14 @@ def main() -> None:
                 print(f"\nround {n + 1} of {args.rounds}\n\n{HEADER}")
                 for name in names:
                     print(row(name, *measures(results[name][-1])), flush=True)
+                print_notes(results, -1)
     print(f"\n{'median of ' + str(args.rounds) + ' rounds' if args.rounds > 1 else 'result'}"
           f"\n\n{HEADER}")
     for name in names:
         per_round = [measures(r) for r in results[name]]
         print(row(name, *(statistics.median(m[i] for m in per_round) for i in range(6))))
+    if args.rounds == 1:
+        print_notes(results, -1)
     if "postfix" in names and args.rounds > 1:
         for name in (n for n in names if n != "postfix"):
             ratios = [measures(a)[1] / measures(b)[1]

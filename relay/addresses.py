@@ -8,6 +8,7 @@ ASCII; internationalised domains are converted to their ASCII (punycode) form.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -50,9 +51,22 @@ def normalize(address: str) -> str:
     return f"{local}@{_domain(domain)}"
 
 
+def _literal(domain: str) -> str:
+    """An address literal as RFC 5321 4.1.3 has it: a dotted quad, or IPv6: and an IPv6
+    address. Anything else in brackets ("[1.2.3]", "[foo:bar]") would make SES refuse the
+    whole message, good recipients and all: refused here instead, as Postfix does."""
+    inner = domain[1:-1]
+    try:
+        if inner[:5].lower() == "ipv6:":
+            return f"[IPv6:{ipaddress.IPv6Address(inner[5:]).compressed}]"
+        return f"[{ipaddress.IPv4Address(inner)}]"
+    except ValueError:
+        raise AddressError("malformed address literal") from None
+
+
 def _domain(domain: str) -> str:
     if _ADDRESS_LITERAL.match(domain):
-        return domain
+        return _literal(domain)
     if not domain.isascii():
         # IDNA 2008 with the UTS #46 mapping, as browsers and current MTAs do. Python's
         # own "idna" codec is IDNA 2003, which maps "faß.de" to "fass.de": a different

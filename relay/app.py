@@ -11,7 +11,7 @@ import os
 import signal
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay import config as config_mod
 from relay import dsn, log, maillog, memory, metrics, running, sessuppression, systemd, users
@@ -32,7 +32,11 @@ from relay.smtp.tlscontext import ServerTLS
 from relay.spool import ALONE, Envelope, Share, Spool
 from relay.suppression import SuppressionList
 from relay.transports import Transport, build
+from relay.web.server import WebServer
 from relay.web.sites import Site, SiteError, Sites
+
+if TYPE_CHECKING:
+    from relay.web.console import Console
 
 _log = log.get("app")
 # The quota call may be refused while sending works (no ses:GetAccount permission, or an
@@ -66,6 +70,8 @@ class Relay:
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     feedback: FeedbackService | None = None
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _console: tuple[config_mod.ConsoleConfig, Console] | None = None  # its app, kept
+    _console_ready: tuple[float, bool, str] | None = None
 
     def __post_init__(self) -> None:
         limits = self.config.limits
@@ -79,10 +85,25 @@ class Relay:
         return min(self.config.limits.max_message_size, self.transport.max_message_size)
 
     def bound_ports(self) -> dict[str, int]:
+        """The port each SMTP listener got, by listener name: with port 0 configured the
+        kernel picks one, and this (and the ``started`` log line) says which."""
         ports = {}
         for listener, server in zip(self.config.listeners, self.servers, strict=True):
             ports[listener.name] = server.sockets[0].getsockname()[1]
         return ports
+
+    def http_ports(self) -> dict[str, int]:
+        """The ports the HTTP listeners got (``metrics``, ``feedback``, ``console``), those
+        running."""
+        return self.sites.ports()
+
+    @property
+    def console_server(self) -> WebServer | None:
+        return self.sites.server("console")
+
+    @property
+    def console_port(self) -> int | None:
+        return self.sites.port("console")
 
     async def start(self) -> None:
         cfg = self.config
@@ -147,9 +168,11 @@ class Relay:
                                                         name="gauges"))
         await self.sites.start(self._sites(cfg))
         await self._record_running()
-        _log.info("started", listeners=self.bound_ports(), transport=self.transport.name,
+        self._log_console()
+        _log.info("started", listeners=self.bound_ports(), http=self.http_ports(),
+                  transport=self.transport.name,
                   queued=len(backlog), users=len(list(self._users)),
-                  max_message_size=self.message_size_limit, web=self.sites.ports())
+                  max_message_size=self.message_size_limit)
 
     def _sites(self, cfg: Config) -> list[Site]:
         """The HTTP listeners *cfg* asks for, run by the first process only. (A new one,
@@ -167,17 +190,67 @@ class Relay:
                               tls=(http.cert, http.key) if http.cert and http.key else None,
                               max_body=sns.MAX_POST_BYTES, extra=(http.path,),
                               routes=lambda server: feedback.add_routes(server, http.path)))
+        if cfg.console is not None:
+            app = self._console_app(cfg)
+            tls = self.tls.context if cfg.console.tls and self.tls is not None else None
+            sites.append(Site("console", cfg.console.address, cfg.console.port, cfg.web,
+                              context=tls, middlewares=(app.access.middleware,),
+                              routes=app.add_to))
         return sites
+
+    def _console_app(self, cfg: Config) -> Console:
+        """The console's application, kept (with its logins) while its section stays."""
+        assert cfg.console is not None
+        if self._console is None or self._console[0] != cfg.console:
+            self._console = (cfg.console, self._build_console(cfg, cfg.console))
+        return self._console[1]
+
+    def _log_console(self) -> None:
+        console, port = self.config.console, self.sites.port("console")
+        if console is not None and port is not None:
+            host = f"[{console.address}]" if ":" in console.address else console.address
+            _log.info("console", url=f"{'https' if console.tls else 'http'}://{host}:{port}/")
 
     async def _record_running(self) -> None:
         """The running configuration, for `ses-relay check-config --running`."""
         if self.share.index != 0:
             return
         try:
-            await asyncio.to_thread(running.write, self.config, os.getpid())
+            bound = running.bound_keys(self.bound_ports(), self.http_ports())
+            await asyncio.to_thread(running.write, self.config, os.getpid(), bound)
         except OSError as e:
             _log.warning("running_config_not_recorded", error=str(e),
                          hint="`check-config --running` cannot compare with this relay")
+
+    def _build_console(self, cfg: Config, console: config_mod.ConsoleConfig) -> Console:
+        # Imported here: Jinja2 and the templates are loaded only by a relay that serves it.
+        from relay import queueadmin
+        from relay.smtp.auth import Authenticator
+        from relay.web.console import Console
+        from relay.web.console.data import Sources
+
+        assert self.scheduler is not None and self.events is not None
+        assert self.suppression is not None
+        src = Sources(config=lambda: self.config, users=self._current_users,
+                      spool=queueadmin.open_spool(cfg.queue.directory, cfg.workers),
+                      scheduler=self.scheduler, events=self.events,
+                      suppression=self.suppression, readiness=self._console_readiness)
+        # The same guard and cache as SMTP AUTH: failures here count towards the lockout
+        # there, and the other way round.
+        return Console(console, src, Authenticator(self._current_users, self.auth_guard,
+                                                   self.auth_cache), self.auth_guard)
+
+    async def _console_readiness(self) -> tuple[bool, str]:
+        """The readiness check, asked at most every 15 s (it may call the upstream)."""
+        now = asyncio.get_running_loop().time()
+        cached = self._console_ready
+        if cached is None or now - cached[0] > 15.0:
+            try:
+                ok, detail = await asyncio.wait_for(self._readiness(), 5.0)
+            except Exception as e:  # a check that breaks means: not ready
+                ok, detail = False, f"check failed: {type(e).__name__}"
+            self._console_ready = cached = (now, ok, detail)
+        return cached[1], cached[2]
 
     async def _notify_sender(self, queue_id: str, envelope: Envelope,
                              record: dict[str, Any]) -> None:
@@ -289,7 +362,9 @@ class Relay:
         log.configure(new.log.format, new.log.level)
         restarted = await swap.commit()
         await self._record_running()
-        _log.info("reloaded", users=len(list(new_users)),
+        if "console" in restarted:
+            self._log_console()
+        _log.info("reloaded", users=len(list(new_users)), http=self.http_ports(),
                   **({"web_restarted": restarted} if restarted else {}),
                   **({"restart_needed_for": restart} if restart else {}))
         return True

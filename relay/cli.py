@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(e)
     p = sub.add_parser("resume", help="resume delivery paused by the reputation guard")
     _add_config(p)
+    p = sub.add_parser("pause", help="pause delivery (mail stays queued) until resume")
+    p.add_argument("--reason", default="paused by an operator")
+    _add_config(p)
 
     p = sub.add_parser("send-test", help="send a test message through the configured "
                                          "transport (not through SMTP)")
@@ -200,6 +203,8 @@ def _add_user_options(p: argparse.ArgumentParser) -> None:
                    help="whether the X-SES-CONFIGURATION-SET and X-SES-MESSAGE-TAGS headers "
                         "of this user's mail may choose its configuration set and tags "
                         "(default: as policy.ses_headers says)")
+    p.add_argument("--admin", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the user may log in to the web console (console:)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -363,8 +368,9 @@ def _apply_user_options(args: argparse.Namespace, user: users.User) -> users.Use
     ses_headers = user.ses_headers
     if args.ses_headers is not None:
         ses_headers = None if args.ses_headers == "default" else args.ses_headers
+    admin = user.admin if args.admin is None else args.admin
     return replace(user, allowed_senders=tuple(senders), configuration_set=config_set,
-                   tags=tuple(tags.items()), ses_headers=ses_headers)
+                   tags=tuple(tags.items()), ses_headers=ses_headers, admin=admin)
 
 
 def _user_line(user: users.User, policy: config.PolicyConfig) -> str:
@@ -383,6 +389,8 @@ def _user_line(user: users.User, policy: config.PolicyConfig) -> str:
         parts.append(f"configuration_set={user.configuration_set}")
     if user.tags:
         parts.append("tags=" + ",".join(f"{k}={v}" for k, v in user.tags))
+    if user.admin:
+        parts.append("admin")
     return "  ".join(parts)
 
 
@@ -510,6 +518,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from relay import cliqueue
 
     return cliqueue.resume(_load(args))
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from relay import cliqueue
+
+    return cliqueue.pause(_load(args), args.reason)
 
 
 def cmd_send_test(args: argparse.Namespace) -> int:
@@ -649,6 +663,14 @@ def cmd_dev_init(args: argparse.Namespace) -> int:
           f"  password:  {password}\n"
           f"  CA/cert:   {cfg.tls.cert}\n"
           f"  outbox:    {cfg.delivery.outbox_dir}  (delivered mail lands here as .eml)")
+    if cfg.console is not None:
+        scheme = "https" if cfg.console.tls else "http"
+        print(f"  console:   {scheme}://{cfg.console.address}:{cfg.console.port}/  (log in as "
+              f"{devsetup.DEV_USER}, same password)")
+    else:  # a setup written before the console existed: kept as it is
+        print(f"  console:   off (add `console: {{address: 127.0.0.1, port: 8025}}` to "
+              f"{args.directory}/ses-relay.yaml and `ses-relay user update dev --admin`, "
+              f"or start afresh: make clean)")
     return EXIT_OK
 
 
@@ -662,6 +684,7 @@ _COMMANDS = {
     "trace": cmd_trace,
     "events": cmd_events,
     "resume": cmd_resume,
+    "pause": cmd_pause,
     "send-test": cmd_send_test,
     "smtp-password": cmd_smtp_password,
     "send": cmd_send,

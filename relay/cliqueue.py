@@ -13,13 +13,11 @@ import time
 
 from relay import config, queueadmin
 from relay.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, iso_time
-from relay.errors import Busy
-from relay.spool import Share, Spool
+from relay.spool import Spool
 
 
 def queue(cfg: config.Config, args: argparse.Namespace) -> int:
-    spool = Spool(cfg.queue.directory, Share(0, cfg.workers))  # triggers reach every worker
-    spool.open_for_admin()
+    spool = queueadmin.open_spool(cfg.queue.directory, cfg.workers)
     command = args.queue_command
     if command == "list":
         n = 0
@@ -52,41 +50,23 @@ def queue(cfg: config.Config, args: argparse.Namespace) -> int:
 
 
 def _queue_one(spool: Spool, command: str, qid: str) -> int:
-    folder = spool.find(qid)
-    if folder is None:
-        print(f"ses-relay: no message {qid} in the queue", file=sys.stderr)
-        return EXIT_FAIL
-    wants = {"hold": "active", "release": "hold"}
-    if command in wants and folder != wants[command]:
-        print(f"ses-relay: {qid} is {folder}, not {wants[command]}", file=sys.stderr)
-        return EXIT_FAIL
+    if command == "show":
+        text = queueadmin.show(spool, qid)
+        if text is None:
+            print(f"ses-relay: no message {qid} in the queue", file=sys.stderr)
+            return EXIT_FAIL
+        print(text, end="")
+        return EXIT_OK
     try:
-        if command == "show":
-            print(queueadmin.show(spool, qid), end="")
-        elif command == "hold":
-            spool.hold(qid)
-        elif command == "release":
-            spool.release(qid)
-        elif command == "delete":
-            spool.delete(qid, folder)
-        elif command == "retry":
-            if folder == "failed":
-                spool.requeue(qid)
-            elif folder == "active":
-                spool.trigger(f"retry.{qid}")
-            else:
-                print(f"ses-relay: {qid} is held; release it first", file=sys.stderr)
-                return EXIT_FAIL
-    except Busy:
-        print(f"ses-relay: {qid} is being delivered right now; try again", file=sys.stderr)
+        print(queueadmin.act(spool, command, qid))
+    except queueadmin.Refused as e:
+        print(f"ses-relay: {e}", file=sys.stderr)
         return EXIT_FAIL
-    if command != "show":
-        print(f"{command}: {qid}")
     return EXIT_OK
 
 
 def trace(cfg: config.Config, args: argparse.Namespace) -> int:
-    from relay.events import EventStore
+    from relay.events import EventStore, story_lines
 
     store = EventStore(cfg.feedback.database)
     try:
@@ -96,12 +76,8 @@ def trace(cfg: config.Config, args: argparse.Namespace) -> int:
     if not story:
         print(f"ses-relay: nothing known about {args.key}", file=sys.stderr)
         return EXIT_FAIL
-    for entry in story:
-        when = iso_time(entry.pop("at"))
-        what = entry.pop("step", None) or entry.pop("kind", "?")
-        entry.pop("seq", None)
-        details = " ".join(f"{k}={v}" for k, v in entry.items() if v not in (None, "", []))
-        print(f"{when}  {what:<12} {details}")
+    for when, what, details in story_lines(story):
+        print(f"{iso_time(when)}  {what:<12} {details}")
     return EXIT_OK
 
 
@@ -143,13 +119,20 @@ def events(cfg: config.Config, args: argparse.Namespace) -> int:
 
 
 def resume(cfg: config.Config) -> int:
-    spool = Spool(cfg.queue.directory, Share(0, cfg.workers))  # triggers reach every worker
-    spool.open_for_admin()
-    reason = spool.paused()
+    reason = queueadmin.resume(queueadmin.open_spool(cfg.queue.directory, cfg.workers))
     if reason is None:
         print("delivery is not paused")
         return EXIT_OK
-    spool.set_paused(None)
-    spool.trigger("resume")
     print(f"resumed (was paused: {reason})")
+    return EXIT_OK
+
+
+def pause(cfg: config.Config, reason: str) -> int:
+    spool = queueadmin.open_spool(cfg.queue.directory, cfg.workers)
+    was = spool.paused()
+    if was is not None:
+        print(f"delivery is already paused: {was}")
+        return EXIT_OK
+    queueadmin.pause(spool, reason)
+    print(f"paused: {spool.paused()}; `ses-relay resume` resumes")
     return EXIT_OK

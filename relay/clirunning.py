@@ -37,7 +37,9 @@ def compare(cfg: Config, out: TextIO, queue_dir: Path | None = None) -> int:
               f"{pid}, which is gone", file=out)
         return NOT_RUNNING
     ran: dict[str, Any] = record["config"]
-    keys = running.differences(ran, running.flatten(cfg))
+    got = record.get("bound")
+    bound: dict[str, Any] = got if isinstance(got, dict) else {}
+    keys = running.differences(ran, running.flatten(cfg), bound)
     if not keys:
         print(f"the running relay (pid {pid}) uses this configuration", file=out)
         return SAME
@@ -51,7 +53,8 @@ def compare(cfg: Config, out: TextIO, queue_dir: Path | None = None) -> int:
         if group:
             print(f"  {title}:", file=out)
             for key in group:
-                print(f"    {key}: {_show(key, ran)} -> {_show(key, wanted)}", file=out)
+                print(f"    {key}: {_show(key, ran)} -> {_show(key, wanted)}"
+                      + (f" (bound: {bound[key]})" if key in bound else ""), file=out)
     return DIFFERS
 
 

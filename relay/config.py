@@ -215,6 +215,31 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    # The web console (relay.web.console). Off the loopback it is served over TLS with the
+    # relay's own certificate (tls:), for its login and cookies must not cross a network
+    # in clear.
+    address: str = "127.0.0.1"
+    port: int = 8025
+    # A session ends after this long without a request, and at logout.
+    session_timeout: float = 3600.0
+
+    @property
+    def tls(self) -> bool:
+        return not is_loopback(self.address)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether *address* is a loopback IP address or "localhost"."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class WebConfig:
     # The relay's HTTP listeners (metrics, feedback.http), each counted on its own. One
     # request per connection; from accept, it has request_timeout to be read and answered.
@@ -241,6 +266,7 @@ class Config:
     metrics: MetricsConfig | None = None  # None: no metrics listener
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    console: ConsoleConfig | None = None  # None: no web console
     # Relay processes sharing the listeners' ports and the queue (relay.supervisor);
     # "auto" in the file means one per CPU.
     workers: int = 1
@@ -448,7 +474,7 @@ class _Reader:
     def config(self, raw: object) -> Config | None:
         top = self.section(raw, "", {"hostname", "listeners", "tls", "users_file", "queue",
                                      "delivery", "log", "limits", "policy", "suppression",
-                                     "metrics", "feedback", "workers", "web"})
+                                     "metrics", "feedback", "workers", "web", "console"})
         if top is None:
             self.problem("(top)", "the configuration must be a mapping of keys")
             return None
@@ -457,6 +483,9 @@ class _Reader:
             self.problem("hostname", "required (the name used in the SMTP banner and EHLO)")
         listeners = self.listeners(top.get("listeners", _MISSING))
         tls = self.tls(top.get("tls"), listeners)
+        workers = self.get(top, "workers", "", self.workers, Config.workers)
+        if workers > 1:
+            self.shared_ports(listeners)
         return Config(
             hostname=hostname,
             listeners=listeners,
@@ -471,8 +500,17 @@ class _Reader:
             metrics=self.metrics(top.get("metrics")),
             feedback=self.feedback(top.get("feedback")),
             web=self.web(top.get("web")),
-            workers=self.get(top, "workers", "", self.workers, Config.workers),
+            console=self.console(top.get("console"), tls),
+            workers=workers,
         )
+
+    def shared_ports(self, listeners: tuple[Listener, ...]) -> None:
+        # Port 0 (any free port, for tests and trials: the started log line says which)
+        # cannot be shared: each worker would be given a port of its own.
+        for i, listener in enumerate(listeners):
+            if listener.port == 0:
+                self.problem(f"listeners[{i}].port", "0 (any free port) cannot be shared "
+                                                     "by workers: give the port")
 
     def workers(self, v: object, p: str) -> int:
         if v == "auto":
@@ -840,6 +878,22 @@ class _Reader:
             return None
         return MetricsConfig(address=self.get(d, "address", "metrics", self.string, "127.0.0.1"),
                              port=self.get(d, "port", "metrics", self.port, 9187))
+
+    def console(self, raw: object, tls: TlsFiles) -> ConsoleConfig | None:
+        if raw is None:
+            return None
+        d = self.section(raw, "console", {"address", "port", "session_timeout"})
+        if d is None:
+            return None
+        c = ConsoleConfig(
+            address=self.get(d, "address", "console", self.string, ConsoleConfig.address),
+            port=self.get(d, "port", "console", self.port, ConsoleConfig.port),
+            session_timeout=self.get(d, "session_timeout", "console", self.duration,
+                                     ConsoleConfig.session_timeout))
+        if c.tls and not (tls.cert and tls.key):
+            self.problem("console.address", "off the loopback the console is served over "
+                         "TLS: set tls.cert and tls.key, or use 127.0.0.1")
+        return c
 
     def suppression(self, raw: object) -> SuppressionConfig:
         path = "suppression"

@@ -23,7 +23,7 @@ from relay.config import QueueConfig
 from relay.errors import Busy, CorruptEntry, DeliveryError, SpoolError
 from relay.ratelimit import TokenBucket
 from relay.spool import Claim, DeliveryState, Envelope, Spool, queue_id_time
-from relay.transports.base import Transport
+from relay.transports.base import Quota, Transport
 
 _log = log.get("delivery")
 
@@ -106,6 +106,7 @@ class Scheduler:
         self._running = asyncio.Event()  # cleared while delivery is paused
         self._running.set()
         self.paused_reason: str | None = None
+        self.quota: Quota | None = None  # the account's, as last read (None: unknown)
 
     # -- feeding
 
@@ -199,6 +200,10 @@ class Scheduler:
 
     async def _worker(self) -> None:
         while True:
+            # Not while paused: a message taken now would stay claimed until the pause ends,
+            # and a pause is when an operator holds or deletes mail (`queue hold` would
+            # answer "being delivered right now").
+            await self._running.wait()
             qid = await self._ready.get()
             if qid in self._in_flight:  # already being delivered (rescheduled meanwhile)
                 continue
@@ -248,6 +253,10 @@ class Scheduler:
             for name in triggers:
                 if name == "resume":
                     self.resume()
+                elif name == "pause":  # `ses-relay pause`, the console
+                    reason = await asyncio.to_thread(self._spool.paused)
+                    if reason is not None:
+                        self.pause(reason, persist=False)
                 elif name == "flush":
                     # Like `postqueue -f`: try now, even an upstream thought down.
                     self._limiter.unpause()
@@ -453,6 +462,7 @@ class Scheduler:
             return
         if quota is None:
             return
+        self.quota = quota
         if self._configured_rate is None:
             self._limiter.set_rate(quota.max_send_rate * self._rate_share)
         metrics.QUOTA_MAX_24H.set(quota.max_24_hour_send)

@@ -37,16 +37,19 @@ delivery:
   transport: outbox        # each message becomes outbox/<id>.eml (+ .json envelope)
   outbox_dir: outbox
 log: {{format: auto, level: info}}
+console: {{address: 127.0.0.1, port: {console_port}}}  # the web console; log in as the dev user
 """
 
 
-def init(directory: Path, *, starttls_port: int = 2587, implicit_port: int = 2465) -> str:
+def init(directory: Path, *, starttls_port: int = 2587, implicit_port: int = 2465,
+         console_port: int = 8025) -> str:
     """Create what is missing under *directory*; return the dev user's password."""
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "ses-relay.yaml"
     if not config.exists():
         config.write_text(_CONFIG.format(starttls_port=starttls_port,
-                                         implicit_port=implicit_port))
+                                         implicit_port=implicit_port,
+                                         console_port=console_port))
     tls = directory / "tls"
     if not (tls / "cert.pem").exists() or not (tls / "key.pem").exists():
         tls.mkdir(exist_ok=True)
@@ -57,7 +60,7 @@ def init(directory: Path, *, starttls_port: int = 2587, implicit_port: int = 246
     password = secrets.token_urlsafe(12)
     db = users.load(directory / "users.yaml")
     users.save(directory / "users.yaml",
-               db.with_user(users.User(DEV_USER, users.hash_password(password))))
+               db.with_user(users.User(DEV_USER, users.hash_password(password), admin=True)))
     fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(password + "\n")

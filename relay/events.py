@@ -218,6 +218,40 @@ class EventStore:
                          or s.get("recipient") in ("", key.lower())]
         return sorted(story, key=lambda s: s["at"])
 
+    def recent(self, limit: int = 50,
+               steps: Sequence[str] = ("delivered", "deferred", "failed")
+               ) -> list[dict[str, Any]]:
+        """The latest *steps* (newest first): what the console's messages page lists."""
+        self.flush()
+        marks = ", ".join("?" * len(steps))  # placeholders only: the values are bound
+        columns = "at, queue_id, step, ses_message_id, sender, user, rcpts, detail"
+        sql = f"SELECT {columns} FROM steps WHERE step IN ({marks}) ORDER BY seq DESC LIMIT ?"  # noqa: S608
+        with self._lock:
+            rows = self._db.execute(sql, (*steps, limit)).fetchall()
+        return [self._step_row(r) for r in rows]
+
+    def hourly(self, since: float, hours: int) -> dict[str, list[int]]:
+        """Per hour from *since*: recipients delivered, messages failed, bounces and
+        complaints (the overview's chart)."""
+        self.flush()
+        out = {k: [0] * hours for k in ("delivered", "failed", "bounce", "complaint")}
+
+        def add(kind: str, at: float, n: int) -> None:
+            i = int((at - since) // 3600)
+            if 0 <= i < hours:
+                out[kind][i] += n
+
+        with self._lock:
+            for at, step, rcpts in self._db.execute(
+                    "SELECT at, step, rcpts FROM steps WHERE at >= ? AND step IN "
+                    "('delivered', 'failed')", (since,)):
+                add(step, at, len(json.loads(rcpts or "[]")) if step == "delivered" else 1)
+            for at, kind in self._db.execute(
+                    "SELECT at, kind FROM events WHERE at >= ? AND kind IN "
+                    "('bounce', 'complaint')", (since,)):
+                add(kind, at, 1)
+        return out
+
     def export(self, *, after_seq: int = 0, since: float = 0.0
                ) -> Iterator[dict[str, Any]]:
         """SES events with the relay's context (queue id, sender, user), oldest first."""
@@ -245,3 +279,16 @@ class EventStore:
         seq, at, mid, kind, rcpt, detail = r
         return {"at": at, "seq": seq, "ses_message_id": mid, "kind": kind, "recipient": rcpt,
                 **(json.loads(detail) if detail else {})}
+
+
+def story_lines(story: list[dict[str, Any]]) -> list[tuple[float, str, str]]:
+    """``ses-relay trace``'s lines, as data: (when, what, details) per step or event."""
+    lines = []
+    for entry in story:
+        entry = dict(entry)
+        when = float(entry.pop("at"))
+        what = entry.pop("step", None) or entry.pop("kind", "?")
+        entry.pop("seq", None)
+        details = " ".join(f"{k}={v}" for k, v in entry.items() if v not in (None, "", []))
+        lines.append((when, str(what), details))
+    return lines

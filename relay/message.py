@@ -27,7 +27,11 @@ SINGLETONS = frozenset({
     "references", "subject", "mime-version", "content-type", "content-transfer-encoding",
     "dkim-signature",
 })
-_REMOVE = frozenset({"bcc", "x-ses-configuration-set", "x-ses-message-tags"})
+# Postfix's message_drop_headers and Bcc's kin: Resent-Bcc would show a resent message's
+# hidden recipients to everyone; Return-Path is the final MTA's to add (RFC 5321 4.4), a
+# client's is forged; Content-Length misleads mbox readers.
+_REMOVE = frozenset({"bcc", "resent-bcc", "return-path", "content-length",
+                     "x-ses-configuration-set", "x-ses-message-tags"})
 # Whether a message's X-SES-CONFIGURATION-SET / X-SES-MESSAGE-TAGS may choose its
 # configuration set and tags (a user's ses_headers; policy.ses_headers adds "auto").
 SesHeaders = Literal["allow", "ignore"]

@@ -11,9 +11,80 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
-from relay.errors import CorruptEntry
-from relay.spool import Spool, queue_id_time
+from relay.errors import Busy, CorruptEntry, RelayError
+from relay.spool import Share, Spool, queue_id_time
+
+STATES = ("active", "deferred", "hold", "failed")
+ACTIONS = ("hold", "release", "retry", "delete")
+
+
+class Refused(RelayError):
+    """A queue action that cannot be done on this message now; the text says why."""
+
+
+def open_spool(directory: Path, workers: int) -> Spool:
+    """The queue as the commands see it, beside a running relay: requests through trigger
+    files reach every worker."""
+    spool = Spool(directory, Share(0, workers))
+    spool.open_for_admin()
+    return spool
+
+
+def act(spool: Spool, command: str, qid: str) -> str:
+    """Hold, release, retry or delete one message; return what was done. Refused: why not.
+    (``ses-relay queue ACTION ID`` and the console both come here.)"""
+    folder = spool.find(qid)
+    if folder is None:
+        raise Refused(f"no message {qid} in the queue")
+    wants = {"hold": "active", "release": "hold"}
+    if command in wants and folder != wants[command]:
+        raise Refused(f"{qid} is {folder}, not {wants[command]}")
+    try:
+        if command == "hold":
+            spool.hold(qid)
+        elif command == "release":
+            spool.release(qid)
+        elif command == "delete":
+            spool.delete(qid, folder)
+        elif command == "retry":
+            if folder == "failed":
+                spool.requeue(qid)
+            elif folder == "active":
+                spool.trigger(f"retry.{qid}")
+            else:
+                raise Refused(f"{qid} is held; release it first")
+        else:
+            raise Refused(f"unknown action {command!r}")
+    except Busy:
+        raise Refused(f"{qid} is being delivered right now; try again") from None
+    return f"{command}: {qid}"
+
+
+def counts(spool: Spool) -> dict[str, int]:
+    """Messages by state (active, deferred, hold, failed)."""
+    out = dict.fromkeys(STATES, 0)
+    for qid in spool.ids("active"):
+        out["deferred" if spool.load_state(qid).attempts else "active"] += 1
+    out["hold"] = len(spool.ids("hold"))
+    out["failed"] = len(spool.ids("failed"))
+    return out
+
+
+def pause(spool: Spool, reason: str) -> None:
+    """Pause delivery, as the reputation guard does: mail stays queued until resume."""
+    spool.set_paused(reason.strip() or "paused by an operator")
+    spool.trigger("pause")
+
+
+def resume(spool: Spool) -> str | None:
+    """Resume paused delivery; return why it was paused (None: it was not)."""
+    reason = spool.paused()
+    if reason is not None:
+        spool.set_paused(None)
+        spool.trigger("resume")
+    return reason
 
 
 @dataclass(frozen=True)

@@ -86,10 +86,15 @@ def needs_restart(key: str, running: dict[str, Any] | None = None,
     return not any(key == live or key.startswith(live + ".") for live in LIVE)
 
 
-def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Key paths whose value differs (or that only one side has), sorted."""
+def differences(old: dict[str, Any], new: dict[str, Any],
+                bound: dict[str, Any] | None = None) -> list[str]:
+    """Key paths whose value differs (or that only one side has), sorted. *bound*: the
+    ports the running relay got (for port 0, any): a file that names them asks for what
+    runs."""
     keys = set(old) | set(new)
-    return sorted(k for k in keys if not _same(k, old.get(k, _ABSENT), new.get(k, _ABSENT)))
+    bound = bound or {}
+    return sorted(k for k in keys if not _same(k, old.get(k, _ABSENT), new.get(k, _ABSENT))
+                  and not (k in bound and new.get(k, _ABSENT) == bound[k]))
 
 
 _ABSENT: Any = object()
@@ -113,12 +118,20 @@ def redacted(flat: dict[str, Any]) -> dict[str, Any]:
             for k, v in flat.items()}
 
 
-def write(cfg: Config, pid: int) -> Path:
-    """Record *cfg* as the running configuration (atomically: a reader sees the old record
-    or the new one, whole)."""
+def bound_keys(smtp: dict[str, int], http: dict[str, int]) -> dict[str, int]:
+    """The ports bound, by the key that configures them."""
+    keys = {"metrics": "metrics.port", "feedback": "feedback.http.port",
+            "console": "console.port"}
+    return {**{f"listeners.{name}.port": port for name, port in smtp.items()},
+            **{keys.get(name, f"{name}.port"): port for name, port in http.items()}}
+
+
+def write(cfg: Config, pid: int, bound: dict[str, int] | None = None) -> Path:
+    """Record *cfg* as the running configuration, with the ports it got (*bound*, see
+    bound_keys), atomically: a reader sees the old record or the new one, whole."""
     directory = cfg.queue.directory
     record = {"format": FORMAT, "pid": pid, "source": str(cfg.source) if cfg.source else None,
-              "config": redacted(flatten(cfg))}
+              "config": redacted(flatten(cfg)), "bound": bound or {}}
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".running-config.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -66,6 +66,9 @@ def new_queue_id(now: float | None = None) -> str:
     return f"{micros:013X}{secrets.randbelow(16**5):05X}"
 
 
+_FOLDER_MODE = 0o750  # before the umask; see Spool._make_folders
+
+
 @dataclass(frozen=True)
 class Share:
     """Which entries of a shared queue this process owns (``workers`` > 1).
@@ -108,48 +111,6 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-class _FolderSync:
-    """Group commit for a folder's fsync: ``wait()`` returns once an fsync of the folder
-    that started after the call has completed, so it covers every rename made before.
-
-    One fsync runs at a time; callers arriving meanwhile share the next one. Under load
-    that is two folder fsyncs in all for any number of messages, instead of one each.
-    """
-
-    def __init__(self, folder: Path, executor: ThreadPoolExecutor) -> None:
-        self._folder = folder
-        self._executor = executor
-        self._next: asyncio.Future[None] | None = None  # waited for, not started
-        self._running = False
-
-    async def wait(self) -> None:
-        waiters = self._next
-        if waiters is None:
-            waiters = self._next = asyncio.get_running_loop().create_future()
-            if not self._running:
-                self._start()
-        await asyncio.shield(waiters)
-
-    def _start(self) -> None:
-        assert self._next is not None
-        waiters, self._next = self._next, None
-        self._running = True
-        loop = asyncio.get_running_loop()
-        run = loop.run_in_executor(self._executor, _fsync_dir, self._folder)
-
-        def done(run: asyncio.Future[None]) -> None:
-            self._running = False
-            error = run.exception()
-            if error is not None:
-                waiters.set_exception(error)
-            else:
-                waiters.set_result(None)
-            if self._next is not None:
-                self._start()
-
-        run.add_done_callback(done)
 
 
 class Draft:
@@ -262,7 +223,6 @@ class Spool:
         self._trigger_dirs = ([self.triggers] if share.count == 1 else
                               [self.triggers / str(i) for i in range(share.count)])
         self._committer = ThreadPoolExecutor(_COMMIT_THREADS, thread_name_prefix="commit")
-        self._active_sync = _FolderSync(self.active, self._committer)
 
     # -- start-up
 
@@ -292,9 +252,17 @@ class Spool:
         return self.share.owns(name) if _is_queue_id(name) else self.share.index == 0
 
     def _make_folders(self) -> None:
-        for d in (self.tmp, self.active, self.state, self.failed, self.corrupt,
-                  self.hold_dir, self.triggers, *self._trigger_dirs):
-            d.mkdir(parents=True, exist_ok=True)
+        # Queued mail (password resets, invoices) is not for other local users: no access
+        # for "other" on the queue and its folders, whatever the umask of the shell or
+        # container that started the relay (Postfix keeps its queue 0700). The group
+        # keeps what the umask gives it, for admins in the relay's group.
+        self.directory.mkdir(parents=True, exist_ok=True, mode=_FOLDER_MODE)
+        for d in (self.directory, self.tmp, self.active, self.state, self.failed,
+                  self.corrupt, self.hold_dir, self.triggers, *self._trigger_dirs):
+            d.mkdir(exist_ok=True, mode=_FOLDER_MODE)
+            mode = d.stat().st_mode
+            if mode & 0o007:
+                d.chmod(mode & 0o770)
 
     def open_for_admin(self) -> None:
         """Make sure the folders exist, without the start-up clean-up (the relay may run)."""
@@ -319,9 +287,8 @@ class Spool:
     async def commit(self, draft: Draft, envelope: Envelope) -> str:
         """Make the draft durable, then return its queue id.
 
-        The file is written and fsynced, renamed into active/, and active/ is fsynced: an
-        fsync of the folder that started after the rename, shared by every commit waiting
-        for one (``_FolderSync``). Shielded: a client that disconnects while we fsync
+        The file is written and fsynced, renamed into active/, and active/ is fsynced
+        after the rename (``_sync_and_rename``). Shielded: a client that disconnects while we fsync
         cancels our caller, but the commit still completes (or fails) as a whole. A commit
         that completes for a vanished client may be delivered once more if the client
         resends; that is the at-least-once half of the bargain.
@@ -336,14 +303,28 @@ class Spool:
         loop = asyncio.get_running_loop()
         try:
             fd = draft._write_out(envelope)
-            await loop.run_in_executor(self._committer, os.fsync, fd)
-            draft._close_file()
-            os.rename(draft.path, f"{self._active}/{draft.queue_id}")
-            await self._active_sync.wait()
+            await loop.run_in_executor(self._committer, self._sync_and_rename, draft, fd)
         except OSError as e:
             draft._discard()
             raise SpoolError(f"cannot commit {draft.queue_id}: {e}") from e
         return draft.queue_id
+
+    def _sync_and_rename(self, draft: Draft, fd: int) -> None:
+        """On a commit thread: fsync the file, rename it into active/, fsync active/.
+
+        In one trip to the thread, not one for the file and one for the folder: each trip
+        is a wake-up of the event loop and GIL hand-offs, and the loop is the one core
+        every session shares. Commits of a Spool alone on tmpfs (so the device's flush
+        does not hide it), 5 KB, one at a time: p50 0.30-0.36 ms -> 0.15-0.23 ms;
+        futex calls per message in the relay 31 -> 13 (strace -c; the bench commands
+        are in the commit message). The folder's fsync starts after the rename, so it
+        covers it (promise 1); concurrent ones are merged by the file system's journal
+        as the file fsyncs are (see _COMMIT_THREADS).
+        """
+        os.fsync(fd)
+        draft._close_file()
+        os.rename(draft.path, f"{self._active}/{draft.queue_id}")
+        _fsync_dir(self.active)
 
     def close(self) -> None:
         self._committer.shutdown(wait=True)

@@ -97,6 +97,17 @@ class SuppressionList:
                 "ORDER BY address").fetchall()
         return (Entry(*r) for r in rows)
 
+    def search(self, text: str = "", limit: int = 200) -> list[Entry]:
+        """Entries whose address contains *text* (all, up to *limit*, when empty). Blocking."""
+        pattern = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%") \
+            .replace("_", "\\_") + "%"
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT address, reason, source, created_at, expires_at FROM suppression "
+                "WHERE address LIKE ? ESCAPE '\\' ORDER BY address LIMIT ?",
+                (pattern, limit)).fetchall()
+        return [Entry(*r) for r in rows]
+
     # -- changes
 
     def add(self, address: str, reason: str, source: str = "", *,

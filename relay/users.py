@@ -42,6 +42,8 @@ class User:
     # Whether this user's X-SES-* headers may choose the configuration set and tags;
     # None: policy.ses_headers decides.
     ses_headers: SesHeaders | None = None
+    # May log in to the web console (relay.web.console); SMTP does not look at it.
+    admin: bool = False
 
 
 def hash_password(password: str, *, n: int = _N, r: int = _R, p: int = _P) -> str:
@@ -152,7 +154,7 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
 # A key misspelt (allowed_sender) would silently lift a restriction: refused instead.
 # (ses_headers: the per-user switch of issue 15 item 11, read where the User is built.)
 _USER_KEYS = frozenset({"password_hash", "allowed_senders", "configuration_set", "tags",
-                        "ses_headers"})
+                        "ses_headers", "admin"})
 
 
 def _user(path: Path, name: str, entry: object) -> User:
@@ -186,9 +188,12 @@ def _user(path: Path, name: str, entry: object) -> User:
     ses_headers = entry.get("ses_headers")
     if ses_headers is not None and ses_headers not in SES_HEADERS:
         raise UsersFileError(f"{path}: users.{name}.ses_headers: allow or ignore")
+    admin = entry.get("admin", False)
+    if not isinstance(admin, bool):
+        raise UsersFileError(f"{path}: users.{name}.admin: true or false")
     return User(name, entry["password_hash"], tuple(senders), config_set,
                 tuple((str(k), str(v)) for k, v in tags.items()),
-                cast(SesHeaders | None, ses_headers))
+                cast(SesHeaders | None, ses_headers), admin)
 
 
 def valid_hash(encoded: object) -> bool:
@@ -223,6 +228,8 @@ def save(path: Path, db: UserDB) -> None:
             entry["tags"] = dict(user.tags)
         if user.ses_headers is not None:
             entry["ses_headers"] = user.ses_headers
+        if user.admin:
+            entry["admin"] = True
         entries[name] = entry
     text = ("# ses-relay users: managed with `ses-relay user add|remove`.\n"
             + yaml.safe_dump({"users": entries}, sort_keys=True))

@@ -1,6 +1,9 @@
 """Shared fixtures: certificates, a real moto_server, and the relay in-process or as a process.
 
-Every network peer listens on loopback only, on a free port, and is stopped by its fixture.
+Every network peer listens on loopback only and is stopped by its fixture. A server binds
+port 0 and reports the port it got (the relay in its ``started`` log line, moto_server on
+its stdout); a port picked "free" and bound later may meanwhile be taken by one of the
+suite's own outgoing connections (a source port), and the test fails "address in use".
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
+import selectors
 import socket
 import subprocess
 import sys
@@ -35,33 +38,43 @@ SENDER = "sender@example.com"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def held_port(reuse_port: bool = False) -> socket.socket:
+    """A loopback socket bound to a port of its own and not listening: while it is open no
+    connection is made to or from that port, and with *reuse_port* the relay's workers
+    (SO_REUSEPORT) can still bind it. For ports that must be known before the server
+    starts: several processes sharing one port, an endpoint that is down, then up."""
+    s = socket.socket()
+    if reuse_port:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+def port_of(s: socket.socket) -> int:
+    return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def hold() -> Iterator[Callable[..., socket.socket]]:
+    """held_port(), closed when the test ends."""
+    held: list[socket.socket] = []
+
+    def make(reuse_port: bool = False) -> socket.socket:
+        held.append(held_port(reuse_port))
+        return held[-1]
+
+    yield make
+    for s in held:
+        s.close()
 
 
 @pytest.fixture(scope="session")
 def refused_url() -> Iterator[str]:
     """An endpoint on loopback that refuses every connection: its port is bound and never
     listens, for the whole session, so no socket a test opens later can take it (a port
-    from free_port() is only closed, and may be handed out again)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
-def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[Any] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+    bound and closed may be handed out again)."""
+    with held_port() as s:
+        yield f"http://127.0.0.1:{port_of(s)}"
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
@@ -162,21 +175,46 @@ class Moto:
             time.sleep(0.05)
 
 
+# moto_server -p 0 binds a free port but says which only in werkzeug's banner; moto's
+# public ThreadedMotoServer (the same application and request handler) reports it. Run in
+# a process of its own, as moto_server is, so its work does not share the tests' GIL.
+_MOTO = """
+import os, threading
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+os.dup2(2, 1)  # anything printed later goes to the log, not to a pipe nobody reads
+threading.Event().wait()
+"""
+
+
+def read_port(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """The port a child process prints as its first line of stdout."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            raise TimeoutError(f"no port printed within {timeout} s")
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+        raise RuntimeError(f"expected a port, got {line!r} (exit code {proc.poll()})")
+    return int(line)
+
+
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) \
-        or shutil.which("moto_server")
-    assert exe, "moto_server not installed: pip install 'moto[server]' (make test does)"
-    port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-c", _MOTO], stdout=subprocess.PIPE,
+                            stderr=log)
     try:
-        wait_port(port, proc=proc)
+        port = read_port(proc)
         yield Moto(f"http://127.0.0.1:{port}")
     finally:
         proc.terminate()
         proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
         log.close()
 
 
@@ -203,13 +241,26 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @dataclass
 class Setup:
-    """A relay configuration in a temporary folder, with its ports chosen up front."""
+    """A relay configuration in a temporary folder. Its listeners are on port 0: the ports
+    the relay got are in ``ports`` once it has started (start_relay, start_process)."""
 
     path: Path
     doc: dict[str, Any]
-    starttls_port: int
-    implicit_port: int
     certs: Certs
+    # Listener name (or "metrics", "feedback"): the port the running relay bound.
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def port(self, name: str) -> int:
+        assert name in self.ports, f"no port {name!r} yet: start the relay first"
+        return self.ports[name]
+
+    @property
+    def starttls_port(self) -> int:
+        return self.port("submission")
+
+    @property
+    def implicit_port(self) -> int:
+        return self.port("submissions")
 
     @property
     def queue_dir(self) -> Path:
@@ -229,13 +280,12 @@ class Setup:
 @pytest.fixture
 def make_setup(tmp_path: Path, certs: Certs, users_file: Path) -> Callable[..., Setup]:
     def make(transport: str = "outbox", **delivery: Any) -> Setup:
-        starttls, implicit = free_port(), free_port()
         doc: dict[str, Any] = {
             "hostname": "relay.test",
             "listeners": [
-                {"name": "submission", "address": "127.0.0.1", "port": starttls,
+                {"name": "submission", "address": "127.0.0.1", "port": 0,
                  "tls": "starttls", "auth": "required"},
-                {"name": "submissions", "address": "127.0.0.1", "port": implicit,
+                {"name": "submissions", "address": "127.0.0.1", "port": 0,
                  "tls": "implicit", "auth": "required"},
             ],
             "tls": {"cert": str(certs.cert), "key": str(certs.key)},
@@ -248,7 +298,7 @@ def make_setup(tmp_path: Path, certs: Certs, users_file: Path) -> Callable[..., 
             "suppression": {"database": str(tmp_path / "suppression.sqlite3")},
             "feedback": {"database": str(tmp_path / "events.sqlite3")},
         }
-        setup = Setup(tmp_path / "ses-relay.yaml", doc, starttls, implicit, certs)
+        setup = Setup(tmp_path / "ses-relay.yaml", doc, certs)
         setup.write()
         return setup
 
@@ -303,6 +353,7 @@ def start_relay() -> Iterator[Callable[[Setup], InProcess]]:
         inproc = InProcess(Relay(setup.load()), loop, thread)
         running.append(inproc)
         inproc.call(inproc.relay.start())
+        setup.ports = {**inproc.relay.bound_ports(), **inproc.relay.http_ports()}
         return inproc
 
     yield start
@@ -331,9 +382,12 @@ class Process:
     def wait_event(self, name: str, timeout: float = 15.0, **match: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            exited = self.proc.poll() is not None
             for e in self.events():
                 if e.get("event") == name and all(e.get(k) == v for k, v in match.items()):
                     return e
+            if exited:
+                break  # and all it logged was read: no use waiting
             time.sleep(0.05)
         raise AssertionError(f"no {name} event {match} in log:\n{self.log_path.read_text()}")
 
@@ -366,8 +420,8 @@ def start_process(tmp_path: Path) -> Iterator[Callable[[Setup], Process]]:
                                     stdout=log, stderr=subprocess.STDOUT)
         p = Process(proc, log_path)
         running.append(p)
-        wait_port(setup.starttls_port, proc=proc)
-        wait_port(setup.implicit_port, proc=proc)
+        started = p.wait_event("started")  # all listeners bound (each worker logs it)
+        setup.ports = {**started["listeners"], **started["http"]}
         return p
 
     yield start

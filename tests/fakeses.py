@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 import uuid
 from collections import deque
@@ -23,7 +24,9 @@ class Failure:
 
 
 class FakeSES:
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        """On port 0, or on *sock*, a bound socket (conftest.held_port) whose port the
+        relay was already given: an endpoint that was down comes up where it was."""
         self.script: deque[Failure] = deque()
         # Optional rule: the failure for call number N (1-based), or None to accept it.
         self.rule: Callable[[int], Failure | None] | None = None
@@ -61,7 +64,14 @@ class FakeSES:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        if sock is None:
+            self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        else:  # http.server's documented way to take over the socket
+            self.server = ThreadingHTTPServer(sock.getsockname(), Handler,
+                                              bind_and_activate=False)
+            self.server.socket.close()
+            self.server.socket = sock
+            self.server.server_activate()
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

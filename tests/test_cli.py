@@ -6,12 +6,15 @@ import json
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from clients import implicit, starttls
-from conftest import SENDER, Moto, Setup, free_port, ses_relay_exe, wait_port
+from conftest import SENDER, Moto, Process, Setup, ses_relay_exe
 
 from relay import users
 from relay.errors import UsersFileError
@@ -96,25 +99,36 @@ def test_send_test_explains_a_failure_with_a_hint(make_setup, moto: Moto) -> Non
     assert "Traceback" not in result.stderr
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
 def test_dev_init_and_serve_work_without_aws(tmp_path: Path) -> None:
-    # What `make run` does, on free ports so it cannot collide with a developer's relay.
+    # What `make run` does, on ports 0 (any free port) so it cannot collide with a
+    # developer's relay; the relay says which it got in its started line.
     dev = tmp_path / "dev"
     out = run("dev-init", str(dev)).stdout
     password = re.search(r"password:\s+(\S+)", out)
     assert password, out
     doc = yaml.safe_load((dev / "ses-relay.yaml").read_text())
     assert doc["delivery"]["transport"] == "outbox"
-    ports = [free_port(), free_port()]
-    for listener, port in zip(doc["listeners"], ports, strict=True):
-        listener["port"] = port
+    assert "console:   http://127.0.0.1:8025/  (log in as dev, same password)" in out
+    for listener in doc["listeners"]:
+        listener["port"] = 0
+    doc["console"]["port"] = 0
     (dev / "ses-relay.yaml").write_text(yaml.safe_dump(doc))
     assert run("dev-init", str(dev)).stdout.count(password.group(1)) == 1  # kept, not renewed
-    proc = subprocess.Popen([ses_relay_exe(), "serve", "--config", str(dev / "ses-relay.yaml")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log_path = tmp_path / "relay.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([ses_relay_exe(), "serve", "--config",
+                                 str(dev / "ses-relay.yaml")], stdout=log, stderr=log)
     try:
-        wait_port(ports[0], proc=proc)
-        wait_port(ports[1], proc=proc)
-        with starttls(ports[0], dev / "tls" / "cert.pem", "dev", password.group(1)) as s:
+        started = Process(proc, log_path).wait_event("started")
+        ports = started["listeners"]
+        assert set(ports) == {"submission", "submissions"}
+        console_port = started["http"]["console"]
+        with starttls(ports["submission"], dev / "tls" / "cert.pem", "dev", password.group(1)) as s:
             s.sendmail(SENDER, ["someone@example.net"], DEV_MESSAGE)
         deadline = time.monotonic() + 10
         while not list((dev / "outbox").glob("*.eml")) and time.monotonic() < deadline:
@@ -122,11 +136,18 @@ def test_dev_init_and_serve_work_without_aws(tmp_path: Path) -> None:
         [eml] = (dev / "outbox").glob("*.eml")
         assert eml.read_bytes() == DEV_MESSAGE
         assert json.loads(eml.with_suffix(".json").read_text())["mail_from"] == SENDER
+        # The console is on, and the dev user may log in to it.
+        login = urllib.request.Request(
+            f"http://127.0.0.1:{console_port}/login", method="POST",
+            data=urllib.parse.urlencode({"user": "dev", "password": password.group(1)}).encode(),
+            headers={"Origin": f"http://127.0.0.1:{console_port}"})
+        with pytest.raises(urllib.error.HTTPError) as e:  # the 303 is not followed
+            urllib.request.build_opener(_NoRedirect).open(login, timeout=20)
+        e.value.close()
+        assert e.value.code == 303 and "HttpOnly" in e.value.headers["Set-Cookie"]
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
-        assert proc.stdout is not None
-        proc.stdout.close()
 
 
 def test_a_users_file_with_an_invalid_ses_option_is_refused(tmp_path: Path) -> None:
@@ -164,3 +185,28 @@ def test_a_users_file_with_an_invalid_ses_headers_is_refused(tmp_path: Path) -> 
     with pytest.raises(UsersFileError) as e:
         users.load(path)
     assert "users.app.ses_headers" in str(e.value)
+
+
+def test_admin_flag_set_shown_and_cleared(setup: Setup, tmp_path: Path) -> None:
+    path = own_users_file(setup, tmp_path)
+    cfg = ("--config", str(setup.path))
+    assert run("user", "add", "ops", "--admin", *cfg, stdin="ops-password-1\n").returncode == 0
+    assert run("user", "add", "app", *cfg, stdin="app-password-1\n").returncode == 0
+    db = users.load(path)
+    assert [db.get("ops").admin, db.get("app").admin] == [True, False]  # type: ignore[union-attr]
+    assert "admin: true" in path.read_text()
+    lines = run("user", "list", *cfg).stdout.splitlines()
+    assert [line.endswith("  admin") for line in lines] == [False, True]  # app, ops
+    assert run("user", "update", "ops", "--no-admin", *cfg).returncode == 0
+    assert run("user", "update", "app", "--admin", *cfg).returncode == 0
+    db = users.load(path)
+    assert [db.get("ops").admin, db.get("app").admin] == [False, True]  # type: ignore[union-attr]
+
+
+def test_an_admin_flag_that_is_not_a_boolean_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "users.yaml"
+    path.write_text(yaml.safe_dump({"users": {"app": {
+        "password_hash": users.hash_password("long-enough-pw"), "admin": "yes"}}}))
+    with pytest.raises(UsersFileError) as e:
+        users.load(path)
+    assert "users.app.admin: true or false" in str(e.value)

@@ -57,6 +57,21 @@ def test_check_config_accepts_a_valid_file(setup) -> None:
     assert "ok" in result.stdout
 
 
+def test_port_0_is_any_free_port_but_workers_cannot_share_it(setup) -> None:
+    # One process on port 0 (the setup fixture's listeners are): any free port, reported
+    # in the started log line. Workers would each get their own: refused, by key path.
+    assert check(setup.path).returncode == 0
+    setup.doc["workers"] = 2
+    setup.doc["listeners"][1]["port"] = 2465
+    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}  # the first worker's alone
+    setup.write()
+    result = check(setup.path)
+    assert result.returncode == 2
+    assert "listeners[0].port: 0 (any free port) cannot be shared by workers: give the port" \
+        in result.stderr
+    assert "listeners[1]" not in result.stderr and "metrics" not in result.stderr
+
+
 def test_check_config_lists_every_problem_with_its_key_path(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({

@@ -125,3 +125,40 @@ def test_the_in_flight_budget_counts_what_the_transport_holds_not_raw_bytes(
     asyncio.run(main())
     spool.close()
     assert transport.most == 1
+
+
+def test_while_delivery_is_paused_no_message_is_held_back_from_an_operator(
+        tmp_path: Path) -> None:
+    # A pause is when an operator holds or deletes mail: no worker may sit on a claimed
+    # message waiting for the pause to end ("being delivered right now").
+    from relay import queueadmin
+
+    spool = Spool(tmp_path)
+    spool.open()
+    transport = Chunked(deferred="")
+    held: list[str] = []
+
+    async def main() -> None:
+        qids = []
+        for _ in range(3):
+            draft = spool.draft()
+            draft.write(b"Subject: paused\r\n\r\nbody\r\n")
+            qids.append(await spool.commit(draft, Envelope("s@example.com",
+                                                           ("a@example.net",))))
+        scheduler = Scheduler(spool, transport, QueueConfig(min_backoff=0.1, max_backoff=0.2),
+                              concurrency=2)
+        scheduler.pause("operator", persist=False)
+        for qid in qids:
+            scheduler.enqueue(qid)
+        await scheduler.start()
+        try:
+            await asyncio.sleep(0.3)  # time for the workers to take messages, if they would
+            for qid in qids:
+                held.append(await asyncio.to_thread(queueadmin.act, spool, "hold", qid))
+        finally:
+            await scheduler.stop()
+
+    asyncio.run(main())
+    spool.close()
+    assert len(held) == 3 and transport.calls == []
+    assert len(list((tmp_path / "hold").iterdir())) == 3

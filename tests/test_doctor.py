@@ -139,13 +139,14 @@ def test_no_sender_restrictions_warns_and_suggests_send_test(
 def test_listener_port_in_use_fails_and_says_a_running_relay_explains_it(
         ses_setup: Callable[..., Setup]) -> None:
     setup = ses_setup(SENDER)
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", setup.starttls_port))
-        busy.listen()
+    with socket.create_server(("127.0.0.1", 0)) as busy:  # another service, on its port
+        port = busy.getsockname()[1]
+        setup.doc["listeners"][0]["port"] = port
+        setup.write()
         code, report = run_doctor(setup.load())
     assert code == 1
     [failed] = rows(report, "FAIL", "listener submission ")
-    assert f"127.0.0.1:{setup.starttls_port}: in use or not permitted" in failed
+    assert f"127.0.0.1:{port}: in use or not permitted" in failed
     fix = fix_after(report, failed)
     assert "stop the other service" in fix and "ses-relay itself" in fix
     assert rows(report, "OK", "listener submissions")
@@ -337,12 +338,13 @@ def test_the_data_fast_path_is_reported_and_its_absence_warns_with_a_fix(
 
 def test_beside_a_live_relay_its_ports_are_checked_by_asking_it(
         setup: Setup, start_process) -> None:
-    from conftest import free_port, wait_until
-
-    setup.doc["metrics"] = {"address": "127.0.0.1", "port": free_port()}
+    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
     setup.write()
     relay = start_process(setup)
-    wait_until(lambda: (setup.queue_dir / "running-config.json").exists())
+    # The file names the ports the relay got (port 0: any), as a real one names its own.
+    for listener in setup.doc["listeners"]:
+        listener["port"] = setup.port(listener["name"])
+    setup.write()
     code, report = run_doctor(setup.load())
     assert code == 0, report
     pid = relay.proc.pid

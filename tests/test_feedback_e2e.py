@@ -13,7 +13,7 @@ from typing import Any
 
 import boto3
 from clients import implicit
-from conftest import PASSWORD, SENDER, USER, Moto, Setup, events, free_port, wait_until
+from conftest import PASSWORD, SENDER, USER, Moto, Setup, events, wait_until
 from test_cli import run
 from test_feedback_sns import TOPIC, FakeFetcher, make_signer
 
@@ -56,16 +56,15 @@ def post(port: int, doc: dict[str, Any]) -> int:
 
 
 def start_with_webhook(setup: Setup, start_relay, **feedback: Any) -> tuple[Any, int]:
-    port = free_port()
     setup.doc["feedback"].update({"topic_arns": [TOPIC],
-                                  "http": {"address": "127.0.0.1", "port": port},
+                                  "http": {"address": "127.0.0.1", "port": 0},
                                   **feedback})
     setup.write()
     relay = start_relay(setup)
     # SNS's certificate host cannot be reached from here: serve the test CA's certificate
     # instead. Everything else (HTTP listener, verification, suppression) is the real one.
     relay.relay.feedback._verifier = Verifier([TOPIC], fetch_cert=FakeFetcher(SIGNER.pem))
-    return relay, port
+    return relay, setup.port("feedback")
 
 
 def deliver(setup: Setup, logs: list[dict[str, Any]], rcpt: str) -> dict[str, Any]:

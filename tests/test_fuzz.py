@@ -201,8 +201,11 @@ def test_the_fast_address_reader_agrees_with_aiosmtpds_parser(arg: str) -> None:
     try:
         ours = RelaySMTP(object(), starttls_required=False, implicit_tls=False, loop=loop)
         expected = _outcome(SMTP._getaddr, ours, arg)
-        if expected is IndexError:  # aiosmtpd's parser breaks; ours calls it malformed
-            expected = (None, None)
+        if expected in (IndexError, AttributeError):  # aiosmtpd's parser breaks ("<",
+            expected = (None, None)  # "<a@[192.0.2.1>"); ours calls it malformed
+        elif (isinstance(expected, tuple) and expected[0] and arg.lstrip().startswith("<")
+              and ">" not in arg[:len(arg) - len(expected[1] or "")]):
+            expected = (None, None)  # "<a@b.c" never closed: aiosmtpd reads on, ours refuses
         assert _outcome(ours._getaddr, arg) == expected
     finally:
         loop.close()

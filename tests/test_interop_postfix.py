@@ -116,7 +116,8 @@ def test_postfix_retries_mail_the_relay_deferred_with_a_4xx_once_the_relay_is_ba
     stop_gracefully(relay)  # as `systemctl restart` would
     drafts.unlink()
     moved.rename(drafts)
-    relay = start_process(setup)  # the same configuration, so the same ports
+    relay = start_process(setup)  # the same configuration, on port 0: another port
+    postfix.retarget(setup.starttls_port)  # keeps the deferred message
     postfix.flush()
     check_delivered(setup, "postfix retry")
     postfix.wait_log(r"status=sent \(250 2\.0\.0 Ok: queued as ")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import smtplib
+import socket
 import urllib.error
 import urllib.request
 
 import pytest
 from clients import implicit
-from conftest import PASSWORD, SENDER, USER, Setup, free_port, wait_until
+from conftest import PASSWORD, SENDER, USER, Setup, wait_until
 
 MESSAGE = (b"From: sender@example.com\r\nSubject: m\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
            b"Message-ID: <m@example.com>\r\n\r\nbody\r\n")
@@ -29,16 +30,17 @@ def value(text: str, name: str) -> float:
     return 0.0
 
 
-def with_metrics(setup: Setup) -> int:
-    port = free_port()
-    setup.doc["metrics"] = {"address": "127.0.0.1", "port": port}
+def with_metrics(setup: Setup) -> str:
+    """A metrics listener on port 0; its name in ``setup.ports`` once started."""
+    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
     setup.write()
-    return port
+    return "metrics"
 
 
 def test_metrics_count_what_happened(setup: Setup, start_relay) -> None:
-    port = with_metrics(setup)
+    name = with_metrics(setup)
     start_relay(setup)
+    port = setup.port(name)
     _, before = get(port, "/metrics")
     with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
         s.sendmail(SENDER, ["a@example.net", "b@example.net"], MESSAGE)
@@ -64,9 +66,29 @@ def test_metrics_count_what_happened(setup: Setup, start_relay) -> None:
     assert "ses_relay_queue_depth 0.0" in after
 
 
-def test_health_and_readiness(setup: Setup, start_relay) -> None:
-    port = with_metrics(setup)
+def test_the_started_line_says_which_ports_were_bound(setup: Setup, start_relay,
+                                                     logs) -> None:
+    # Every listener on port 0: what the kernel gave is what an operator (and the tests)
+    # read from the log, the HTTP listeners' too.
+    setup.doc["feedback"].update({"http": {"address": "127.0.0.1", "port": 0},
+                                  "topic_arns": ["arn:aws:sns:us-east-1:123456789012:t"]})
+    with_metrics(setup)
     start_relay(setup)
+    [started] = [e for e in logs if e["event"] == "started"]
+    ports = {**started["listeners"], **started["http"]}
+    assert set(ports) == {"submission", "submissions", "metrics", "feedback"}
+    assert 0 not in ports.values() and len(set(ports.values())) == 4
+    assert get(ports["metrics"], "/healthz") == (200, "ok\n")
+    with socket.create_connection(("127.0.0.1", ports["feedback"]), timeout=10):
+        pass
+    with implicit(ports["submissions"], setup.certs.ca, USER, PASSWORD) as s:
+        assert s.noop()[0] == 250
+
+
+def test_health_and_readiness(setup: Setup, start_relay) -> None:
+    name = with_metrics(setup)
+    start_relay(setup)
+    port = setup.port(name)
     assert get(port, "/healthz") == (200, "ok\n")
     assert get(port, "/readyz") == (200, "ready\n")
     assert get(port, "/nothing")[0] == 404
@@ -74,8 +96,9 @@ def test_health_and_readiness(setup: Setup, start_relay) -> None:
 
 def test_not_ready_when_ses_cannot_be_reached(make_setup, start_relay, refused_url) -> None:
     setup: Setup = make_setup("sesv2", region="us-east-1", endpoint_url=refused_url)
-    port = with_metrics(setup)
+    name = with_metrics(setup)
     start_relay(setup)
+    port = setup.port(name)
     status, text = get(port, "/readyz")
     assert status == 503
     assert "ConnectionError" in text
@@ -89,8 +112,9 @@ def test_quota_gauges_follow_get_account(make_setup, start_relay) -> None:
         ses.account = {"SendQuota": {"MaxSendRate": 14.0, "Max24HourSend": 50000.0,
                                      "SentLast24Hours": 1234.0}}
         setup: Setup = make_setup("sesv2", region="us-east-1", endpoint_url=ses.url)
-        port = with_metrics(setup)
+        name = with_metrics(setup)
         start_relay(setup)
+        port = setup.port(name)
         _, text = get(port, "/metrics")
     assert value(text, "ses_relay_send_rate_limit") == 14.0
     assert value(text, "ses_relay_send_quota_max_24h") == 50000.0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trustme
 from clients import Dialog, implicit, starttls
-from conftest import PASSWORD, SENDER, USER, NotifySocket, Setup, free_port, wait_until
+from conftest import PASSWORD, SENDER, USER, NotifySocket, Setup, wait_until
 from test_cli import run
 
 MESSAGE = (b"From: sender@example.com\r\nSubject: ops\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000"
@@ -212,14 +212,14 @@ def test_the_fail2ban_filter_matches_auth_failure_lines(setup: Setup, start_proc
 
 def test_behind_a_load_balancer_the_proxy_header_names_the_client(setup: Setup,
                                                                   start_relay) -> None:
-    port = free_port()
     setup.doc["listeners"].append({"name": "behind-lb", "address": "127.0.0.1",
-                                   "port": port,
+                                   "port": 0,
                                    "tls": "none", "auth": "none", "proxy_protocol": True,
                                    "proxy_from": ["127.0.0.1/32"],
                                    "trusted_networks": ["192.0.2.0/24"]})
     setup.write()
     start_relay(setup)
+    port = setup.port("behind-lb")
 
     def session(client_ip: str) -> bytes:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:

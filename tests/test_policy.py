@@ -8,19 +8,20 @@ from typing import Any
 
 import pytest
 from clients import Dialog, implicit
-from conftest import PASSWORD, SENDER, USER, InProcess, Setup, events, free_port, wait_until
+from conftest import PASSWORD, SENDER, USER, InProcess, Setup, events, wait_until
 from fakeses import Failure, FakeSES
 
 MESSAGE = (b"From: sender@example.com\r\nSubject: many\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000"
            b"\r\nMessage-ID: <many@example.com>\r\n\r\nbody\r\n")
 
 
-def add_listener(setup: Setup, **listener: Any) -> int:
-    port = free_port()
-    setup.doc["listeners"].append({"name": f"extra{port}", "address": "127.0.0.1",
-                                   "port": port, **listener})
+def add_listener(setup: Setup, **listener: Any) -> str:
+    """A listener on port 0; its name in ``setup.ports`` once started."""
+    name = f"extra{len(setup.doc['listeners'])}"
+    setup.doc["listeners"].append({"name": name, "address": "127.0.0.1", "port": 0,
+                                   **listener})
     setup.write()
-    return port
+    return name
 
 
 @pytest.mark.parametrize("listener", [
@@ -30,8 +31,9 @@ def add_listener(setup: Setup, **listener: Any) -> int:
 ])
 def test_no_listener_relays_for_an_unauthenticated_untrusted_client(
         setup: Setup, start_relay, listener: dict[str, Any]) -> None:
-    port = add_listener(setup, **listener)
+    name = add_listener(setup, **listener)
     start_relay(setup)
+    port = setup.port(name)
     for p, tls in [(setup.starttls_port, "starttls"), (setup.implicit_port, "implicit"),
                    (port, listener["tls"])]:
         with Dialog(p, setup.certs.ca, implicit_tls=tls == "implicit") as d:
@@ -48,8 +50,9 @@ def test_no_listener_relays_for_an_unauthenticated_untrusted_client(
 
 
 def test_a_trusted_network_may_send_without_auth(setup: Setup, start_relay) -> None:
-    port = add_listener(setup, tls="none", auth="none", trusted_networks=["127.0.0.0/8"])
+    name = add_listener(setup, tls="none", auth="none", trusted_networks=["127.0.0.0/8"])
     start_relay(setup)
+    port = setup.port(name)
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
         assert not s.has_extn("auth")
         assert s.sendmail(SENDER, ["someone@example.net"], MESSAGE) == {}

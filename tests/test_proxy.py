@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from clients import Dialog, tls_context
-from conftest import PASSWORD, SENDER, USER, Setup, events, free_port, wait_until
+from conftest import PASSWORD, SENDER, USER, Setup, events, wait_until
 from test_config import check
 
 BALANCER = "127.0.0.1"
@@ -38,16 +38,16 @@ def v2(client: str, port: int = 40000) -> bytes:
             + struct.pack("!H", len(addresses)) + addresses)
 
 
-def listener(setup: Setup, **settings: Any) -> int:
-    port = free_port()
-    setup.doc["listeners"].append({"name": "behind-lb", "address": "127.0.0.1", "port": port,
+def listener(setup: Setup, **settings: Any) -> str:
+    """A listener behind the balancer on port 0; its name in ``setup.ports`` once started."""
+    setup.doc["listeners"].append({"name": "behind-lb", "address": "127.0.0.1", "port": 0,
                                    "proxy_protocol": True, "proxy_from": [f"{BALANCER}/32"],
                                    **settings})
     setup.write()
-    return port
+    return "behind-lb"
 
 
-def plain_listener(setup: Setup) -> int:
+def plain_listener(setup: Setup) -> str:
     return listener(setup, tls="none", auth="none",
                     trusted_networks=["192.0.2.0/24", f"{DIRECT}/32"])
 
@@ -86,8 +86,9 @@ def relay_one(d: Dialog) -> list[bytes]:
 @pytest.mark.parametrize("header", [v1, v2], ids=["v1", "v2"])
 def test_a_forged_header_from_a_non_balancer_gets_421_and_never_reaches_rcpt(
         setup: Setup, start_relay, logs, header) -> None:
-    port = plain_listener(setup)
+    name = plain_listener(setup)
     start_relay(setup)
+    port = setup.port(name)
     with connect(port, DIRECT) as s:
         # As a balancer would: the header and the dialog at once, without waiting.
         s.sendall(header(CLIENT) + f"EHLO x\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{RCPT}>\r\n"
@@ -103,8 +104,9 @@ def test_a_forged_header_from_a_non_balancer_gets_421_and_never_reaches_rcpt(
 
 
 def test_a_non_balancer_without_a_header_is_its_own_client(setup: Setup, start_relay) -> None:
-    port = plain_listener(setup)
+    name = plain_listener(setup)
     start_relay(setup)
+    port = setup.port(name)
     with over(connect(port, DIRECT)) as d:
         assert d.greeting.startswith(b"220 ")
         replies = relay_one(d)
@@ -115,8 +117,9 @@ def test_a_non_balancer_without_a_header_is_its_own_client(setup: Setup, start_r
 @pytest.mark.parametrize("header", [v1, v2], ids=["v1", "v2"])
 def test_a_balancer_header_names_the_client_that_is_relayed_and_logged(
         setup: Setup, start_relay, logs, header) -> None:
-    port = plain_listener(setup)
+    name = plain_listener(setup)
     start_relay(setup)
+    port = setup.port(name)
     s = connect(port, BALANCER)
     s.sendall(header(CLIENT, 40001))
     with over(s) as d:
@@ -132,8 +135,9 @@ def test_a_balancer_header_names_the_client_that_is_relayed_and_logged(
 
 def test_a_balancer_client_outside_trusted_networks_is_not_relayed(setup: Setup,
                                                                    start_relay) -> None:
-    port = plain_listener(setup)
+    name = plain_listener(setup)
     start_relay(setup)
+    port = setup.port(name)
     s = connect(port, BALANCER)
     s.sendall(v1("198.51.100.7"))
     with over(s) as d:
@@ -143,8 +147,9 @@ def test_a_balancer_client_outside_trusted_networks_is_not_relayed(setup: Setup,
 
 def test_a_balancer_without_a_header_is_closed_without_a_word(setup: Setup, start_relay,
                                                               logs) -> None:
-    port = plain_listener(setup)
+    name = plain_listener(setup)
     start_relay(setup)
+    port = setup.port(name)
     with connect(port, BALANCER) as s:
         s.sendall(b"EHLO client.test\r\n")
         assert read_to_close(s) == b""
@@ -153,8 +158,9 @@ def test_a_balancer_without_a_header_is_closed_without_a_word(setup: Setup, star
 
 def test_starttls_behind_a_balancer_keeps_the_client_it_named(setup: Setup, start_relay,
                                                               logs) -> None:
-    port = listener(setup, tls="starttls", auth="required")
+    name = listener(setup, tls="starttls", auth="required")
     start_relay(setup)
+    port = setup.port(name)
     s = connect(port, BALANCER)
     s.sendall(v1(CLIENT, 40003))
     with over(s) as d:
@@ -179,8 +185,9 @@ def via_balancer(port: int, client: str) -> Dialog:
 def test_the_per_client_cap_counts_the_clients_a_balancer_names(setup: Setup,
                                                                 start_relay) -> None:
     setup.doc["limits"] = {"max_connections_per_ip": 2}
-    port = plain_listener(setup)
+    name = plain_listener(setup)
     start_relay(setup)
+    port = setup.port(name)
     first = [via_balancer(port, CLIENT) for _ in range(2)]
     try:
         assert all(d.greeting.startswith(b"220 ") for d in first)
@@ -196,8 +203,9 @@ def test_the_per_client_cap_counts_the_clients_a_balancer_names(setup: Setup,
 
 def test_a_lockout_falls_on_the_client_a_balancer_names(setup: Setup, start_relay) -> None:
     setup.doc["limits"] = {"max_auth_failures": 2}
-    port = listener(setup, tls="implicit", auth="required")
+    name = listener(setup, tls="implicit", auth="required")
     start_relay(setup)
+    port = setup.port(name)
 
     def session(client: str) -> Dialog:
         raw = connect(port, BALANCER)
@@ -219,8 +227,9 @@ def test_a_lockout_falls_on_the_client_a_balancer_names(setup: Setup, start_rela
 
 def test_a_balancers_own_connection_v2_local_is_its_own_client(setup: Setup,
                                                                start_relay) -> None:
-    port = plain_listener(setup)
+    name = plain_listener(setup)
     start_relay(setup)
+    port = setup.port(name)
     s = connect(port, BALANCER)
     s.sendall(b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x20, 0x00]) + struct.pack("!H", 0))
     with over(s) as d:  # a health check: LOCAL, no addresses
@@ -234,8 +243,9 @@ def test_a_balancers_own_connection_v2_local_is_its_own_client(setup: Setup,
 
 def test_implicit_tls_behind_a_balancer_takes_the_header_before_the_handshake(
         setup: Setup, start_relay, logs) -> None:
-    port = listener(setup, tls="implicit", auth="required")
+    name = listener(setup, tls="implicit", auth="required")
     start_relay(setup)
+    port = setup.port(name)
     raw = connect(port, BALANCER)
     raw.sendall(v2(CLIENT, 40002))
     with over(tls_context(setup.certs.ca).wrap_socket(raw, server_hostname="localhost")) as d:
@@ -251,8 +261,9 @@ def test_implicit_tls_behind_a_balancer_takes_the_header_before_the_handshake(
 
 def test_implicit_tls_refuses_a_forged_header_in_clear(setup: Setup, start_relay,
                                                        logs) -> None:
-    port = listener(setup, tls="implicit", auth="required")
+    name = listener(setup, tls="implicit", auth="required")
     start_relay(setup)
+    port = setup.port(name)
     with connect(port, DIRECT) as s:
         s.sendall(v1(CLIENT))
         assert read_to_close(s) == b"421 4.7.0 PROXY header not accepted from your address\r\n"
@@ -260,8 +271,9 @@ def test_implicit_tls_refuses_a_forged_header_in_clear(setup: Setup, start_relay
 
 def test_implicit_tls_from_a_non_balancer_without_a_header_works(setup: Setup,
                                                                  start_relay) -> None:
-    port = listener(setup, tls="implicit", auth="required")
+    name = listener(setup, tls="implicit", auth="required")
     start_relay(setup)
+    port = setup.port(name)
     raw = connect(port, DIRECT)
     with over(tls_context(setup.certs.ca).wrap_socket(raw, server_hostname="localhost")) as d:
         assert d.greeting.startswith(b"220 ")
@@ -324,8 +336,9 @@ def test_a_client_that_never_starts_tls_is_hung_up_on(setup: Setup, start_relay,
 
 def test_a_balancer_that_sends_no_header_is_hung_up_on(setup: Setup, start_relay) -> None:
     setup.doc["limits"] = {"idle_timeout": "1s"}
-    port = plain_listener(setup)
+    name = plain_listener(setup)
     relay = start_relay(setup)
+    port = setup.port(name)
     with connect(port, BALANCER) as s:
         assert b"220" not in read_to_close(s)  # (the idle timer may say why: 421 4.4.2)
     wait_until(lambda: relay.relay.connections.count == 0)

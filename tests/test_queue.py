@@ -6,9 +6,9 @@ import asyncio
 import errno
 import gc
 import json
+import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
 
@@ -38,35 +38,37 @@ def test_a_committed_message_reads_back_exactly(tmp_path: Path) -> None:
     assert spool.read(qid) == (ENVELOPE, data)
 
 
-def test_the_folder_fsync_after_a_rename_is_shared_but_never_one_already_running(
+def test_a_commit_fsyncs_the_file_then_renames_it_then_fsyncs_the_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Promise 1 rests on this: a commit's rename is durable only through an fsync of
-    # active/ that started after it. Commits arriving while one runs share the next one.
+    # Promise 1 rests on this order: the rename only once the file is on disk, and the
+    # rename durable only through an fsync of active/ that started after it.
     calls: list[str] = []
-    running = threading.Event()
-    gate = threading.Event()
+    spool = Spool(tmp_path / "queue")
+    spool.open()
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync file")
+        real_fsync(fd)
+
+    def rename(src: str, dst: str) -> None:
+        calls.append(f"rename to {Path(dst).parent.name}")
+        real_rename(src, dst)
 
     def fsync_dir(path: Path) -> None:
-        calls.append("start")
-        running.set()
-        gate.wait(5)
-        calls.append("end")
+        calls.append(f"fsync {path.name}")
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            real_fsync(fd)
+        finally:
+            os.close(fd)
 
+    monkeypatch.setattr(spool_mod.os, "fsync", fsync)
+    monkeypatch.setattr(spool_mod.os, "rename", rename)
     monkeypatch.setattr(spool_mod, "_fsync_dir", fsync_dir)
-
-    async def main() -> None:
-        with ThreadPoolExecutor(4) as pool:
-            sync = spool_mod._FolderSync(tmp_path, pool)
-            first = asyncio.create_task(sync.wait())
-            await asyncio.to_thread(running.wait, 5)
-            later = [asyncio.create_task(sync.wait()) for _ in range(10)]
-            await asyncio.sleep(0.1)
-            assert not first.done() and not any(t.done() for t in later)
-            gate.set()
-            await asyncio.wait_for(asyncio.gather(first, *later), 5)
-
-    asyncio.run(main())
-    assert calls == ["start", "end", "start", "end"]
+    queue_id = commit(spool, b"Subject: x\r\n\r\nbody\r\n")
+    assert calls == ["fsync file", "rename to active", "fsync active"]
+    assert (spool.active / queue_id).exists()
 
 
 def test_a_failed_folder_fsync_fails_the_commit_and_leaves_no_draft(

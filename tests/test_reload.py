@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD, USER, Process, Setup, free_port, ses_relay_exe, wait_until
+from conftest import PASSWORD, USER, Process, Setup, ses_relay_exe, wait_until
 
 
 def _reload(relay: Process, outcome: str) -> dict[str, object]:
@@ -36,14 +36,14 @@ def _no_verify() -> ssl.SSLContext:
     return ctx
 
 
-def _healthz(port: int) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+def _healthz(port: int, host: str = "127.0.0.1") -> int:
+    with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=10) as r:
         return int(r.status)
 
 
-def _refused(port: int) -> bool:
+def _refused(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        _healthz(port)
+        _healthz(port, host)
     except urllib.error.URLError as e:
         return isinstance(e.reason, ConnectionRefusedError)
     return False
@@ -92,30 +92,28 @@ def test_new_auth_and_connection_limits_apply_to_new_connections(
         assert client.esmtp_features["size"] == "1000"  # max_message_size, for new sessions
 
 
-def test_the_metrics_listener_moves_to_its_new_port(setup: Setup, start_process) -> None:
-    old, new = free_port(), free_port()
-    setup.doc["metrics"] = {"address": "127.0.0.1", "port": old}
+def test_the_metrics_listener_moves_to_its_new_address(setup: Setup, start_process) -> None:
+    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
     setup.write()
     relay = start_process(setup)
-    wait_until(lambda: not _refused(old))
-    setup.doc["metrics"]["port"] = new
+    old = setup.port("metrics")
+    assert _healthz(old) == 200
+    setup.doc["metrics"]["address"] = "127.0.0.2"  # loopback too, and a port of its own
     setup.write()
     reloaded = _reload(relay, "reloaded")
     assert reloaded.get("web_restarted") == ["metrics"], reloaded
-    assert _healthz(new) == 200
+    new = reloaded["http"]["metrics"]  # type: ignore[index]
+    assert _healthz(new, "127.0.0.2") == 200
     assert _refused(old)
 
 
 def test_a_reload_whose_metrics_port_is_taken_is_refused_whole(
         setup: Setup, start_process) -> None:
-    old = free_port()
-    setup.doc["metrics"] = {"address": "127.0.0.1", "port": old}
+    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
     setup.write()
     relay = start_process(setup)
-    wait_until(lambda: not _refused(old))
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
+    old = setup.port("metrics")
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # another service's port
         setup.doc["metrics"]["port"] = taken.getsockname()[1]
         setup.doc["limits"] = {"max_connections_per_ip": 1}
         setup.write()
@@ -176,11 +174,10 @@ def test_the_running_record_holds_no_secret(setup: Setup, start_process, secret:
 
 def test_a_web_setting_restarts_the_listener_on_the_same_port_without_closing_it(
         setup: Setup, start_process) -> None:
-    port = free_port()
-    setup.doc["metrics"] = {"address": "127.0.0.1", "port": port}
+    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
     setup.write()
     relay = start_process(setup)
-    wait_until(lambda: not _refused(port))
+    port = setup.port("metrics")
     setup.doc["web"] = {"max_headers": 20}
     setup.write()
     reloaded = _reload(relay, "reloaded")
@@ -198,12 +195,11 @@ def test_a_web_setting_restarts_the_listener_on_the_same_port_without_closing_it
 
 
 def test_a_new_max_send_rate_is_in_force_after_a_reload(setup: Setup, start_process) -> None:
-    port = free_port()
-    setup.doc["metrics"] = {"address": "127.0.0.1", "port": port}
+    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
     setup.doc["delivery"]["max_send_rate"] = 5
     setup.write()
     relay = start_process(setup)
-    wait_until(lambda: not _refused(port))
+    port = setup.port("metrics")
 
     def rate() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:

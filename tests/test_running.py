@@ -13,7 +13,8 @@ from relay import running
 
 def test_keys_are_paths_listeners_by_name(setup: Setup) -> None:
     flat = running.flatten(setup.load())
-    assert flat["listeners.submission.port"] == setup.starttls_port
+    assert flat["listeners.submission.port"] == 0  # any free port (the test harness)
+    assert flat["listeners.submissions.tls"] == "implicit"
     assert flat["limits.max_auth_failures"] == 5
     assert flat["delivery.transport"] == "outbox"
     assert "source" not in flat
@@ -57,3 +58,11 @@ def test_secrets_are_recorded_as_digests_that_still_compare(setup: Setup) -> Non
         cfg.delivery, smtp=dataclasses.replace(cfg.delivery.smtp, password="other")))
     assert running.differences(record["config"], running.flatten(other)) == [
         "delivery.smtp.password"]
+
+
+def test_a_file_naming_the_port_the_relay_got_for_port_0_asks_for_what_runs() -> None:
+    ran = {"metrics.port": 0}
+    assert running.differences(ran, {"metrics.port": 0}, {"metrics.port": 4321}) == []
+    assert running.differences(ran, {"metrics.port": 4321}, {"metrics.port": 4321}) == []
+    assert running.differences(ran, {"metrics.port": 9}, {"metrics.port": 4321}) == [
+        "metrics.port"]

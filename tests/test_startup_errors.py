@@ -129,11 +129,14 @@ def test_a_listener_port_already_taken_exits_2_without_a_traceback(setup: Setup)
     import socket
 
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", setup.starttls_port))
+        taken.bind(("127.0.0.1", 0))
         taken.listen()
+        port = taken.getsockname()[1]
+        setup.doc["listeners"][0]["port"] = port  # the port of a socket listening already
+        setup.write()
         result = run("serve", "--config", str(setup.path))
     assert result.returncode == 2, result.stderr
-    assert str(setup.starttls_port) in result.stderr and "address already in use" in result.stderr
+    assert str(port) in result.stderr and "address already in use" in result.stderr
     assert "Traceback" not in result.stderr
 
 

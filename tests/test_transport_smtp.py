@@ -20,7 +20,7 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
-from conftest import Certs, free_port
+from conftest import Certs
 
 from relay.config import DeliveryConfig, SmtpUpstream
 from relay.errors import ConfigError, DeliveryError
@@ -55,7 +55,7 @@ class FakeSESSMTP:
     tls: str
     username: str = USER
     password: str = PASSWORD
-    port: int = field(default_factory=free_port)
+    port: int = 0  # the port it got, once started
     # Scripted answers: per recipient address, to MAIL, and to the end of DATA.
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     mail_reply: str | None = None
@@ -127,10 +127,22 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+class PortZeroController(Controller):
+    """aiosmtpd's Controller on port 0: it learns the port the kernel gave as it binds
+    (Controller itself connects to ``self.port`` to check the server is up)."""
+
+    def _create_server(self) -> Any:
+        async def create() -> Any:
+            server = await super(PortZeroController, self)._create_server()
+            self.port = server.sockets[0].getsockname()[1]
+            return server
+        return create()
+
+
 def start_fake(fake: FakeSESSMTP, cert: Path, key: Path) -> Controller:
     tls = server_context(cert, key)
-    controller = Controller(
-        fake, hostname="127.0.0.1", port=fake.port, server_hostname="fake-ses.test",
+    controller = PortZeroController(
+        fake, hostname="127.0.0.1", port=0, server_hostname="fake-ses.test",
         ssl_context=tls if fake.tls == "implicit" else None,
         tls_context=tls if fake.tls == "starttls" else None,
         require_starttls=False,
@@ -140,6 +152,7 @@ def start_fake(fake: FakeSESSMTP, cert: Path, key: Path) -> Controller:
         auth_required=False, auth_require_tls=False,
         authenticator=fake.authenticate)
     controller.start()
+    fake.port = controller.port
     return controller
 
 
@@ -156,6 +169,10 @@ def fake_ses(certs: Certs) -> Iterator[Callable[..., FakeSESSMTP]]:
     yield start
     for controller in controllers:
         controller.stop()
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
 
 
 def config(certs: Certs, port: int, tls: str = "starttls", timeout: float = 5,
@@ -440,7 +457,7 @@ def test_recipients_that_cannot_go_on_an_smtp_command_line_are_refused_locally(
 
 def test_nothing_listening_is_a_transient_connection_error(certs: Certs,
                                                           refused_url: str) -> None:
-    error = send_error(config(certs, int(refused_url.rsplit(":", 1)[1])), to())
+    error = send_error(config(certs, port_of(refused_url)), to())
     assert (error.code, error.permanent) == ("ConnectionError", False)
     assert "host" in error.hint and "firewall" in error.hint
 
@@ -460,14 +477,16 @@ def test_a_server_that_never_greets_is_a_transient_timeout(certs: Certs) -> None
 # -- configuration
 
 
-def test_a_username_without_a_password_stops_the_start(certs: Certs) -> None:
-    cfg = config(certs, free_port(), password=None)
+def test_a_username_without_a_password_stops_the_start(certs: Certs,
+                                                       refused_url: str) -> None:
+    cfg = config(certs, port_of(refused_url), password=None)
     with pytest.raises(ConfigError, match=r"delivery\.smtp\.password"):
         asyncio.run(SMTPTransport(cfg).start())
 
 
-def test_the_transport_states_its_limits_and_has_no_quota(certs: Certs) -> None:
-    transport = SMTPTransport(config(certs, free_port()))
+def test_the_transport_states_its_limits_and_has_no_quota(certs: Certs,
+                                                          refused_url: str) -> None:
+    transport = SMTPTransport(config(certs, port_of(refused_url)))
     assert (transport.name, transport.max_recipients) == ("smtp", 50)
     assert transport.max_message_size == 30_000_000
     assert transport.host == "localhost"

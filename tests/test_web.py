@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from clients import implicit
-from conftest import PASSWORD, USER, Setup, free_port, wait_until
+from conftest import PASSWORD, USER, Setup, wait_until
 from test_feedback_sns import LOOPBACK, TOPIC, make_signer
 
 from relay import config
@@ -31,19 +31,20 @@ SIGNER = make_signer("Test SNS CA")
 
 def start(setup: Setup, start_relay: Any, *, webhook: bool = False, tls: bool = False,
           **web: Any) -> tuple[Any, int]:
-    """The relay with a metrics listener (or the SNS webhook) on a free port."""
-    port = free_port()
+    """The relay with a metrics listener (or the SNS webhook) on port 0, and the port
+    it got."""
     if webhook:
-        http: dict[str, Any] = {"address": "127.0.0.1", "port": port}
+        http: dict[str, Any] = {"address": "127.0.0.1", "port": 0}
         if tls:
             http.update(cert=setup.doc["tls"]["cert"], key=setup.doc["tls"]["key"])
         setup.doc["feedback"].update({"topic_arns": [TOPIC], "http": http})
     else:
-        setup.doc["metrics"] = {"address": "127.0.0.1", "port": port}
+        setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
     if web:
         setup.doc["web"] = web
     setup.write()
-    return start_relay(setup), port
+    relay = start_relay(setup)
+    return relay, setup.port("feedback" if webhook else "metrics")
 
 
 def connect(port: int, source: str = "127.0.0.1") -> socket.socket:

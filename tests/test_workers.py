@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 from pathlib import Path
+from typing import Any
 
 from clients import implicit
-from conftest import PASSWORD, SENDER, USER, NotifySocket, Setup, free_port, wait_until
+from conftest import PASSWORD, SENDER, USER, NotifySocket, Setup, port_of, wait_until
 from fakeses import FakeSES
 from test_cli import run
 from test_metrics import get
@@ -23,8 +23,12 @@ from relay.spool import Share, Spool
 MESSAGE = b"From: sender@example.com\r\nTo: to@example.net\r\nSubject: %d\r\n\r\nHello.\r\n"
 
 
-def two_workers(setup: Setup, **extra: object) -> None:
+def two_workers(setup: Setup, hold: Any, **extra: object) -> None:
+    """Two workers; port 0 cannot be shared, so each listener gets a port held (bound, not
+    listening, SO_REUSEPORT) for the test, which the workers bind beside it."""
     setup.doc["workers"] = 2
+    for listener in setup.doc["listeners"]:
+        listener["port"] = port_of(hold(reuse_port=True))
     setup.doc.update(extra)
     setup.write()
 
@@ -40,14 +44,15 @@ def send(setup: Setup, n: int) -> None:
 
 
 def test_two_workers_share_the_ports_and_deliver_every_message_once(
-        make_setup, start_process) -> None:
-    metrics_port = free_port()
+        make_setup, start_process, hold) -> None:
     with FakeSES() as ses:
         setup: Setup = make_setup("sesv2", region="us-east-1", endpoint_url=ses.url,
                                   max_send_rate=200)
-        two_workers(setup, metrics={"address": "127.0.0.1", "port": metrics_port})
+        # Only the first worker serves metrics: port 0 is fine there.
+        two_workers(setup, hold, metrics={"address": "127.0.0.1", "port": 0})
         relay = start_process(setup)
         relay.wait_event("workers_ready")
+        metrics_port = relay.wait_event("started", worker=0)["http"]["metrics"]
         send(setup, 40)
         wait_until(lambda: len(ses.accepted) >= 40, timeout=20)
         # Every message removed from the queue: nothing is left that could be sent twice.
@@ -72,11 +77,11 @@ def scrape(port: int) -> str:
 
 
 def test_the_queue_tools_see_one_queue_and_reach_every_worker(
-        make_setup, start_process) -> None:
-    closed = free_port()  # SES unreachable: everything stays queued
+        make_setup, start_process, hold) -> None:
+    closed = hold()  # SES unreachable (bound, not listening): everything stays queued
     setup: Setup = make_setup("sesv2", region="us-east-1",
-                              endpoint_url=f"http://127.0.0.1:{closed}")
-    two_workers(setup)
+                              endpoint_url=f"http://127.0.0.1:{port_of(closed)}")
+    two_workers(setup, hold)
     relay = start_process(setup)
     relay.wait_event("workers_ready")
     send(setup, 12)
@@ -90,15 +95,15 @@ def test_the_queue_tools_see_one_queue_and_reach_every_worker(
                timeout=20)
     # The endpoint comes back on its port; a flush reaches both workers, which try at
     # once despite their pause: well within it.
-    with FakeSES(port=closed) as ses:
+    with FakeSES(sock=closed) as ses:
         assert run("queue", "flush", "--config", str(setup.path)).returncode == 0
         wait_until(lambda: len(ses.accepted) >= 12, timeout=8)
     wait_until(lambda: not list((setup.queue_dir / "active").iterdir()), timeout=10)
 
 
-def test_a_worker_that_dies_is_started_again(make_setup, start_process) -> None:
+def test_a_worker_that_dies_is_started_again(make_setup, start_process, hold) -> None:
     setup: Setup = make_setup()
-    two_workers(setup)
+    two_workers(setup, hold)
     relay = start_process(setup)
     relay.wait_event("workers_ready")
     victim = children(relay.proc.pid)[0]
@@ -112,11 +117,12 @@ def test_a_worker_that_dies_is_started_again(make_setup, start_process) -> None:
     assert relay.proc.poll() is None
 
 
-def test_sighup_reaches_every_worker(make_setup, start_process, tmp_path: Path) -> None:
+def test_sighup_reaches_every_worker(make_setup, start_process, tmp_path: Path,
+                                     hold) -> None:
     setup: Setup = make_setup()
     users_file = tmp_path / "own-users.yaml"
     users_file.write_bytes(Path(setup.doc["users_file"]).read_bytes())
-    two_workers(setup, users_file=str(users_file))
+    two_workers(setup, hold, users_file=str(users_file))
     relay = start_process(setup)
     relay.wait_event("workers_ready")
     assert run("user", "add", "newcomer", "--config", str(setup.path),
@@ -130,11 +136,15 @@ def test_sighup_reaches_every_worker(make_setup, start_process, tmp_path: Path) 
             assert s.noop()[0] == 250
 
 
-def test_a_worker_that_cannot_start_stops_the_relay_with_its_exit_code(make_setup) -> None:
+def test_a_worker_that_cannot_start_stops_the_relay_with_its_exit_code(make_setup,
+                                                                        hold) -> None:
     setup: Setup = make_setup()
-    two_workers(setup)
-    # Someone else holds the port without SO_REUSEPORT: no worker can bind it.
-    with socket.create_server(("127.0.0.1", setup.implicit_port)):
+    two_workers(setup, hold)
+    # Someone else listens on the port without SO_REUSEPORT: no worker can bind it.
+    with hold() as other:
+        other.listen()
+        setup.doc["listeners"][1]["port"] = port_of(other)
+        setup.write()
         done = run("serve", "--config", str(setup.path))
     assert done.returncode != 0
     [failed] = [json.loads(line) for line in done.stdout.splitlines()
@@ -143,9 +153,9 @@ def test_a_worker_that_cannot_start_stops_the_relay_with_its_exit_code(make_setu
 
 
 def test_systemd_hears_ready_once_every_worker_is_and_stopping_at_the_end(
-        make_setup, start_process, notify_socket: NotifySocket) -> None:
+        make_setup, start_process, notify_socket: NotifySocket, hold) -> None:
     setup: Setup = make_setup()
-    two_workers(setup)
+    two_workers(setup, hold)
     relay = start_process(setup)
     notify_socket.wait_for(b"READY=1")
     # READY came from the supervisor after both workers were ready.

@@ -30,6 +30,7 @@ class Relay:
     pid: int
     config: dict[str, Any]
     record: Path
+    bound: dict[str, Any]  # the ports it got (relay.running.bound_keys)
 
 
 def find(cfg: Config) -> Relay | None:
@@ -40,7 +41,9 @@ def find(cfg: Config) -> Relay | None:
     pid = record.get("pid")
     if not isinstance(pid, int) or not running.alive(pid):
         return None
-    return Relay(pid, record["config"], cfg.queue.directory / running.STATE_FILE)
+    bound = record.get("bound")
+    return Relay(pid, record["config"], cfg.queue.directory / running.STATE_FILE,
+                 bound if isinstance(bound, dict) else {})
 
 
 def listener_row(listener: Listener, cfg: Config, relay: Relay | None,
@@ -93,7 +96,7 @@ def check_running(ctx: Context) -> list[Row]:
 
 def _config_row(cfg: Config, relay: Relay) -> Row:
     wanted = running.flatten(cfg)
-    keys = running.differences(relay.config, wanted)
+    keys = running.differences(relay.config, wanted, relay.bound)
     if not keys:
         return Row(OK, "running config", "the running relay uses this file's configuration")
     restart = [k for k in keys if running.needs_restart(k, relay.config, wanted)]
@@ -106,7 +109,8 @@ def _config_row(cfg: Config, relay: Relay) -> Row:
 
 
 def _readiness_row(relay: Relay) -> Row | None:
-    address, port = relay.config.get("metrics.address"), relay.config.get("metrics.port")
+    address = relay.config.get("metrics.address")
+    port = relay.bound.get("metrics.port", relay.config.get("metrics.port"))
     if not isinstance(address, str) or not isinstance(port, int):
         return None  # no metrics listener: nothing to ask
     host = _ANY.get(address, address)

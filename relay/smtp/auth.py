@@ -10,7 +10,9 @@ passwords than the lockout allows.
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Callable
+from typing import Any
 
 from aiosmtpd.smtp import AuthResult
 
@@ -20,6 +22,12 @@ from relay.limits import LOCKED_OUT, Attempt, AuthGuard
 from relay.smtp import replies
 from relay.smtp.server import RelaySMTP
 from relay.users import UserDB
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    INVALID = "invalid"
+    LOCKED = "locked"  # too many failures from this client: refused whatever it sent
 
 
 class Authenticator:
@@ -42,21 +50,35 @@ class Authenticator:
         except UnicodeDecodeError:
             name = ""
         assert server.session is not None
-        peer, ip = server.session.peer, server.client_ip
+        outcome = await self.verify(server.session.peer, server.client_ip, name, password,
+                                    mechanism, authorized=authzid in (b"", login))
+        if outcome is Outcome.LOCKED:
+            await server.push(LOCKED_OUT)
+            server.close()
+            return AuthResult(success=False, handled=True)
+        if outcome is Outcome.OK:
+            return AuthResult(success=True, auth_data=name)
+        return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
+
+    async def verify(self, peer: Any, ip: str, name: str, password: bytes, mechanism: str,
+                     *, authorized: bool = True) -> Outcome:
+        """Whether *name* and *password* are right, from client *ip*: the check SMTP AUTH
+        and the web console's login share (the same guard, cache and log lines)."""
         if self._guard.locked(ip, name):
-            return await self._lock_out(server, name)
-        authorized = authzid in (b"", login)
+            maillog.auth_locked(peer, name)
+            return Outcome.LOCKED
         if authorized and self._remembered(name, password):
             maillog.auth(peer, name, True, mechanism, cached=True)
-            return AuthResult(success=True, auth_data=name)
+            return Outcome.OK
         attempt = await self._guard.attempt(ip, name)
         if attempt is None:
-            return await self._lock_out(server, name)
+            maillog.auth_locked(peer, name)
+            return Outcome.LOCKED
         if authorized and self._remembered(name, password):
             # Remembered while this check waited for a slot (a burst of first logins).
             attempt.release()
             maillog.auth(peer, name, True, mechanism, cached=True)
-            return AuthResult(success=True, auth_data=name)
+            return Outcome.OK
         db = self._users()
         if name and authorized:
             # Decided to the end even if the client hangs up meanwhile: the slot is held
@@ -69,11 +91,12 @@ class Authenticator:
             failures = attempt.fail()
         maillog.auth(peer, name, failures is None, mechanism)
         if failures is None:
-            return AuthResult(success=True, auth_data=name)
+            return Outcome.OK
         await asyncio.sleep(self._guard.delay(failures))  # slows guessing down
         if self._guard.locked(ip, name):
-            return await self._lock_out(server, name)
-        return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
+            maillog.auth_locked(peer, name)
+            return Outcome.LOCKED
+        return Outcome.INVALID
 
     def _remembered(self, name: str, password: bytes) -> bool:
         db = self._users()
@@ -97,10 +120,3 @@ class Authenticator:
             self._cache.remember(db, name, user.password_hash, password)
         attempt.release()
         return None
-
-    async def _lock_out(self, server: RelaySMTP, name: str) -> AuthResult:
-        assert server.session is not None
-        maillog.auth_locked(server.session.peer, name)
-        await server.push(LOCKED_OUT)
-        server.close()
-        return AuthResult(success=False, handled=True)

@@ -33,6 +33,16 @@ BARE_LF = "554 5.6.0 Bare LF received; lines must end with CRLF"
 NOT_SMTP = "554 5.7.0 This is an SMTP server"
 TOO_SLOW = "421 4.4.2 Data transfer too slow, closing connection"
 IDLE = "421 4.4.2 Timeout exceeded, closing connection"
+# Input that arrived before DATA was answered (RFC 2920: DATA ends a group; Postfix's
+# smtpd_forbid_unauth_pipelining, its default since 3.9, answers so and hangs up).
+OUT_OF_SYNC = "554 5.5.0 Error: SMTP protocol synchronization"
+# Never the command read back: aiosmtpd echoes it, NULs and bare CRs included.
+UNKNOWN_COMMAND = "500 5.5.2 Error: command not recognized"
+# A server that hangs up says 421 (RFC 5321 3.8); aiosmtpd says 502 and closes.
+TOO_MANY_UNKNOWN = "421 4.7.0 Too many unrecognized commands, closing connection"
+# BDAT without CHUNKING offered: its chunk cannot be told from commands (Postfix, CHUNKING off).
+BDAT_REFUSED = "521 5.5.1 Error: command not implemented"
+VRFY_BAD_ADDRESS = "501 5.1.3 Bad address syntax"  # Postfix's; aiosmtpd echoed the argument
 
 # Enhanced codes for the replies aiosmtpd composes itself without one (RFC 3463 classes).
 ENHANCED_BY_CODE = {

@@ -11,6 +11,9 @@ What changes, and why (each measured on aiosmtpd 1.4.6, see docs/architecture.md
   requests sent to the SMTP port are recognised and dropped even before TLS.
 - From the TCP accept to the greeting (connection accounting, PROXY headers, implicit
   TLS) and hanging up: see relay/smtp/edge.py.
+- Input sent before DATA is answered, and BDAT (CHUNKING is not offered), end the session:
+  what follows could otherwise be read as commands. Replies never echo what the client
+  sent (aiosmtpd's for unknown commands and VRFY did, control characters included).
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ _SIMPLE_PATH = re.compile(  # <local@domain> [params]: no quotes, comments, lite
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 _NULL_SENDER = re.compile(r"^FROM:\s*<>", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# MAIL's AUTH parameter (RFC 4954 section 5): "<>" or xtext. Part of the AUTH extension we
+# advertise, so it must be accepted; it is ignored (SES learns the sender from the session).
+_AUTH_PARAM = re.compile(r"(?:^|[ \t]+)AUTH=(?:<>|(?:[!-*,-<>-~]|\+[0-9A-F]{2})+)(?=[ \t]|\Z)",
+                         re.IGNORECASE)
+_UNKNOWN_COMMAND = '500 Error: command "'  # aiosmtpd's, which echoes the command
+_TOO_MANY_UNKNOWN = "502 5.5.1 Too many unrecognized commands"
+_VRFY_ECHO = "502 Could not VRFY "  # aiosmtpd's, followed by the argument as sent
 
 
 def _command_size_limits() -> collections.defaultdict[str, int]:
@@ -64,6 +74,8 @@ class DataProblem(Enum):
 class RelaySMTP(EdgeSMTP):
     """One SMTP session. Decisions are the handler's; this class only speaks the protocol."""
 
+    _ehlo_lines: list[bytes]  # the EHLO reply while smtp_EHLO collects it
+
     def __init__(self, handler: Any, *, starttls_required: bool, implicit_tls: bool,
                  data_timeout: float = 300.0, min_data_rate: int = 1024,
                  **kwargs: Any) -> None:
@@ -74,6 +86,9 @@ class RelaySMTP(EdgeSMTP):
         self._min_data_rate = min_data_rate
         self._greeted = False
         self._in_ehlo = False
+        self._parsing_mail = False
+        self._answering_data = False
+        self._eof_seen = False
         self.started = self.loop.time()
         self._idle_deadline = 0.0
         self.command_size_limits = _command_size_limits()
@@ -154,10 +169,24 @@ class RelaySMTP(EdgeSMTP):
                          and len(m.group(1).rpartition("@")[0]) > self.local_part_limit):
             try:
                 result: tuple[str | None, str | None] = super()._getaddr(arg)
-            except IndexError:  # the email parser's own failure on a path cut short ("<")
-                return None, None  # malformed: 553 5.1.3, not our 451
-            return result
-        return m.group(1), m.group(2) or ""
+            except (IndexError, AttributeError):
+                # The email parser's own failures on a path cut short: "<" (IndexError), an
+                # unclosed literal such as "<a@[192.0.2.1>" (AttributeError, from a defect
+                # token it builds). Malformed: 553 5.1.3, not our 451 and a traceback.
+                return None, None
+            address, rest = result
+            if (address and arg.lstrip().startswith("<")
+                    and ">" not in arg[:len(arg) - len(rest or "")]):
+                # "<user@example.net" without its ">": the email parser notes a defect
+                # and reads on; Postfix answers 501 5.1.3, and so does the caller here.
+                return None, None
+            return address, self._mail_params(rest)
+        return m.group(1), self._mail_params(m.group(2) or "")
+
+    def _mail_params(self, params: str | None) -> str | None:
+        if self._parsing_mail and params:
+            return _AUTH_PARAM.sub("", params).lstrip()
+        return params
 
     # -- TLS state
 
@@ -189,6 +218,9 @@ class RelaySMTP(EdgeSMTP):
             # Never advertised before TLS; refuse it the same way as MAIL.
             await self.push(replies.STARTTLS_FIRST)
             return
+        if arg:  # "AUTH plain": argument values are not case sensitive (RFC 5321 2.4)
+            mechanism, *response = arg.split(None, 1)
+            arg = " ".join([mechanism.upper(), *response])
         await super().smtp_AUTH(arg)
 
     async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
@@ -225,9 +257,23 @@ class RelaySMTP(EdgeSMTP):
     # -- replies
 
     async def push(self, status: str | bytes) -> None:
-        if self._in_ehlo and status == "250-SMTPUTF8":
-            return  # see listeners.py: decoded, never advertised
+        if self._in_ehlo:
+            if status == "250-SMTPUTF8":
+                return  # see listeners.py: decoded, never advertised
+            if status == "250 HELP":
+                # Every reply carries an enhanced code; RFC 2034 has the server say so,
+                # and clients (Postfix's) read the codes only when it does.
+                self._ehlo_lines.append(b"250-ENHANCEDSTATUSCODES")
+            # Collected, and sent in one write when the reply is complete (smtp_EHLO).
+            self._ehlo_lines.append(status.encode() if isinstance(status, str) else status)
+            return
         if isinstance(status, str):
+            if status.startswith(_UNKNOWN_COMMAND):
+                status = replies.UNKNOWN_COMMAND
+            elif status.startswith(_TOO_MANY_UNKNOWN):
+                status = replies.TOO_MANY_UNKNOWN
+            elif status.startswith(_VRFY_ECHO):
+                status = replies.VRFY_BAD_ADDRESS
             await super().push(self._with_enhanced_code(status))
         else:
             await super().push(status)
@@ -245,11 +291,25 @@ class RelaySMTP(EdgeSMTP):
         return f"{status[:4]}{enhanced} {status[4:]}"
 
     async def smtp_EHLO(self, hostname: str) -> None:
-        self._in_ehlo = True  # the EHLO keyword lines carry no enhanced codes
+        """aiosmtpd pushes the EHLO reply a line at a time: a send() system call and a
+        TCP segment per line, which the client then reads one at a time. Here the lines
+        go out in one write: with one connection per message, EHLO comes once or twice
+        per message (strace -c of the relay under a per-connection smtplib load: 13 send()
+        calls per message became 9; see the commit message). The EHLO keyword lines
+        carry no enhanced codes, and aiosmtpd's own 501 for an EHLO without a name gets
+        one as any other reply does."""
+        self._in_ehlo = True
+        self._ehlo_lines = []
         try:
             await super().smtp_EHLO(hostname)
         finally:
             self._in_ehlo = False
+            lines, self._ehlo_lines = self._ehlo_lines, []
+        if len(lines) == 1:  # not a 250 reply: the one line, as any other reply
+            await self.push(lines[0].decode())
+        elif lines:
+            self._writer.write(b"\r\n".join(lines) + b"\r\n")
+            await self._writer.drain()
 
     # -- HTTP on the SMTP port: a browser, a proxy probe or a cross-protocol attack
 
@@ -258,6 +318,13 @@ class RelaySMTP(EdgeSMTP):
         self._close()
 
     smtp_GET = smtp_POST = smtp_HEAD = smtp_PUT = smtp_CONNECT = smtp_OPTIONS = _not_smtp
+
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        """CHUNKING is not offered, yet a client sends BDAT and its chunk right after: read
+        as commands, a chunk with MAIL/RCPT/DATA lines in it would send mail. As Postfix
+        does with CHUNKING off: refuse and hang up."""
+        await self.push(replies.BDAT_REFUSED)
+        self._close()
 
     def close(self) -> None:
         """Hang up (shutdown: sessions still open after the grace period)."""
@@ -292,11 +359,18 @@ class RelaySMTP(EdgeSMTP):
                 await self.push(rewrite)
                 return
             arg = _NULL_SENDER.sub(f"FROM:<{rewrite}>", arg, count=1)
-            await super().smtp_MAIL(arg)
+            await self._mail(arg)
             if self.envelope is not None and self.envelope.mail_from:
                 self.envelope.null_sender = True  # type: ignore[attr-defined]
             return
-        await super().smtp_MAIL(arg)
+        await self._mail(arg)
+
+    async def _mail(self, arg: str | None) -> None:
+        self._parsing_mail = True  # MAIL's parameters may carry AUTH= (see _AUTH_PARAM)
+        try:
+            await super().smtp_MAIL(arg)
+        finally:
+            self._parsing_mail = False
 
     def _create_envelope(self) -> RelayEnvelope:
         return RelayEnvelope()
@@ -304,6 +378,14 @@ class RelaySMTP(EdgeSMTP):
     # -- DATA
 
     async def smtp_DATA(self, arg: str | None) -> None:
+        if self._reader._buffer:  # type: ignore[attr-defined]
+            # The client sent on without waiting for our answer to DATA (we do not even
+            # offer PIPELINING). When DATA is refused, what follows would be read as
+            # commands: a message text with MAIL/RCPT/DATA lines in it (a bounce, a
+            # transcript) would send mail nobody asked for. Answer, and hang up.
+            await self.push(replies.OUT_OF_SYNC)
+            self._close()
+            return
         if await self.check_helo_needed():
             return
         if await self.check_auth_needed("DATA"):
@@ -329,12 +411,29 @@ class RelaySMTP(EdgeSMTP):
                 self._close()
                 return
             assert not isinstance(outcome, _Marker)
+            self._answering_data = True  # the whole message is in: see eof_received
             status = await handler.close_draft(self, self.session, envelope, draft, outcome)
         finally:
+            self._answering_data = False
             # Idempotent: after a commit the draft is gone from tmp/ and this is a no-op.
             draft.abort()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
+        if self._eof_seen:
+            self._close()
+
+    def eof_received(self) -> bool | None:
+        """The client shut its sending side (netcat, scripts: right after the final dot).
+
+        aiosmtpd cancels the session at once, so a message whose last line had arrived was
+        queued (the commit is shielded) but never answered: the client, with no 250,
+        sends it again. Postfix answers it; so does this, then hangs up. Only on plaintext:
+        a TLS transport closes on EOF whatever this returns.
+        """
+        if self._answering_data and self.session is not None and not self.tls_active:
+            self._eof_seen = True
+            return asyncio.StreamReaderProtocol.eof_received(self)
+        return super().eof_received()
 
     async def _receive_data(self, draft: Draft, envelope: RelayEnvelope
                             ) -> DataProblem | str | _Marker | None:

@@ -39,6 +39,15 @@ class HTTPError(ConnectionError):
     """The answer could not be read as HTTP/1.1, or the connection ended before it did."""
 
 
+class _Unanswered(HTTPError):
+    """The connection ended before a single byte of the answer came.
+
+    On a kept-alive connection that is the race every keep-alive client meets: the server
+    closed the connection idle (SES's front end does after some seconds) while the request
+    was on its way, and never read it. Pool.post retries such a request once on a new
+    connection, as urllib3 and httpcore retry a request on a stale pooled connection."""
+
+
 @dataclass(frozen=True)
 class Response:
     status: int
@@ -94,8 +103,19 @@ class Pool:
         fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         head = f"{self._head}{fields}Content-Length: {len(body)}\r\n\r\n".encode("latin-1")
         connection = await self._connection()
+        reused = connection.answered > 0
         try:
-            response = await connection.exchange(head, body, self._read_timeout)
+            try:
+                response = await connection.exchange(head, body, self._read_timeout)
+            except _Unanswered:
+                if not reused:
+                    raise  # a new connection closed unanswered: that is the endpoint's say
+                # The server closed this kept-alive connection as the request went (its
+                # idle timeout): the request was not read. Once, at once, on a new one;
+                # not counted as a failure, which would mark the upstream down.
+                connection.abort()
+                connection = await self._connect()
+                response = await connection.exchange(head, body, self._read_timeout)
         except BaseException:
             connection.abort()  # not close(): that would wait to flush what is unsent
             raise
@@ -112,6 +132,10 @@ class Pool:
             if connection.reusable and loop.time() - since <= self._keep_idle:
                 return connection
             connection.close()  # closed by the server, or idle too long
+        return await self._connect()
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
         host, port = self._address
         async with asyncio.timeout(self._connect_timeout):
             # Happy Eyeballs (RFC 8305), as aiohttp connects: a dual-stack endpoint with a
@@ -142,6 +166,8 @@ class _Connection(asyncio.Protocol):
         self._chunked = False
         self._body = bytearray()
         self._writable: asyncio.Future[None] | None = None  # set while the socket is full
+        self._replied = False  # a byte of the current answer has come
+        self.answered = 0  # answers read whole: more than none, and this is a kept-alive one
         self.reusable = False
 
     # -- asyncio's side
@@ -155,6 +181,7 @@ class _Connection(asyncio.Protocol):
         if self._answer is None or self._answer.done():
             self.close()  # bytes nobody asked for: the connection is out of step
             return
+        self._replied = True
         self._buffer += data
         try:
             response = self._parse()
@@ -180,7 +207,8 @@ class _Connection(asyncio.Protocol):
             # Framed by the end of the connection, and that end was orderly: this is all.
             answer.set_result(Response(self._head[0], self._head[1], bytes(self._body)))
         else:
-            answer.set_exception(HTTPError("connection closed before the answer was complete"))
+            error = HTTPError if self._replied else _Unanswered
+            answer.set_exception(error("connection closed before the answer was complete"))
 
     def pause_writing(self) -> None:
         self._writable = asyncio.get_running_loop().create_future()
@@ -213,10 +241,11 @@ class _Connection(asyncio.Protocol):
         link takes as long as it takes while it moves.)"""
         transport = self._transport
         if transport is None or not self.reusable:
-            raise HTTPError("connection closed")
+            raise _Unanswered("connection closed")
         self.reusable = False  # until this answer has been read whole
         self._answer = answer = asyncio.get_running_loop().create_future()
         self._head, self._length, self._chunked = None, None, False
+        self._replied = False
         self._body = bytearray()
         try:
             sent_all = await self._send(transport, head, body, wait)
@@ -230,6 +259,7 @@ class _Connection(asyncio.Protocol):
             elif not answer.cancelled():
                 answer.exception()  # read: the error raised here is the one that counts
             raise
+        self.answered += 1
         keep = self._head is not None and self._head[2]
         # A body cut short leaves the server reading the rest: never again on this one.
         self.reusable = keep and sent_all and not self._buffer and self._transport is not None

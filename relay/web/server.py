@@ -14,9 +14,10 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from relay import log
 from relay.config import WebConfig
@@ -38,10 +39,14 @@ class WebServer:
     """One HTTP listener. Add routes, then ``start``; ``stop`` lets answers under way
     finish (they are bounded by the deadline) and drops the rest."""
 
-    def __init__(self, name: str, config: WebConfig, *, max_body: int = 64 * 1024) -> None:
+    def __init__(self, name: str, config: WebConfig, *, max_body: int = 64 * 1024,
+                 middlewares: Iterable[Middleware] = ()) -> None:
+        """*middlewares*: a module's own (the console's access rules), run inside the
+        deadline for every request, routed or not."""
         self.name = name
         self._config = config
-        self.app = web.Application(client_max_size=max_body, middlewares=[_deadline])
+        self.app = web.Application(client_max_size=max_body,
+                                   middlewares=[_deadline, *middlewares])
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self._admission: Admission | None = None
@@ -122,6 +127,9 @@ async def _deadline(request: web.Request, handler: Handler) -> web.StreamRespons
         _log.error("http_handler_failed", path=request.path,
                    error=f"{type(e).__name__}: {e}")
         response = web.Response(status=500, text="internal error\n")
+    if response.status in (408, 500, 503) and "Cache-Control" not in response.headers:
+        # Answered here, outside a module's own middleware (the console's headers).
+        response.headers["Cache-Control"] = "no-store"
     response.force_close()
     return response
 

@@ -14,9 +14,12 @@ would fail, and the socket never closes in between.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aiohttp.typedefs import Middleware
 
 from relay.config import WebConfig
 from relay.errors import ConfigError
@@ -31,10 +34,13 @@ class Site:
     port: int
     web: WebConfig
     tls: tuple[Path, Path] | None = None  # certificate and key files
+    # Or a context kept up to date elsewhere (the relay's own, renewed by reload).
+    context: ssl.SSLContext | None = None
     max_body: int = 64 * 1024
     extra: tuple[object, ...] = ()  # whatever else of its section its routes depend on
     # Not part of what is compared: the same routes, whatever the configuration says.
     routes: Callable[[WebServer], None] = field(default=lambda _s: None, compare=False)
+    middlewares: tuple[Middleware, ...] = field(default=(), compare=False)
 
 
 @dataclass
@@ -117,8 +123,9 @@ class Sites:
         return swap
 
     async def _start(self, site: Site, old: _Running | None) -> _Running:
-        tls = tlscontext.build(*site.tls) if site.tls else None
-        server = WebServer(site.name, site.web, max_body=site.max_body)
+        tls = tlscontext.build(*site.tls) if site.tls else site.context
+        server = WebServer(site.name, site.web, max_body=site.max_body,
+                           middlewares=site.middlewares)
         site.routes(server)
         sock = None
         if old is not None and (old.site.address, old.site.port) == (site.address, site.port):

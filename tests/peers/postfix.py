@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from peers.interop import need
 
@@ -67,6 +68,7 @@ class PrivatePostfix:
         self.spool = self.base / "spool"
         self.data = self.base / "data"
         self.logfile = self.base / "log" / "postfix.log"
+        self._settings: dict[str, Any] = {}  # configure()'s, for retarget()
         for d in (self.conf, self.spool, self.data, self.logfile.parent):
             d.mkdir()
         # Programs that run without postlogd (postsuper, after dropping root) write the log
@@ -118,6 +120,26 @@ class PrivatePostfix:
         match=localhost"); *params* are more main.cf settings. The queue starts empty.
         """
         self.stop()
+        self._settings = dict(ca=ca, user=user, password=password, tls_policy=tls_policy,
+                              **params)
+        self._write_config(port, ca=ca, user=user, password=password, tls_policy=tls_policy,
+                           **params)
+        if (self.spool / "deferred").is_dir():  # not before the first start
+            self._postsuper("-d", "ALL")
+        self.logfile.write_text("")
+        shutil.chown(self.logfile, "postfix")
+        self._run("postfix", "-c", str(self.conf), "start")
+
+    def retarget(self, port: int) -> None:
+        """Relay to [127.0.0.1]:PORT from now on, keeping the queue (``postfix reload``).
+
+        A relay under test binds port 0, so one started again has another port; Postfix
+        resolves a message's next hop when it tries it, so what it deferred goes there."""
+        self._write_config(port, **self._settings)
+        self._run("postfix", "-c", str(self.conf), "reload")
+
+    def _write_config(self, port: int, *, ca: Path, user: str, password: str,
+                      tls_policy: str | None, **params: str) -> None:
         nexthop = f"[127.0.0.1]:{port}"
         shutil.copyfile(ca, self.conf / "ca.pem")
         # texthash: read when a process starts, so no postmap is needed.
@@ -154,11 +176,6 @@ class PrivatePostfix:
             **params,
         }
         (self.conf / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
-        if (self.spool / "deferred").is_dir():  # not before the first start
-            self._postsuper("-d", "ALL")
-        self.logfile.write_text("")
-        shutil.chown(self.logfile, "postfix")
-        self._run("postfix", "-c", str(self.conf), "start")
 
     def running(self) -> bool:
         return subprocess.run([need("postfix"), "-c", str(self.conf), "status"],
