@@ -212,3 +212,23 @@ def test_a_new_max_send_rate_is_in_force_after_a_reload(setup: Setup, start_proc
     reloaded = _reload(relay, "reloaded")
     assert "restart_needed_for" not in reloaded, reloaded
     assert rate() == "ses_relay_send_rate_limit 2.0"
+
+
+def test_the_console_moves_with_a_reload(setup: Setup, start_process, tmp_path: Path) -> None:
+    from consolekit import with_console
+
+    with_console(setup, tmp_path)
+    relay = start_process(setup)
+    old = setup.port("console")
+    with urllib.request.urlopen(f"http://127.0.0.1:{old}/login", timeout=10) as r:
+        assert r.status == 200
+    setup.doc["console"]["address"] = "127.0.0.2"
+    setup.write()
+    reloaded = _reload(relay, "reloaded")
+    assert reloaded.get("web_restarted") == ["console"], reloaded
+    new = reloaded["http"]["console"]  # type: ignore[index]
+    with urllib.request.urlopen(f"http://127.0.0.2:{new}/login", timeout=10) as r:
+        assert r.status == 200
+    assert relay.wait_event("console", url=f"http://127.0.0.2:{new}/")
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{old}/login", timeout=10)
