@@ -414,6 +414,8 @@ class Relay:
         if self.events is not None:
             maillog.attach(None)
             await asyncio.to_thread(self.events.close)
+        if self.share.index == 0:  # no record of a relay that is gone
+            await asyncio.to_thread(running.forget, self.config.queue.directory, os.getpid())
         _log.info("stopped")
 
 

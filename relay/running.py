@@ -155,6 +155,15 @@ def read(directory: Path) -> dict[str, Any]:
     return record
 
 
+def forget(directory: Path, pid: int) -> None:
+    """At a clean stop: remove the record if it is this process's."""
+    try:
+        if read(directory).get("pid") == pid:
+            (directory / STATE_FILE).unlink()
+    except (OSError, ValueError):
+        pass
+
+
 def alive(pid: object) -> bool:
     """Whether process *pid* exists (a record left by a relay that is gone is stale)."""
     if not isinstance(pid, int) or pid <= 0:

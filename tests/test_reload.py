@@ -232,3 +232,12 @@ def test_the_console_moves_with_a_reload(setup: Setup, start_process, tmp_path: 
     assert relay.wait_event("console", url=f"http://127.0.0.2:{new}/")
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{old}/login", timeout=10)
+
+
+def test_a_relay_that_stops_leaves_no_record(setup: Setup, start_process) -> None:
+    relay = start_process(setup)
+    record = setup.queue_dir / "running-config.json"
+    assert record.exists()
+    assert relay.terminate() == 0
+    assert not record.exists()
+    assert _check_running(setup).returncode == 3
