@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -59,17 +58,17 @@ class WebServer:
         """Connections held now (counted from accept, TLS handshakes included)."""
         return self._admission.connections.count if self._admission is not None else 0
 
-    def dup_socket(self) -> socket.socket | None:
-        """A second descriptor of the listening socket, for a successor to listen on: the
-        port stays open while this server closes its own (see relay.web.sites)."""
-        if self._server is None or not self._server.sockets:
-            return None
-        return self._server.sockets[0].dup()
+    async def start(self, address: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Listen on *address*:*port* (0: any free port); return the port bound."""
+        factory = await self.prepare(tls)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(factory, address, port, reuse_address=True)
+        return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self, address: str, port: int, tls: ssl.SSLContext | None = None, *,
-                    sock: socket.socket | None = None) -> int:
-        """Listen on *address*:*port* (0: any free port), or on *sock*, a listening socket
-        already bound (it becomes this server's); return the port bound."""
+    async def prepare(self, tls: ssl.SSLContext | None = None
+                      ) -> Callable[[], asyncio.Protocol]:
+        """Set up without listening; return the protocol factory for a listening socket
+        (relay.web.sites keeps one socket across servers that replace each other)."""
         c = self._config
         self._runner = runner = web.AppRunner(
             self.app, handle_signals=False, access_log=None, logger=_AIOHTTP_LOG,
@@ -84,14 +83,14 @@ class WebServer:
         admission = self._admission = Admission(
             self.name, Connections(c.max_connections, c.max_connections_per_ip),
             c.request_timeout, tls)
-        loop = asyncio.get_running_loop()
-        if sock is not None:
-            self._server = await loop.create_server(lambda: Gate(server, admission),
-                                                    sock=sock)
-        else:
-            self._server = await loop.create_server(lambda: Gate(server, admission),
-                                                    address, port, reuse_address=True)
-        return int(self._server.sockets[0].getsockname()[1])
+        return lambda: Gate(server, admission)
+
+    async def drain(self, grace: float) -> bool:
+        """Wait (up to *grace* seconds) for the connections it holds to end: one request each,
+        answered within the deadline. False if some are still open."""
+        if self._admission is None:
+            return True
+        return await self._admission.connections.wait_idle(grace)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -7,13 +7,15 @@ been renewed) is started anew BEFORE the old one is closed, so the port never st
 answering, and if any new one cannot listen none of them replaces anything: the reload
 is refused and the running listeners stay (``prepare`` then ``commit``).
 
-A site that keeps its address and port takes over the old one's listening socket (a
-second descriptor of it) instead of binding again: binding a port that is listening
-would fail, and the socket never closes in between.
+A site that keeps its address and port keeps its listening socket: at ``commit`` new
+connections go to the new server at once, with no accept lost and no bind that would fail
+on a port in use; the old server answers the requests it has (one per connection, within
+the deadline), then stops, in the background.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from aiohttp.typedefs import Middleware
 from relay.config import WebConfig
 from relay.errors import ConfigError
 from relay.smtp import tlscontext
+from relay.web.gate import GRACE
 from relay.web.server import WebServer
 
 
@@ -43,11 +46,31 @@ class Site:
     middlewares: tuple[Middleware, ...] = field(default=(), compare=False)
 
 
+class _Socket:
+    """One listening socket; which server its new connections go to can change."""
+
+    def __init__(self, target: Callable[[], asyncio.Protocol]) -> None:
+        self.target = target
+        self._server: asyncio.Server | None = None
+
+    async def listen(self, address: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: self.target(), address, port,
+                                                reuse_address=True)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
 @dataclass
 class _Running:
     site: Site
     server: WebServer
+    socket: _Socket
     port: int
+    target: Callable[[], asyncio.Protocol]  # the server's protocol factory
 
 
 class SiteError(Exception):
@@ -56,29 +79,42 @@ class SiteError(Exception):
 
 @dataclass
 class Swap:
-    """New servers started, old ones still running: ``commit`` or ``abort``."""
+    """New servers set up (and bound, on a new address), old ones still serving: ``commit``
+    or ``abort``."""
 
     sites: Sites
     new: dict[str, _Running]
-    started: list[WebServer]
+    started: list[_Running]
 
     async def commit(self) -> list[str]:
-        """Close what the new list replaced or left out; return the names restarted."""
+        """Send new connections to the new servers; retire what they replace or the new
+        list leaves out. Return the names restarted."""
         old, self.sites._running = self.sites._running, self.new
+        for running in self.started:
+            running.socket.target = running.target  # a kept socket: from now on
+        retired = []
         for name, running in old.items():
-            if self.new.get(name) is not running:
-                await running.server.stop()
-        return [name for name, running in self.new.items()
-                if old.get(name) is not running]
+            new = self.new.get(name)
+            if new is running:
+                continue
+            if new is None or new.socket is not running.socket:
+                running.socket.close()
+            retired.append(running)
+        self.sites._retire(retired)
+        return [name for name, running in self.new.items() if old.get(name) is not running]
 
     async def abort(self) -> None:
-        for server in self.started:
-            await server.stop()
+        kept = {r.socket for r in self.sites._running.values()}
+        for running in self.started:
+            if running.socket not in kept:
+                running.socket.close()
+            await running.server.stop()
 
 
 class Sites:
     def __init__(self) -> None:
         self._running: dict[str, _Running] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def server(self, name: str) -> WebServer | None:
         running = self._running.get(name)
@@ -98,12 +134,12 @@ class Sites:
 
     async def prepare(self, sites: list[Site], *, rebuild_tls: bool = True,
                       wrap: bool = True) -> Swap:
-        """Start the sites that changed; raise SiteError (nothing changed) if one fails.
+        """Set up the sites that changed; raise SiteError (nothing changed) if one fails.
 
         With *rebuild_tls*, a site with TLS files restarts even when unchanged, so that a
         renewed certificate is served after the reload (as the SMTP listeners' is)."""
         new: dict[str, _Running] = {}
-        started: list[WebServer] = []
+        started: list[_Running] = []
         swap = Swap(self, new, started)
         for site in sites:
             old = self._running.get(site.name)
@@ -119,7 +155,7 @@ class Sites:
                 why = "; ".join(e.problems) if isinstance(e, ConfigError) else (
                     f"cannot listen on {site.address}:{site.port}: {e.strerror or e}")
                 raise SiteError(f"{site.name}: {why}") from e
-            started.append(new[site.name].server)
+            started.append(new[site.name])
         return swap
 
     async def _start(self, site: Site, old: _Running | None) -> _Running:
@@ -127,19 +163,33 @@ class Sites:
         server = WebServer(site.name, site.web, max_body=site.max_body,
                            middlewares=site.middlewares)
         site.routes(server)
-        sock = None
+        target = await server.prepare(tls)
         if old is not None and (old.site.address, old.site.port) == (site.address, site.port):
-            sock = old.server.dup_socket()
+            return _Running(site, server, old.socket, old.port, target)
+        sock = _Socket(target)
         try:
-            port = await server.start(site.address, site.port, tls, sock=sock)
+            port = await sock.listen(site.address, site.port)
         except BaseException:
-            if sock is not None:
-                sock.close()
             await server.stop()
             raise
-        return _Running(site, server, port)
+        return _Running(site, server, sock, port, target)
+
+    def _retire(self, retired: list[_Running]) -> None:
+        for running in retired:
+            task = asyncio.create_task(self._stop_when_drained(running),
+                                       name=f"retire-{running.site.name}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    @staticmethod
+    async def _stop_when_drained(running: _Running) -> None:
+        await running.server.drain(running.site.web.request_timeout + GRACE)
+        await running.server.stop()
 
     async def stop(self) -> None:
         running, self._running = self._running, {}
+        for r in running.values():
+            r.socket.close()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for r in running.values():
             await r.server.stop()
