@@ -241,3 +241,18 @@ def test_a_relay_that_stops_leaves_no_record(setup: Setup, start_process) -> Non
     assert relay.terminate() == 0
     assert not record.exists()
     assert _check_running(setup).returncode == 3
+
+
+def test_a_connection_open_across_a_reload_is_still_answered(
+        setup: Setup, start_process) -> None:
+    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
+    setup.write()
+    relay = start_process(setup)
+    port = setup.port("metrics")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as early:
+        setup.doc["web"] = {"max_headers": 20}  # the listener is rebuilt on its port
+        setup.write()
+        assert _reload(relay, "reloaded").get("web_restarted") == ["metrics"]
+        early.sendall(b"GET /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n")
+        assert early.makefile("rb").readline().startswith(b"HTTP/1.1 200")
+    assert _healthz(port) == 200
