@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from relay.config import Config
+from relay.config import Config, load
+from relay.errors import ConfigError
 
 STATE_FILE = "running-config.json"
 FORMAT = 1
@@ -110,6 +111,22 @@ def _same(key: str, running: Any, wanted: Any) -> bool:
 def _digest(secret: str, salt: bytes) -> str:
     key = hashlib.scrypt(secret.encode(), salt=salt, n=2**14, r=8, p=1, dklen=16)
     return f"scrypt:{salt.hex()}:{key.hex()}"
+
+
+def pending(current: Config) -> tuple[list[str], list[str]] | None:
+    """For a page that shows whether the file and the running relay agree (the console):
+    the keys the file changed since, as (a reload applies them, they need a restart);
+    None if the file cannot be read or is invalid. Reads the file: call off the loop."""
+    if current.source is None:
+        return None
+    try:
+        wanted = flatten(load(current.source))
+    except ConfigError:
+        return None
+    ran = flatten(current)
+    keys = differences(ran, wanted)
+    restart = [k for k in keys if needs_restart(k, ran, wanted)]
+    return [k for k in keys if k not in restart], restart
 
 
 def redacted(flat: dict[str, Any]) -> dict[str, Any]:

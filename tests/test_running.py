@@ -66,3 +66,14 @@ def test_a_file_naming_the_port_the_relay_got_for_port_0_asks_for_what_runs() ->
     assert running.differences(ran, {"metrics.port": 4321}, {"metrics.port": 4321}) == []
     assert running.differences(ran, {"metrics.port": 9}, {"metrics.port": 4321}) == [
         "metrics.port"]
+
+
+def test_pending_says_what_the_file_changed_since(setup: Setup) -> None:
+    current = setup.load()
+    assert running.pending(current) == ([], [])
+    setup.doc["limits"] = {"max_recipients": 7}
+    setup.doc["queue"]["max_age"] = "2h"
+    setup.write()
+    assert running.pending(current) == (["limits.max_recipients"], ["queue.max_age"])
+    setup.path.write_text("listeners: [")
+    assert running.pending(current) is None
