@@ -7,13 +7,14 @@ stored), signals, and shutdown order (listeners first, then delivery, then the t
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import ssl
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from relay import config as config_mod
-from relay import dsn, log, maillog, memory, metrics, sessuppression, systemd, users
+from relay import dsn, log, maillog, memory, metrics, running, sessuppression, systemd, users
 from relay.authcache import SuccessCache
 from relay.config import Config
 from relay.delivery import Scheduler
@@ -32,6 +33,10 @@ from relay.spool import ALONE, Envelope, Share, Spool
 from relay.suppression import SuppressionList
 from relay.transports import Transport, build
 from relay.web.server import WebServer
+from relay.web.sites import Site, SiteError, Sites
+
+if TYPE_CHECKING:
+    from relay.web.console import Console
 
 _log = log.get("app")
 # The quota call may be refused while sending works (no ses:GetAccount permission, or an
@@ -50,6 +55,7 @@ class Relay:
     spool: Spool | None = None
     scheduler: Scheduler | None = None
     servers: list[asyncio.Server] = field(default_factory=list)
+    sessions: list[listeners.Sessions] = field(default_factory=list)  # one per listener
     suppression: SuppressionList | None = None
     _users: users.UserDB | None = None
     connections: Connections = field(init=False)
@@ -58,15 +64,13 @@ class Relay:
     policy: Policy | None = None
     handlers: list[Handler] = field(default_factory=list)
     tls: ServerTLS | None = None
-    metrics_server: WebServer | None = None
-    feedback_server: WebServer | None = None
-    console_server: WebServer | None = None
-    console_port: int | None = None
+    # The HTTP listeners (metrics, the feedback webhook...), rebuilt by reload: _sites.
+    sites: Sites = field(default_factory=Sites)
     events: EventStore | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     feedback: FeedbackService | None = None
-    metrics_port: int | None = None
-    feedback_port: int | None = None
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _console: tuple[config_mod.ConsoleConfig, Console] | None = None  # its app, kept
     _console_ready: tuple[float, bool, str] | None = None
 
     def __post_init__(self) -> None:
@@ -91,9 +95,15 @@ class Relay:
     def http_ports(self) -> dict[str, int]:
         """The ports the HTTP listeners got (``metrics``, ``feedback``, ``console``), those
         running."""
-        ports = {"metrics": self.metrics_port, "feedback": self.feedback_port,
-                 "console": self.console_port}
-        return {name: port for name, port in ports.items() if port is not None}
+        return self.sites.ports()
+
+    @property
+    def console_server(self) -> WebServer | None:
+        return self.sites.server("console")
+
+    @property
+    def console_port(self) -> int | None:
+        return self.sites.port("console")
 
     async def start(self) -> None:
         cfg = self.config
@@ -134,8 +144,6 @@ class Relay:
                 region=cfg.delivery.region,
                 share=self._share_suppression if cfg.suppression.backend == "ses" else None)
             await self.feedback.start()
-            if cfg.feedback.http is not None:
-                await self._start_webhook(cfg, self.feedback)
         if cfg.suppression.backend == "ses" and first:
             self._background.append(asyncio.create_task(sessuppression.keep_in_step(
                 cfg.delivery, self.suppression, cfg.suppression.sync_interval),
@@ -148,36 +156,73 @@ class Relay:
                               connections=self.connections, auth_guard=self.auth_guard,
                               auth_cache=self.auth_cache)
             self.handlers.append(handler)
-            server = await listeners.start(
+            server, sessions = await listeners.start(
                 listener, handler, hostname=cfg.hostname,
                 tls=tls.context if tls is not None else None,
                 data_size_limit=self.message_size_limit, limits=cfg.limits,
                 reuse_port=share.count > 1)
             self.servers.append(server)
+            self.sessions.append(sessions)
         if share.count > 1:  # the first process serves every process's gauges
             self._background.append(asyncio.create_task(self._publish_gauges(),
                                                         name="gauges"))
-        if cfg.metrics is not None and first:
-            self.metrics_server = WebServer("metrics", cfg.web)
-            MetricsRoutes(self._readiness, self._refresh_gauges).add_to(self.metrics_server)
-            self.metrics_port = await self.metrics_server.start(cfg.metrics.address,
-                                                                cfg.metrics.port)
-        if cfg.console is not None and first:
-            await self._start_console(cfg, cfg.console)
+        await self.sites.start(self._sites(cfg))
+        await self._record_running()
+        self._log_console()
         _log.info("started", listeners=self.bound_ports(), http=self.http_ports(),
                   transport=self.transport.name,
                   queued=len(backlog), users=len(list(self._users)),
                   max_message_size=self.message_size_limit)
 
-    async def _start_webhook(self, cfg: Config, feedback: FeedbackService) -> None:
-        http = cfg.feedback.http
-        assert http is not None
-        self.feedback_server = WebServer("feedback", cfg.web, max_body=sns.MAX_POST_BYTES)
-        feedback.add_routes(self.feedback_server)
-        tls = tlscontext.build(http.cert, http.key) if http.cert and http.key else None
-        self.feedback_port = await self.feedback_server.start(http.address, http.port, tls)
+    def _sites(self, cfg: Config) -> list[Site]:
+        """The HTTP listeners *cfg* asks for, run by the first process only. (A new one,
+        such as the console, is one more Site here: reload rebuilds it like the others.)"""
+        if self.share.index != 0:
+            return []
+        sites = []
+        if cfg.metrics is not None:
+            routes = MetricsRoutes(self._readiness, self._refresh_gauges)
+            sites.append(Site("metrics", cfg.metrics.address, cfg.metrics.port, cfg.web,
+                              routes=routes.add_to))
+        http, feedback = cfg.feedback.http, self.feedback
+        if http is not None and feedback is not None:
+            sites.append(Site("feedback", http.address, http.port, cfg.web,
+                              tls=(http.cert, http.key) if http.cert and http.key else None,
+                              max_body=sns.MAX_POST_BYTES, extra=(http.path,),
+                              routes=lambda server: feedback.add_routes(server, http.path)))
+        if cfg.console is not None:
+            app = self._console_app(cfg)
+            tls = self.tls.context if cfg.console.tls and self.tls is not None else None
+            sites.append(Site("console", cfg.console.address, cfg.console.port, cfg.web,
+                              context=tls, middlewares=(app.access.middleware,),
+                              routes=app.add_to))
+        return sites
 
-    async def _start_console(self, cfg: Config, console: config_mod.ConsoleConfig) -> None:
+    def _console_app(self, cfg: Config) -> Console:
+        """The console's application, kept (with its logins) while its section stays."""
+        assert cfg.console is not None
+        if self._console is None or self._console[0] != cfg.console:
+            self._console = (cfg.console, self._build_console(cfg, cfg.console))
+        return self._console[1]
+
+    def _log_console(self) -> None:
+        console, port = self.config.console, self.sites.port("console")
+        if console is not None and port is not None:
+            host = f"[{console.address}]" if ":" in console.address else console.address
+            _log.info("console", url=f"{'https' if console.tls else 'http'}://{host}:{port}/")
+
+    async def _record_running(self) -> None:
+        """The running configuration, for `ses-relay check-config --running`."""
+        if self.share.index != 0:
+            return
+        try:
+            bound = running.bound_keys(self.bound_ports(), self.http_ports())
+            await asyncio.to_thread(running.write, self.config, os.getpid(), bound)
+        except OSError as e:
+            _log.warning("running_config_not_recorded", error=str(e),
+                         hint="`check-config --running` cannot compare with this relay")
+
+    def _build_console(self, cfg: Config, console: config_mod.ConsoleConfig) -> Console:
         # Imported here: Jinja2 and the templates are loaded only by a relay that serves it.
         from relay import queueadmin
         from relay.smtp.auth import Authenticator
@@ -192,14 +237,8 @@ class Relay:
                       suppression=self.suppression, readiness=self._console_readiness)
         # The same guard and cache as SMTP AUTH: failures here count towards the lockout
         # there, and the other way round.
-        app = Console(console, src, Authenticator(self._current_users, self.auth_guard,
-                                                  self.auth_cache), self.auth_guard)
-        self.console_server = WebServer("console", cfg.web, middlewares=[app.access.middleware])
-        app.add_to(self.console_server)
-        tls = self.tls.context if console.tls and self.tls is not None else None
-        self.console_port = await self.console_server.start(console.address, console.port, tls)
-        host = f"[{console.address}]" if ":" in console.address else console.address
-        _log.info("console", url=f"{'https' if tls else 'http'}://{host}:{self.console_port}/")
+        return Console(console, src, Authenticator(self._current_users, self.auth_guard,
+                                                   self.auth_cache), self.auth_guard)
 
     async def _console_readiness(self) -> tuple[bool, str]:
         """The readiness check, asked at most every 15 s (it may call the upstream)."""
@@ -279,12 +318,19 @@ class Relay:
         return self._users
 
     async def reload(self) -> bool:
-        """SIGHUP: new configuration, users, TLS certificates and policy, without dropping a
-        session. An invalid new configuration is refused and the running one stays.
+        """SIGHUP: apply every setting that can be applied live (users, TLS certificates,
+        policy, hostname, log, limits, the HTTP listeners) without dropping a session. An
+        invalid new configuration, or an HTTP listener that cannot listen, is refused and
+        the running configuration stays whole.
 
-        Listeners, the queue, the transport and the suppression database are bound at
-        start; a change to them is logged as needing a restart.
+        SMTP listeners, the queue, the transport, the suppression database, feedback (but
+        its listener) and workers are bound at start: those keys are logged as needing a
+        restart (relay.running.LIVE says which are live), and keep their running values.
         """
+        async with self._reloading:  # one SIGHUP after the other
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         old = self.config
         try:
             assert old.source is not None
@@ -296,27 +342,49 @@ class Relay:
                 # Built aside, never loaded into the live context: a bad key would leave
                 # it without a usable certificate (see relay.smtp.tlscontext).
                 new_tls = await asyncio.to_thread(tlscontext.build, new.tls.cert, new.tls.key)
-        except (ConfigError, UsersFileError, OSError) as e:
+            applied = running.applicable(old, new, tls_on=self.tls is not None)
+            swap = await self.sites.prepare(self._sites(applied))
+        except (ConfigError, UsersFileError, OSError, SiteError) as e:
             problems = e.problems if isinstance(e, ConfigError) else [str(e)]
             _log.error("reload_refused", problems=problems,
                        hint="the running configuration stays; fix the file and reload again")
             return False
-        restart = [k for k in ("listeners", "queue", "delivery", "suppression", "workers")
-                   if getattr(new, k) != getattr(old, k)]
-        self.config = replace(new, listeners=old.listeners, queue=old.queue,
-                              delivery=old.delivery, suppression=old.suppression)
+        # Whatever still differs from the file is what only a restart applies.
+        restart = running.differences(running.flatten(applied), running.flatten(new))
+        self.config = applied
         self._users = new_users
         if self.tls is not None and new_tls is not None:
             # New handshakes get the new certificate; sessions already up are untouched.
             self.tls.replace(new_tls)
+        self._apply_limits()
         assert self.policy is not None
         self.policy.reconfigure(self.config)
-        for handler in self.handlers:
-            handler.reconfigure(self.config.limits, self.config.hostname)
         log.configure(new.log.format, new.log.level)
-        _log.info("reloaded", users=len(list(new_users)),
+        restarted = await swap.commit()
+        await self._record_running()
+        if "console" in restarted:
+            self._log_console()
+        _log.info("reloaded", users=len(list(new_users)), http=self.http_ports(),
+                  **({"web_restarted": restarted} if restarted else {}),
                   **({"restart_needed_for": restart} if restart else {}))
         return True
+
+    def _apply_limits(self) -> None:
+        """limits.* (and the send rate) from now on; counts so far are kept."""
+        cfg = self.config
+        limits = cfg.limits
+        self.connections.total_limit = limits.max_connections
+        self.connections.per_ip_limit = limits.max_connections_per_ip
+        self.auth_guard.max_failures = limits.max_auth_failures
+        self.auth_guard.window = limits.auth_lockout
+        for handler in self.handlers:
+            handler.reconfigure(limits, cfg.hostname)
+        if self.scheduler is not None:
+            self.scheduler.set_max_send_rate(cfg.delivery.max_send_rate)
+        tls = self.tls.context if self.tls is not None else None
+        for sessions in self.sessions:
+            sessions.rebuild(hostname=cfg.hostname, tls=tls,
+                             data_size_limit=self.message_size_limit, limits=limits)
 
     async def stop(self) -> None:
         """Stop accepting, let sessions finish (up to limits.shutdown_grace), then stop
@@ -330,9 +398,7 @@ class Relay:
                 for session in list(handler.live):
                     session.close()  # no 250 was given: the client keeps its message
             await self.connections.wait_idle(5)
-        for web in (self.metrics_server, self.feedback_server, self.console_server):
-            if web is not None:
-                await web.stop()
+        await self.sites.stop()
         for task in self._background:
             task.cancel()
         if self.feedback is not None:
@@ -348,6 +414,8 @@ class Relay:
         if self.events is not None:
             maillog.attach(None)
             await asyncio.to_thread(self.events.close)
+        if self.share.index == 0:  # no record of a relay that is gone
+            await asyncio.to_thread(running.forget, self.config.queue.directory, os.getpid())
         _log.info("stopped")
 
 

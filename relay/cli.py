@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--of", type=int, default=None, help=argparse.SUPPRESS)
     p = sub.add_parser("check-config", help="validate the configuration; exit 2 if invalid")
     _add_config(p)
+    p.add_argument("--running", action="store_true",
+                   help="compare it with the running relay's: exit 1 if they differ, 3 if "
+                        "no relay runs (see relay/clirunning.py)")
+    p.add_argument("--queue-dir", type=Path, default=None, metavar="DIR",
+                   help="with --running: the running relay's queue directory (default: "
+                        "the file's queue.directory)")
     p = sub.add_parser("doctor", help="check configuration, TLS, ports, queue and the SES "
                                       "account; exit 1 if something would stop mail")
     _add_config(p)
@@ -270,6 +276,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     db = _check_files(cfg)
     print(f"{path}: ok ({len(cfg.listeners)} listeners, transport {cfg.delivery.transport}, "
           f"{len(list(db))} users)")
+    if args.running:
+        from relay import clirunning
+
+        return clirunning.compare(cfg, sys.stdout, args.queue_dir)
     return EXIT_OK
 
 

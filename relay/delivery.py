@@ -136,6 +136,13 @@ class Scheduler:
     def rate(self) -> float | None:
         return self._limiter.rate
 
+    def set_max_send_rate(self, max_send_rate: float | None) -> None:
+        """delivery.max_send_rate changed (SIGHUP): a rate is in force from the next send;
+        None follows the account's MaxSendRate again from the next quota refresh."""
+        self._configured_rate = max_send_rate
+        if max_send_rate is not None:
+            self._limiter.set_rate(max_send_rate * self._rate_share)
+
     def oldest_age(self) -> float:
         """Seconds since the oldest known message arrived (ids sort by arrival)."""
         return self._clock() - queue_id_time(min(self._known)) if self._known else 0.0

@@ -334,3 +334,33 @@ def test_the_data_fast_path_is_reported_and_its_absence_warns_with_a_fix(
     [warn] = rows(report, "WARN", "DATA fast path")
     assert "regex" in warn
     assert "python3-dev" in fix_after(report, warn)
+
+
+def test_beside_a_live_relay_its_ports_are_checked_by_asking_it(
+        setup: Setup, start_process) -> None:
+    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
+    setup.write()
+    relay = start_process(setup)
+    # The file names the ports the relay got (port 0: any), as a real one names its own.
+    for listener in setup.doc["listeners"]:
+        listener["port"] = setup.port(listener["name"])
+    setup.write()
+    code, report = run_doctor(setup.load())
+    assert code == 0, report
+    pid = relay.proc.pid
+    for name, port in (("submission", setup.starttls_port),
+                       ("submissions", setup.implicit_port)):
+        [row] = rows(report, "OK", f"listener {name} ")
+        assert f"127.0.0.1:{port}: the running ses-relay (pid {pid}) answers: 220 relay.test" \
+            in row, report
+    assert rows(report, "OK", "running relay") and rows(report, "OK", "running config")
+    [ready] = rows(report, "OK", "relay readiness")
+    assert "ready" in ready
+    # The file changed since: the doctor says what a reload or a restart would take.
+    setup.doc["limits"] = {"max_recipients": 7}
+    setup.doc["queue"]["max_age"] = "2h"
+    setup.write()
+    code, report = run_doctor(setup.load())
+    [differs] = rows(report, "WARN", "running config")
+    assert "a reload applies limits.max_recipients" in differs
+    assert "a restart is needed for queue.max_age" in differs

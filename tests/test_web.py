@@ -77,7 +77,7 @@ def status(answer: bytes) -> int:
 
 
 def web_server(relay: Any, webhook: bool = False) -> Any:
-    return relay.relay.feedback_server if webhook else relay.relay.metrics_server
+    return relay.relay.sites.server("feedback" if webhook else "metrics")
 
 
 # --- headers ---------------------------------------------------------------------------

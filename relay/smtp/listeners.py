@@ -17,19 +17,43 @@ COMMAND_LIMITS = {"NOOP": 100, "RSET": 100, "VRFY": 100, "HELP": 100, "EXPN": 10
 OPENING_TIMEOUT = 30.0
 
 
+class Sessions:
+    """A listener's protocol factory: each connection gets a copy of the template session
+    (see RelaySMTP.spawn). SIGHUP rebuilds the template with the new limits (timeouts,
+    message size) and TLS context; sessions already open keep theirs."""
+
+    def __init__(self, listener: Listener, handler: Handler, hostname: str,
+                 tls: ssl.SSLContext | None, data_size_limit: int, limits: Limits) -> None:
+        self.listener = listener
+        self._handler = handler
+        self.rebuild(hostname=hostname, tls=tls, data_size_limit=data_size_limit,
+                     limits=limits)
+
+    def rebuild(self, *, hostname: str, tls: ssl.SSLContext | None, data_size_limit: int,
+                limits: Limits) -> None:
+        self._template = _session(self._handler, hostname, tls, data_size_limit, limits,
+                                  self.listener, asyncio.get_running_loop())
+
+    def __call__(self) -> RelaySMTP:
+        return self._template.spawn()
+
+
 async def start(listener: Listener, handler: Handler, *, hostname: str,
                 tls: ssl.SSLContext | None, data_size_limit: int,
-                limits: Limits, reuse_port: bool = False) -> asyncio.Server:
+                limits: Limits, reuse_port: bool = False
+                ) -> tuple[asyncio.Server, Sessions]:
     loop = asyncio.get_running_loop()
     # Built once through aiosmtpd's constructor; each connection gets a copy (see spawn).
-    first = _session(handler, hostname, tls, data_size_limit, limits, listener, loop)
-    return await loop.create_server(first.spawn, host=listener.address, port=listener.port,
-                                    # Plain TCP even for implicit TLS: the session
-                                    # starts TLS itself (relay/smtp/edge.py).
-                                    reuse_address=True,
-                                    # Several relay processes (workers > 1) each bind the
-                                    # port; the kernel spreads connections between them.
-                                    reuse_port=reuse_port)
+    sessions = Sessions(listener, handler, hostname, tls, data_size_limit, limits)
+    server = await loop.create_server(sessions, host=listener.address, port=listener.port,
+                                      # Plain TCP even for implicit TLS: the session
+                                      # starts TLS itself (relay/smtp/edge.py).
+                                      reuse_address=True,
+                                      # Several relay processes (workers > 1) each bind
+                                      # the port; the kernel spreads connections between
+                                      # them.
+                                      reuse_port=reuse_port)
+    return server, sessions
 
 
 def _session(handler: Handler, hostname: str, tls: ssl.SSLContext | None,

@@ -60,6 +60,15 @@ class WebServer:
 
     async def start(self, address: str, port: int, tls: ssl.SSLContext | None = None) -> int:
         """Listen on *address*:*port* (0: any free port); return the port bound."""
+        factory = await self.prepare(tls)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(factory, address, port, reuse_address=True)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def prepare(self, tls: ssl.SSLContext | None = None
+                      ) -> Callable[[], asyncio.Protocol]:
+        """Set up without listening; return the protocol factory for a listening socket
+        (relay.web.sites keeps one socket across servers that replace each other)."""
         c = self._config
         self._runner = runner = web.AppRunner(
             self.app, handle_signals=False, access_log=None, logger=_AIOHTTP_LOG,
@@ -74,10 +83,14 @@ class WebServer:
         admission = self._admission = Admission(
             self.name, Connections(c.max_connections, c.max_connections_per_ip),
             c.request_timeout, tls)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: Gate(server, admission), address,
-                                                port, reuse_address=True)
-        return int(self._server.sockets[0].getsockname()[1])
+        return lambda: Gate(server, admission)
+
+    async def drain(self, grace: float) -> bool:
+        """Wait (up to *grace* seconds) for the connections it holds to end: one request each,
+        answered within the deadline. False if some are still open."""
+        if self._admission is None:
+            return True
+        return await self._admission.connections.wait_idle(grace)
 
     async def stop(self) -> None:
         if self._server is not None:

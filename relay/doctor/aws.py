@@ -1,52 +1,31 @@
-"""``ses-relay doctor``: every check that tells an operator whether mail would flow.
-
-The checks run in a fixed order, local ones first (configuration, users, TLS, listeners,
-queue), then the AWS ones (credentials, account, sender identities, configuration sets),
-and each prints one row or a few: OK, WARN (mail flows, but something deserves attention)
-or FAIL (something would stop mail). Every non-OK row carries a ``fix:`` line. A failing
-AWS call becomes a row with the hint from ``transports.errors.classify`` and the next
-check still runs; no exception ever reaches the operator as a traceback.
-
-The doctor only reads: it never creates the queue directory or changes anything in SES,
-so running it as root next to a live relay is safe.
-"""
+"""The doctor's AWS checks: credentials, account, sender identities, configuration sets.
+A failed AWS call is one row, and the next check still runs."""
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
-import ipaddress
-import os
-import shutil
-import socket
-import ssl
-import tempfile
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Literal, TextIO
+from dataclasses import dataclass, replace
+from typing import Any
 
 import botocore.exceptions as bex
-from cryptography import x509
 
 from relay import aws, users
-from relay.config import Config, Listener
-from relay.errors import DeliveryError, UsersFileError
-from relay.smtp import plainlines
+from relay.doctor.report import (
+    FAIL,
+    OK,
+    WARN,
+    Context,
+    Report,
+    Row,
+    aguarded,
+    oneline,
+)
+from relay.errors import DeliveryError
 from relay.transports.errors import classify
 
-Status = Literal["OK", "WARN", "FAIL"]
-OK: Status = "OK"
-WARN: Status = "WARN"
-FAIL: Status = "FAIL"
-
-EXPIRY_WARN_DAYS = 14
-MIN_FREE_BYTES = 1024**3
 QUOTA_WARN_SHARE = 0.8
-_CHECK_WIDTH = 22
-_DETAIL_MAX = 160
 
 # Codes after which nothing could be sent at all (no network, no valid credentials, a
 # suspended account): those make a failed call a FAIL. Anything else (AccessDenied on a
@@ -64,25 +43,6 @@ _UNEXPECTED = ("unexpected error or answer: check delivery.region, delivery.prof
                "delivery.endpoint_url and any proxy, then run the doctor again")
 
 
-@dataclass(frozen=True)
-class Row:
-    """One line of the report; every row that is not OK says how to fix it."""
-
-    status: Status
-    check: str
-    detail: str
-    fix: str = ""
-
-    def __post_init__(self) -> None:
-        assert self.status == OK or self.fix, f"{self.check}: a {self.status} row needs a fix"
-
-
-@dataclass
-class _Context:
-    config: Config
-    now: float
-    db: users.UserDB | None = None  # set by the users check, read by the AWS checks
-
 
 @dataclass(frozen=True)
 class _Clients:
@@ -92,322 +52,11 @@ class _Clients:
     ses: Any
 
 
-@dataclass
-class _Report:
-    """Prints rows as they come, so a slow AWS call shows where it is stuck."""
-
-    out: TextIO
-    counts: dict[Status, int] = field(default_factory=lambda: {OK: 0, WARN: 0, FAIL: 0})
-
-    def header(self) -> None:
-        self._line("STATUS", "CHECK", "DETAIL")
-
-    def add(self, rows: list[Row]) -> None:
-        for row in rows:
-            self.counts[row.status] += 1
-            self._line(row.status, row.check, row.detail)
-            if row.status != OK:
-                self._line("", "", f"fix: {row.fix}")
-        self.out.flush()
-
-    def summary(self) -> None:
-        verdict = ("something above would stop mail" if self.counts[FAIL]
-                   else "nothing found that would stop mail")
-        self.out.write(f"\n{self.counts[OK]} OK, {self.counts[WARN]} WARN, "
-                       f"{self.counts[FAIL]} FAIL: {verdict}\n")
-
-    def _line(self, status: str, check: str, text: str) -> None:
-        self.out.write(f"{status:<6} {check:<{_CHECK_WIDTH}} {text}\n")
-
-
-async def run(config: Config, out: TextIO, *, now: float | None = None) -> int:
-    """Run every check, print the table to *out*; 1 if any check FAILed, else 0."""
-    ctx = _Context(config, time.time() if now is None else now)
-    report = _Report(out)
-    report.header()
-    for name, local in _LOCAL_CHECKS:
-        report.add(_guarded(name, functools.partial(local, ctx)))
-    if config.delivery.transport == "outbox":
-        report.add([Row(OK, "AWS checks", "not applicable: transport outbox does not call AWS")])
-    else:
-        await _aws_checks(ctx, report)
-    report.summary()
-    return 1 if report.counts[FAIL] else 0
-
-
-def _guarded(name: str, check: Callable[[], list[Row]]) -> list[Row]:
-    # A bug in one check must not hide the others, nor print a traceback.
-    try:
-        return check()
-    except Exception as e:
-        return [_internal_error(name, e)]
-
-
-async def _aguarded(name: str, check: Callable[[], Awaitable[list[Row]]]) -> list[Row]:
-    try:
-        return await check()
-    except Exception as e:
-        return [_internal_error(name, e)]
-
-
-def _internal_error(name: str, e: Exception) -> Row:
-    return Row(FAIL, name, _oneline(f"the check itself failed: {type(e).__name__}: {e}"),
-               fix="a ses-relay bug: please report it with this line")
-
-
-def _oneline(text: str, limit: int = _DETAIL_MAX) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
-
-
-# --- 1. configuration and users ------------------------------------------------------------
-
-
-def _check_configuration(ctx: _Context) -> list[Row]:
-    cfg = ctx.config
-    region = f", region {cfg.delivery.region}" if cfg.delivery.region else ""
-    rows = [Row(OK, "configuration",
-                f"{cfg.source or '(not from a file)'}: valid, {len(cfg.listeners)} listener(s), "
-                f"transport {cfg.delivery.transport}{region}")]
-    return rows + _check_users(ctx)
-
-
-def _check_users(ctx: _Context) -> list[Row]:
-    path = ctx.config.users_file
-    try:
-        ctx.db = users.load(path)
-    except UsersFileError as e:
-        return [Row(FAIL, "users file", _oneline(str(e)),
-                    fix=f"repair {path}, or recreate users with `ses-relay user add NAME`")]
-    count = len(list(ctx.db))
-    needing = [lst.name for lst in ctx.config.listeners if lst.auth == "required"]
-    if count == 0 and needing:
-        return [Row(WARN, "users file",
-                    f"{path}: no users, but listener(s) {', '.join(needing)} require AUTH: "
-                    "every client will be refused",
-                    fix="add one with `ses-relay user add NAME --config PATH`")]
-    missing = "" if path.exists() else " (file does not exist)"
-    return [Row(OK, "users file", f"{path}: {count} user(s){missing}")]
-
-
-# --- 2. TLS certificate ------------------------------------------------------------------
-
-
-def _check_tls(ctx: _Context) -> list[Row]:
-    cert, key = ctx.config.tls.cert, ctx.config.tls.key
-    if cert is None or key is None:
-        return [Row(OK, "TLS certificate", "not applicable: no listener uses TLS")]
-    try:
-        chain = x509.load_pem_x509_certificates(cert.read_bytes())
-    except (OSError, ValueError) as e:
-        return [Row(FAIL, "TLS certificate", _oneline(f"{cert}: cannot read: {e}"),
-                    fix="point tls.cert at a readable PEM certificate (leaf first, then "
-                        "intermediates)")]
-    problem = _key_problem(cert, key)
-    if problem:
-        return [Row(FAIL, "TLS certificate", _oneline(problem),
-                    fix=f"point tls.key at the private key of {cert}, unencrypted and "
-                        "readable by the relay's user")]
-    leaf = chain[0]
-    subject = leaf.subject.rfc4514_string() or "(empty subject)"
-    return [Row(OK, "TLS certificate", f"{cert}: {subject}, key matches"),
-            _expiry_row(leaf, ctx.now), _hostname_row(leaf, ctx.config.hostname)]
-
-
-def _key_problem(cert: Path, key: Path) -> str | None:
-    """Why the relay could not load this pair, the way it loads it, or None."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        # An empty password instead of None: OpenSSL would otherwise prompt on the terminal
-        # for an encrypted key. The relay cannot use an encrypted key either.
-        ctx.load_cert_chain(cert, key, password=b"")
-    except ssl.SSLError as e:
-        if "KEY_VALUES_MISMATCH" in str(e) or "key values mismatch" in str(e):
-            return f"{key} is not the private key of {cert}"
-        return f"{key}: cannot load ({e.reason or e}); an encrypted key is not supported"
-    except OSError as e:
-        return f"{key}: cannot read ({e.strerror or e})"
-    return None
-
-
-def _expiry_row(leaf: x509.Certificate, now: float) -> Row:
-    not_after = leaf.not_valid_after_utc
-    days = (not_after.timestamp() - now) / 86400
-    renew = "renew the certificate (certbot renew, or your CA), then restart ses-relay"
-    if leaf.not_valid_before_utc.timestamp() > now:
-        return Row(FAIL, "TLS expiry", f"not valid before {leaf.not_valid_before_utc:%Y-%m-%d}",
-                   fix="check the system clock, or install a certificate that is valid now")
-    if days < 0:
-        return Row(FAIL, "TLS expiry", f"expired on {not_after:%Y-%m-%d}: clients will refuse "
-                                       "STARTTLS", fix=renew)
-    detail = f"expires {not_after:%Y-%m-%d} (in {int(days)} days)"
-    if days < EXPIRY_WARN_DAYS:
-        return Row(WARN, "TLS expiry", detail, fix=renew)
-    return Row(OK, "TLS expiry", detail)
-
-
-def _hostname_row(leaf: x509.Certificate, hostname: str) -> Row:
-    dns, ips = _subject_alt_names(leaf)
-    if _covers(hostname, dns, ips):
-        return Row(OK, "TLS hostname", f"certificate covers {hostname}")
-    names = ", ".join(dns + [str(ip) for ip in ips]) or "no subjectAltName"
-    return Row(WARN, "TLS hostname", f"certificate does not cover {hostname} ({names})",
-               fix="clients that verify the name will refuse it: get a certificate for "
-                   f"{hostname}, or set hostname to a name the certificate covers")
-
-
-def _subject_alt_names(leaf: x509.Certificate
-                       ) -> tuple[list[str], list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
-    try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        # Clients ignore the subject's CN when matching names (RFC 6125), so do we.
-        return [], []
-    ips = [ip for ip in san.get_values_for_type(x509.IPAddress)
-           if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address)]
-    return san.get_values_for_type(x509.DNSName), ips
-
-
-def _covers(hostname: str, dns: list[str],
-            ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(hostname) in ips
-    host = hostname.lower().rstrip(".")
-    for name in (n.lower().rstrip(".") for n in dns):
-        if name == host:
-            return True
-        # A wildcard covers exactly one leftmost label.
-        if name.startswith("*.") and "." in host and host.split(".", 1)[1] == name[2:]:
-            return True
-    return False
-
-
-# --- 3. listeners ----------------------------------------------------------------------
-
-
-def _check_listeners(ctx: _Context) -> list[Row]:
-    return [_bind_row(listener) for listener in ctx.config.listeners]
-
-
-def _bind_row(listener: Listener) -> Row:
-    check = f"listener {listener.name}"
-    where = (f"[{listener.address}]:{listener.port}" if ":" in listener.address
-             else f"{listener.address}:{listener.port}")
-    try:
-        _try_bind(listener.address, listener.port)
-    except OSError as e:
-        return Row(FAIL, check, f"{where}: in use or not permitted ({e.strerror or e})",
-                   fix=_bind_fix(e, listener.port))
-    return Row(OK, check, f"{where}: can bind ({listener.tls}, auth {listener.auth})")
-
-
-def _try_bind(address: str, port: int) -> None:
-    """Bind every address the relay would bind (as asyncio's create_server does), then close."""
-    infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    with contextlib.ExitStack() as stack:
-        for family, kind, proto, _, sockaddr in dict.fromkeys(infos):
-            sock = stack.enter_context(socket.socket(family, kind, proto))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
-
-
-def _bind_fix(e: OSError, port: int) -> str:
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return (f"port {port} < 1024 needs root or CAP_NET_BIND_SERVICE (the systemd unit "
-                "grants it with AmbientCapabilities=CAP_NET_BIND_SERVICE)")
-    if e.errno == errno.EADDRNOTAVAIL:
-        return "the address is not on this host: fix the listener's address"
-    return (f"stop the other service on port {port} (`ss -ltnp 'sport = :{port}'` names it) "
-            "or choose another port; if it is ses-relay itself, running, this FAIL is "
-            "expected")
-
-
-# --- 4. queue (and outbox) directory ---------------------------------------------------
-
-
-def _check_queue(ctx: _Context) -> list[Row]:
-    rows = _directory_rows("queue directory", ctx.config.queue.directory)
-    if ctx.config.delivery.transport == "outbox":
-        rows += _directory_rows("outbox directory", ctx.config.delivery.outbox_dir)
-    return rows
-
-
-def _directory_rows(check: str, directory: Path) -> list[Row]:
-    existing = _nearest_existing(directory)
-    return [_writable_row(check, directory, existing), _space_row(directory, existing)]
-
-
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _writable_row(check: str, directory: Path, existing: Path) -> Row:
-    who = " (checked as root: the relay's own user may lack these rights)" \
-        if os.geteuid() == 0 else ""
-    fix = f"make {directory} writable by the user ses-relay runs as"
-    if existing != directory:
-        # The relay creates it at start; creating it here could leave it owned by root.
-        if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
-            return Row(OK, check, f"{directory}: does not exist yet; the relay creates it "
-                                  f"under {existing}{who}")
-        return Row(FAIL, check, f"{directory}: does not exist and {existing} is not writable",
-                   fix=f"create {directory}, owned by the user ses-relay runs as")
-    if not directory.is_dir():
-        return Row(FAIL, check, f"{directory}: not a directory", fix=fix)
-    try:
-        _write_probe(directory)
-    except OSError as e:
-        return Row(FAIL, check, f"{directory}: cannot write ({e.strerror or e})", fix=fix)
-    return Row(OK, check, f"{directory}: writable{who}")
-
-
-def _write_probe(directory: Path) -> None:
-    # The fsync matters: a queue the relay cannot fsync cannot promise durability.
-    fd, name = tempfile.mkstemp(prefix=".doctor-", dir=directory)
-    try:
-        os.write(fd, b"ses-relay doctor\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-        os.unlink(name)
-
-
-def _space_row(directory: Path, existing: Path) -> Row:
-    free = shutil.disk_usage(existing).free
-    detail = f"{free / 1024**3:.1f} GiB free for {directory}"
-    if free < MIN_FREE_BYTES:
-        return Row(WARN, "disk space", detail,
-                   fix="free space on that file system: with a full disk the relay answers "
-                       "452 and mail waits at the clients")
-    return Row(OK, "disk space", detail)
-
-
-def _check_build(ctx: _Context) -> list[Row]:
-    if plainlines.COMPILED:
-        return [Row(OK, "DATA fast path", "compiled")]
-    return [Row(WARN, "DATA fast path",
-                "not compiled: DATA is checked by a regex, 7-16x the CPU per byte",
-                fix="install a C compiler and Python's headers (Debian: gcc python3-dev), "
-                    "then reinstall ses-relay (in a checkout: make clean, then make run)")]
-
-
-_LOCAL_CHECKS: tuple[tuple[str, Callable[[_Context], list[Row]]], ...] = (
-    ("configuration", _check_configuration),
-    ("TLS certificate", _check_tls),
-    ("listeners", _check_listeners),
-    ("queue directory", _check_queue),
-    ("DATA fast path", _check_build),
-)
-
 
 # --- AWS: sessions, and one failed call → one row ----------------------------------------
 
 
-async def _aws_checks(ctx: _Context, report: _Report) -> None:
+async def aws_checks(ctx: Context, report: Report) -> None:
     delivery = ctx.config.delivery
     region = delivery.region or "(unset)"
     async with contextlib.AsyncExitStack() as stack:
@@ -419,10 +68,10 @@ async def _aws_checks(ctx: _Context, report: _Report) -> None:
                                  blocking=True)])
             return
         for name, check in _AWS_CHECKS:
-            report.add(await _aguarded(name, functools.partial(check, ctx, clients)))
+            report.add(await aguarded(name, functools.partial(check, ctx, clients)))
 
 
-async def _open_clients(ctx: _Context, stack: contextlib.AsyncExitStack) -> _Clients:
+async def _open_clients(ctx: Context, stack: contextlib.AsyncExitStack) -> _Clients:
     delivery = ctx.config.delivery
     session = await aws.session(delivery)
     config = aws.client_config(delivery)
@@ -442,7 +91,7 @@ def _failure(check: str, exc: BaseException, region: str, action: str,
              permission: str = "", *, blocking: bool = False) -> Row:
     """A failed AWS call as a row: FAIL if it means mail cannot go, else WARN."""
     err = exc if isinstance(exc, DeliveryError) else classify(exc, region=region)
-    detail = _oneline(f"{action}: {err.code}: {err}")
+    detail = oneline(f"{action}: {err.code}: {err}")
     unknown = err.hint == _UNKNOWN_HINT
     if blocking or err.code in _BLOCKING_CODES:
         return Row(FAIL, check, detail, fix=_UNEXPECTED if unknown else err.hint)
@@ -474,7 +123,7 @@ def _not_implemented(exc: BaseException) -> bool:
 # --- 5. credentials ----------------------------------------------------------------------
 
 
-async def _check_credentials(ctx: _Context, c: _Clients) -> list[Row]:
+async def _check_credentials(ctx: Context, c: _Clients) -> list[Row]:
     try:
         ident = await c.sts.get_caller_identity()
     except Exception as e:
@@ -487,7 +136,7 @@ async def _check_credentials(ctx: _Context, c: _Clients) -> list[Row]:
     return [Row(OK, "AWS credentials", f"account {ident.get('Account')}, {ident.get('Arn')}")]
 
 
-def _smtp_credentials_suffice(ctx: _Context, row: Row) -> Row:
+def _smtp_credentials_suffice(ctx: Context, row: Row) -> Row:
     # With explicit SMTP credentials the smtp transport needs no IAM identity to send;
     # only the doctor's own read calls below do.
     if row.status == FAIL and ctx.config.delivery.transport == "smtp" \
@@ -501,7 +150,7 @@ def _smtp_credentials_suffice(ctx: _Context, row: Row) -> Row:
 # --- 6. account --------------------------------------------------------------------------
 
 
-async def _check_account(ctx: _Context, c: _Clients) -> list[Row]:
+async def _check_account(ctx: Context, c: _Clients) -> list[Row]:
     try:
         account = await c.sesv2.get_account()
     except Exception as e:
@@ -584,7 +233,7 @@ def _quota_row(quota: dict[str, Any], region: str, source: str) -> Row:
 # --- 7. sender identities ----------------------------------------------------------------
 
 
-async def _check_identities(ctx: _Context, c: _Clients) -> list[Row]:
+async def _check_identities(ctx: Context, c: _Clients) -> list[Row]:
     arn = ctx.config.delivery.from_arn or ctx.config.delivery.source_arn
     if arn:
         return [Row(OK, "sender identities", f"sent on behalf of {arn}: that account owns the "
@@ -614,7 +263,7 @@ async def _check_identities(ctx: _Context, c: _Clients) -> list[Row]:
     return rows + _dkim_rows(lookup)
 
 
-def _identities_to_check(ctx: _Context) -> dict[str, list[str]]:
+def _identities_to_check(ctx: Context) -> dict[str, list[str]]:
     """Each exact address or @domain that must be sendable, with where it comes from."""
     wanted: dict[str, list[str]] = {}
     db = ctx.db or users.UserDB({})
@@ -704,14 +353,14 @@ def _dkim_rows(lookup: _IdentityLookup) -> list[Row]:
 _FEEDBACK_EVENTS = frozenset({"BOUNCE", "COMPLAINT"})
 
 
-async def _check_configuration_sets(ctx: _Context, c: _Clients) -> list[Row]:
+async def _check_configuration_sets(ctx: Context, c: _Clients) -> list[Row]:
     rows: list[Row] = []
     for name, sources in _configuration_sets(ctx).items():
         rows += await _configuration_set_rows(c, name, sources)
     return rows
 
 
-def _configuration_sets(ctx: _Context) -> dict[str, list[str]]:
+def _configuration_sets(ctx: Context) -> dict[str, list[str]]:
     sets: dict[str, list[str]] = {}
     if ctx.config.policy.configuration_set:
         sets.setdefault(ctx.config.policy.configuration_set, []).append(
@@ -781,9 +430,10 @@ def _destinations_row(name: str, destinations: list[dict[str, Any]], source: str
                f"destination(s)){source}")
 
 
-_AWS_CHECKS: tuple[tuple[str, Callable[[_Context, _Clients], Awaitable[list[Row]]]], ...] = (
+_AWS_CHECKS: tuple[tuple[str, Callable[[Context, _Clients], Awaitable[list[Row]]]], ...] = (
     ("AWS credentials", _check_credentials),
     ("SES account", _check_account),
     ("sender identities", _check_identities),
     ("configuration sets", _check_configuration_sets),
 )
+
