@@ -257,3 +257,18 @@ def test_a_session_ends_after_its_idle_timeout_and_ids_are_random() -> None:
     now[0] += 61
     assert sessions.get(a.id) is None
     assert sessions.get("made-up") is None and sessions.get(None) is None
+
+
+def test_the_overview_says_when_the_file_differs_from_the_running_configuration(
+        console, setup: Setup) -> None:
+    c = client(console)
+    c.login()
+    assert "configuration file differs" not in c.get("/").text
+    setup.doc.setdefault("limits", {})["max_recipients"] = 7  # a reload applies it
+    setup.doc["queue"]["directory"] = str(setup.path.parent / "elsewhere")  # a restart
+    setup.write()
+    page = c.get("/").text
+    assert "configuration file differs" in page
+    live, restart = page.split("needs a restart", 1)
+    assert "limits.max_recipients" in live and "queue.directory" in restart
+    assert "queue.directory" in c.get("/api/overview").json()["html"]  # the live refresh too

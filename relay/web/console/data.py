@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from relay import queueadmin
+from relay import queueadmin, running
 from relay.config import Config
 from relay.delivery import Scheduler
 from relay.events import EventStore, Rates
@@ -86,6 +86,9 @@ async def overview(src: Sources, *, now: float | None = None) -> dict[str, Any]:
     hourly = await asyncio.to_thread(src.events.hourly, start, HOURS)
     paused = await asyncio.to_thread(src.spool.paused)
     ready, detail = await src.readiness()
+    # The file read again at each refresh: whether it still says what runs (a SIGHUP
+    # would apply some keys; others wait for a restart). relay.running decides which.
+    drift = await asyncio.to_thread(running.pending, cfg)
     quota = src.scheduler.quota
     level, state = guard_state(rates, cfg, paused)
     return {
@@ -106,6 +109,7 @@ async def overview(src: Sources, *, now: float | None = None) -> dict[str, Any]:
         "transport": cfg.delivery.transport,
         "hourly": hourly,
         "hourly_start": start,
+        "drift": drift,  # None: the file is unreadable or invalid
         "at": now,
     }
 
