@@ -22,9 +22,8 @@ lives, and a restart makes every tag worthless.
 Only successes are remembered, and a wrong password always costs the full scrypt: a miss
 looks, in time, exactly as it did without the cache, and a hit only answers sooner what
 235 would say anyway. A check is one HMAC-SHA256 of about 100 bytes, a few microseconds
-(timeit of ``SuccessCache.verified``: 4-12 us on this 2-core machine while it was loaded
-by other work, against 50-110 ms for scrypt there): cheap enough to make on the event
-loop, with no hand-over to a thread.
+(bench/micro.py: 2.5 us, against 36 ms for the scrypt it saves, on this 2-core machine):
+cheap enough to make on the event loop, with no hand-over to a thread.
 """
 
 from __future__ import annotations

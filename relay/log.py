@@ -34,8 +34,9 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         # Not PrintLoggerFactory: print() writes the line and its newline apart, two
         # write(2)s per line when stdout is unbuffered (PYTHONUNBUFFERED, as under
-        # systemd units that set it); WriteLogger writes both in one (strace -c of the
-        # relay under /tmp/perf/driver.py plain: 6 writes per message became 3).
+        # systemd units that set it); WriteLogger writes both in one (`strace -f -c -e
+        # trace=write -p PID` of the relay under bench/perconn.py --profiles plain shows
+        # one write per log line).
         logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
