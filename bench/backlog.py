@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import AWS_ENV, free_port, write_relay_config  # noqa: E402
-from relay.spool import _TRAILER_MAGIC, Envelope, new_queue_id  # noqa: E402
+from relay.queueentry import Envelope, trailer  # noqa: E402
+from relay.spool import new_queue_id  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -30,8 +31,7 @@ BIN = Path(sys.executable).parent
 def prefill(active: Path, n: int) -> None:
     active.mkdir(parents=True, exist_ok=True)
     body = b"Subject: backlog\r\n\r\n" + (b"x" * 76 + b"\r\n") * 60
-    meta = Envelope("bench@example.com", ("sink@example.net",)).to_json()
-    blob = body + meta + _TRAILER_MAGIC + b"%010d\n" % len(meta)
+    blob = body + trailer(Envelope("bench@example.com", ("sink@example.net",)))
     start = time.time() - 3600
     for i in range(n):
         (active / new_queue_id(start + i * 0.001)).write_bytes(blob)

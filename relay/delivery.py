@@ -200,11 +200,13 @@ class Scheduler:
 
     async def _worker(self) -> None:
         while True:
-            # Not while paused: a message taken now would stay claimed until the pause ends,
-            # and a pause is when an operator holds or deletes mail (`queue hold` would
-            # answer "being delivered right now").
-            await self._running.wait()
             qid = await self._ready.get()
+            # No claim while paused: one taken now would stay claimed until the pause ends,
+            # and a pause is when an operator holds or deletes mail (`queue hold` would
+            # answer "being delivered right now"). After the get, not before: an idle
+            # worker waits in get() through the pause's start. Holding only the id is
+            # harmless: a message held or deleted meanwhile is not found by the claim.
+            await self._running.wait()
             if qid in self._in_flight:  # already being delivered (rescheduled meanwhile)
                 continue
             self._in_flight.add(qid)

@@ -93,16 +93,16 @@ def split_fields(block: bytes) -> list[tuple[str, bytes]]:
     return fields
 
 
-def _value(raw: bytes) -> str:
-    text = raw.split(b":", 1)[1].decode("utf-8", errors="replace")
-    return " ".join(text.split())  # unfold
-
-
 def _unfolded(raw: bytes) -> str:
     # Unfolding removes the CRLF and nothing else (RFC 5322 2.2.3): the whitespace after
     # it stays, as it may be inside a quoted string.
     text = raw.split(b":", 1)[1].decode("utf-8", errors="replace")
     return text.replace("\r\n", "").strip(" \t")
+
+
+def _value(raw: bytes) -> str:
+    """Unfolded, with each run of whitespace as one space (the X-SES-* values)."""
+    return " ".join(_unfolded(raw).split())
 
 
 def rewrite(block: bytes, *, hostname: str, now: float | None = None,

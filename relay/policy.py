@@ -58,7 +58,10 @@ class Policy:
         return self._policy.null_sender_rewrite
 
     def sender(self, user: User | None, address: str) -> Verdict:
-        if user is None or not user.allowed_senders or matches(address, user.allowed_senders):
+        if not _restricted(user):
+            return ACCEPT
+        assert user is not None
+        if matches(address, user.allowed_senders):
             return ACCEPT
         return Verdict(SENDER_NOT_ALLOWED, f"{address} not in allowed_senders of {user.name}")
 

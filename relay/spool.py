@@ -37,8 +37,7 @@ from relay import queueentry
 from relay.errors import Busy, SpoolError
 
 # The entry's records and format live in relay.queueentry; Envelope and DeliveryState
-# are imported from here as before (and the trailer's magic by bench/backlog.py).
-from relay.queueentry import TRAILER_MAGIC as _TRAILER_MAGIC  # noqa: F401
+# are imported from here as before.
 from relay.queueentry import DeliveryState as DeliveryState
 from relay.queueentry import Envelope as Envelope
 from relay.queueentry import parse_entry, read_entry, read_meta
@@ -49,9 +48,10 @@ _READ_WHOLE = 256 * 1024  # entries up to this size are read in one system call
 # fsyncs run in parallel on threads of their own, apart from the default executor the
 # delivery side uses: concurrent fsyncs on one file system are merged by its journal
 # (ext4's jbd2 batches them into one commit), which is group commit for free. Only the
-# fsyncs: creating, writing and renaming a file touch the page cache, not the device, and
-# cost less on the event loop (microseconds) than a trip to a thread does in GIL hand-offs
-# and context switches (bench/RESULTS.md, "thread hand-offs").
+# fsyncs, and the rename between the file's and the folder's (one trip for the three:
+# Spool._sync_and_rename): creating and writing a file touch the page cache, not the
+# device, and cost less on the event loop (microseconds) than a trip to a thread does in
+# GIL hand-offs and context switches (bench/RESULTS.md, "thread hand-offs").
 _COMMIT_THREADS = 32
 _FILE_MODE = 0o666  # what open() gives, less the umask
 

@@ -162,3 +162,41 @@ def test_while_delivery_is_paused_no_message_is_held_back_from_an_operator(
     spool.close()
     assert len(held) == 3 and transport.calls == []
     assert len(list((tmp_path / "hold").iterdir())) == 3
+
+
+def test_a_pause_while_the_workers_are_idle_holds_no_message_back_from_an_operator(
+        tmp_path: Path) -> None:
+    # The usual pause: `ses-relay pause` on a running relay whose workers all wait for
+    # work. A message arriving then must not be claimed by a worker that was already
+    # waiting for one before the pause began.
+    from relay import queueadmin
+
+    spool = Spool(tmp_path)
+    spool.open()
+    transport = Chunked(deferred="")
+    held: list[str] = []
+
+    async def main() -> None:
+        scheduler = Scheduler(spool, transport, QueueConfig(min_backoff=0.1, max_backoff=0.2),
+                              concurrency=2)
+        await scheduler.start()
+        try:
+            await asyncio.sleep(0.1)  # the workers wait for work
+            scheduler.pause("operator", persist=False)
+            qids = []
+            for _ in range(3):
+                draft = spool.draft()
+                draft.write(b"Subject: paused\r\n\r\nbody\r\n")
+                qid = await spool.commit(draft, Envelope("s@example.com", ("a@example.net",)))
+                qids.append(qid)
+                scheduler.enqueue(qid)
+            await asyncio.sleep(0.3)  # time for the workers to take messages, if they would
+            for qid in qids:
+                held.append(await asyncio.to_thread(queueadmin.act, spool, "hold", qid))
+        finally:
+            await scheduler.stop()
+
+    asyncio.run(main())
+    spool.close()
+    assert len(held) == 3 and transport.calls == []
+    assert len(list((tmp_path / "hold").iterdir())) == 3
