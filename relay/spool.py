@@ -315,9 +315,9 @@ class Spool:
         In one trip to the thread, not one for the file and one for the folder: each trip
         is a wake-up of the event loop and GIL hand-offs, and the loop is the one core
         every session shares. bench/commit.py on tmpfs (so the device's flush does not
-        hide it), one writer: p50 0.23-0.25 ms with two trips, 0.15 ms with one. The folder's fsync starts after the rename, so it
-        covers it (promise 1); concurrent ones are merged by the file system's journal
-        as the file fsyncs are (see _COMMIT_THREADS).
+        hide it), one writer: p50 0.23-0.25 ms with two trips, 0.15 ms with one.
+        The folder's fsync starts after the rename, so it covers it (promise 1);
+        concurrent ones are merged by the file system's journal as the file fsyncs are (see _COMMIT_THREADS).
         """
         os.fsync(fd)
         draft._close_file()
