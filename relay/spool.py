@@ -317,7 +317,8 @@ class Spool:
         every session shares. bench/commit.py on tmpfs (so the device's flush does not
         hide it), one writer: p50 0.23-0.25 ms with two trips, 0.15 ms with one.
         The folder's fsync starts after the rename, so it covers it (promise 1);
-        concurrent ones are merged by the file system's journal as the file fsyncs are (see _COMMIT_THREADS).
+        concurrent ones are merged by the file system's journal as the file fsyncs
+        are (see _COMMIT_THREADS).
         """
         os.fsync(fd)
         draft._close_file()
