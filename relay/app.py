@@ -193,9 +193,10 @@ class Relay:
         if cfg.console is not None:
             app = self._console_app(cfg)
             tls = self.tls.context if cfg.console.tls and self.tls is not None else None
+            # extra: the app holds its section (session_timeout...): a new one, a new server.
             sites.append(Site("console", cfg.console.address, cfg.console.port, cfg.web,
-                              context=tls, middlewares=(app.access.middleware,),
-                              routes=app.add_to))
+                              context=tls, extra=(cfg.console,),
+                              middlewares=(app.access.middleware,), routes=app.add_to))
         return sites
 
     def _console_app(self, cfg: Config) -> Console:

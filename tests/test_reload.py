@@ -238,3 +238,20 @@ def test_a_connection_open_across_a_reload_is_still_answered(
         early.sendall(b"GET /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n")
         assert early.makefile("rb").readline().startswith(b"HTTP/1.1 200")
     assert _healthz(port) == 200
+
+
+def test_a_new_console_session_timeout_restarts_the_console(
+        setup: Setup, start_process, tmp_path: Path) -> None:
+    from consolekit import with_console
+
+    with_console(setup, tmp_path)
+    relay = start_process(setup)
+    port = setup.port("console")
+    setup.doc["console"]["session_timeout"] = "10m"
+    setup.write()
+    reloaded = _reload(relay, "reloaded")
+    # The console's app holds its section: a new one is served only by a new server.
+    assert reloaded.get("web_restarted") == ["console"], reloaded
+    assert "restart_needed_for" not in reloaded, reloaded
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=10) as r:
+        assert r.status == 200
