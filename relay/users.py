@@ -15,12 +15,12 @@ import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, cast
+from typing import cast
 
 import yaml
 
 from relay.addresses import AddressError, normalize_pattern
-from relay.config import yaml_problem
+from relay.config import Listener, yaml_problem
 from relay.errors import UsersFileError
 from relay.message import SES_HEADERS, SesHeaders, valid_configuration_set, valid_tag
 
@@ -102,12 +102,7 @@ class UserDB:
         return UserDB({k: v for k, v in self._users.items() if k != name})
 
 
-class _Listener(Protocol):
-    @property
-    def auth(self) -> str: ...
-
-
-def required_by(listeners: Iterable[_Listener]) -> bool:
+def required_by(listeners: Iterable[Listener]) -> bool:
     """Whether a listener requires AUTH: then the users file must exist, for without it
     every client is refused (a missing file is a mistake to report, not an empty list)."""
     return any(listener.auth == "required" for listener in listeners)
