@@ -255,3 +255,18 @@ def test_a_new_console_session_timeout_restarts_the_console(
     assert "restart_needed_for" not in reloaded, reloaded
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=10) as r:
         assert r.status == 200
+
+
+def test_a_console_that_cannot_open_the_queue_is_a_refused_reload(
+        setup: Setup, start_process) -> None:
+    relay = start_process(setup)
+    # A folder the console's queue view makes sure of, now a file: only it trips on it.
+    corrupt = setup.queue_dir / "corrupt"
+    corrupt.rmdir()
+    corrupt.write_text("")
+    setup.doc["console"] = {"address": "127.0.0.1", "port": 0}
+    setup.write()
+    refused = _reload(relay, "reload_refused")
+    assert "corrupt" in str(refused["problems"]), refused
+    assert _greeting(setup).startswith(b"220")
+    assert relay.proc.poll() is None
