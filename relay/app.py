@@ -193,9 +193,10 @@ class Relay:
         if cfg.console is not None:
             app = self._console_app(cfg)
             tls = self.tls.context if cfg.console.tls and self.tls is not None else None
+            # extra: the app holds its section (session_timeout...): a new one, a new server.
             sites.append(Site("console", cfg.console.address, cfg.console.port, cfg.web,
-                              context=tls, middlewares=(app.access.middleware,),
-                              routes=app.add_to))
+                              context=tls, extra=(cfg.console,),
+                              middlewares=(app.access.middleware,), routes=app.add_to))
         return sites
 
     def _console_app(self, cfg: Config) -> Console:
@@ -344,7 +345,8 @@ class Relay:
                 new_tls = await asyncio.to_thread(tlscontext.build, new.tls.cert, new.tls.key)
             applied = running.applicable(old, new, tls_on=self.tls is not None)
             swap = await self.sites.prepare(self._sites(applied))
-        except (ConfigError, UsersFileError, OSError, SiteError) as e:
+        except (ConfigError, UsersFileError, OSError, SiteError, SpoolError) as e:
+            # SpoolError: a console turned on opens its view of the queue (queueadmin).
             problems = e.problems if isinstance(e, ConfigError) else [str(e)]
             _log.error("reload_refused", problems=problems,
                        hint="the running configuration stays; fix the file and reload again")
@@ -467,8 +469,10 @@ async def serve(config: Config, share: Share = ALONE) -> int:
 
 async def _reload(relay: Relay, notifier: systemd.Notifier) -> None:
     notifier.reloading()
-    await relay.reload()
-    notifier.ready("reloaded")
+    try:
+        await relay.reload()
+    finally:  # whatever happened, the relay runs on: systemd must not wait on "reloading"
+        notifier.ready("reloaded")
 
 
 async def _watchdog(notifier: systemd.Notifier, interval: float) -> None:

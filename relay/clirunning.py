@@ -39,13 +39,12 @@ def compare(cfg: Config, out: TextIO, queue_dir: Path | None = None) -> int:
     ran: dict[str, Any] = record["config"]
     got = record.get("bound")
     bound: dict[str, Any] = got if isinstance(got, dict) else {}
-    keys = running.differences(ran, running.flatten(cfg), bound)
+    wanted = running.flatten(cfg)
+    live, restart = running.split(ran, wanted, bound)
+    keys = live + restart
     if not keys:
         print(f"the running relay (pid {pid}) uses this configuration", file=out)
         return SAME
-    wanted = running.flatten(cfg)
-    restart = [k for k in keys if running.needs_restart(k, ran, wanted)]
-    live = [k for k in keys if k not in restart]
     print(f"the running relay (pid {pid}) differs from the file in {len(keys)} "
           f"key{'s' if len(keys) > 1 else ''}:", file=out)
     for title, group in (("applied by a reload (systemctl reload ses-relay)", live),

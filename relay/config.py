@@ -293,7 +293,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError([f"{path}: not valid YAML ({_yaml_problem(e)})"]) from None
+        raise ConfigError([f"{path}: not valid YAML ({yaml_problem(e)})"]) from None
     except RecursionError:  # PyYAML's composer recurses once per nesting level
         raise ConfigError([f"{path}: not valid YAML (nested too deeply)"]) from None
     if raw is None:
@@ -302,7 +302,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
                  source=path)
 
 
-def _yaml_problem(e: yaml.YAMLError) -> str:
+def yaml_problem(e: yaml.YAMLError) -> str:
     mark = getattr(e, "problem_mark", None)
     problem = getattr(e, "problem", None) or "syntax error"
     if mark is not None:

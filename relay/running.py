@@ -98,6 +98,15 @@ def differences(old: dict[str, Any], new: dict[str, Any],
                   and not (k in bound and new.get(k, _ABSENT) == bound[k]))
 
 
+def split(running: dict[str, Any], wanted: dict[str, Any],
+          bound: dict[str, Any] | None = None) -> tuple[list[str], list[str]]:
+    """The keys that differ from the *running* flat configuration to the *wanted* one (see
+    differences), as (a reload applies them, they need a restart)."""
+    keys = differences(running, wanted, bound)
+    restart = [k for k in keys if needs_restart(k, running, wanted)]
+    return [k for k in keys if k not in restart], restart
+
+
 _ABSENT: Any = object()
 
 
@@ -123,10 +132,7 @@ def pending(current: Config) -> tuple[list[str], list[str]] | None:
         wanted = flatten(load(current.source))
     except ConfigError:
         return None
-    ran = flatten(current)
-    keys = differences(ran, wanted)
-    restart = [k for k in keys if needs_restart(k, ran, wanted)]
-    return [k for k in keys if k not in restart], restart
+    return split(flatten(current), wanted)
 
 
 def redacted(flat: dict[str, Any]) -> dict[str, Any]:

@@ -15,11 +15,12 @@ import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, cast
+from typing import cast
 
 import yaml
 
 from relay.addresses import AddressError, normalize_pattern
+from relay.config import Listener, yaml_problem
 from relay.errors import UsersFileError
 from relay.message import SES_HEADERS, SesHeaders, valid_configuration_set, valid_tag
 
@@ -101,12 +102,7 @@ class UserDB:
         return UserDB({k: v for k, v in self._users.items() if k != name})
 
 
-class _Listener(Protocol):
-    @property
-    def auth(self) -> str: ...
-
-
-def required_by(listeners: Iterable[_Listener]) -> bool:
+def required_by(listeners: Iterable[Listener]) -> bool:
     """Whether a listener requires AUTH: then the users file must exist, for without it
     every client is refused (a missing file is a mistake to report, not an empty list)."""
     return any(listener.auth == "required" for listener in listeners)
@@ -130,7 +126,7 @@ def load(path: Path, *, must_exist: bool = False) -> UserDB:
     except UnicodeDecodeError as e:
         raise UsersFileError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
-        raise UsersFileError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+        raise UsersFileError(f"{path}: not valid YAML ({yaml_problem(e)})") from None
     except RecursionError:  # PyYAML's composer recurses once per nesting level
         raise UsersFileError(f"{path}: not valid YAML (nested too deeply)") from None
     if raw is None:
@@ -141,14 +137,6 @@ def load(path: Path, *, must_exist: bool = False) -> UserDB:
     if not isinstance(entries, dict):
         raise UsersFileError(f"{path}: expected a mapping under 'users'")
     return UserDB({str(name): _user(path, str(name), entry) for name, entry in entries.items()})
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    mark = getattr(e, "problem_mark", None)
-    problem = getattr(e, "problem", None) or "syntax error"
-    if mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return str(problem)
 
 
 # A key misspelt (allowed_sender) would silently lift a restriction: refused instead.

@@ -36,6 +36,17 @@ def own_users_file(setup: Setup, tmp_path: Path) -> Path:
     return path
 
 
+def refused_user(tmp_path: Path, **entry: object) -> str:
+    """The error users.load gives for a file whose one user "app" has *entry* besides a
+    valid password hash."""
+    path = tmp_path / "users.yaml"
+    path.write_text(yaml.safe_dump({"users": {"app": {
+        "password_hash": users.hash_password("long-enough-pw"), **entry}}}))
+    with pytest.raises(UsersFileError) as e:
+        users.load(path)
+    return str(e.value)
+
+
 def test_user_add_stores_only_a_salted_hash_and_the_relay_accepts_it(
         setup: Setup, tmp_path: Path, start_relay) -> None:
     path = own_users_file(setup, tmp_path)
@@ -151,13 +162,7 @@ def test_dev_init_and_serve_work_without_aws(tmp_path: Path) -> None:
 
 
 def test_a_users_file_with_an_invalid_ses_option_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "users.yaml"
-    path.write_text(yaml.safe_dump({"users": {"app": {
-        "password_hash": users.hash_password("long-enough-pw"),
-        "tags": {"campaign": "fall sale"}}}}))
-    with pytest.raises(UsersFileError) as e:
-        users.load(path)
-    assert "users.app.tags" in str(e.value)
+    assert "users.app.tags" in refused_user(tmp_path, tags={"campaign": "fall sale"})
 
 
 def test_user_ses_headers_is_set_listed_and_reset(setup: Setup, tmp_path: Path) -> None:
@@ -179,12 +184,7 @@ def test_user_ses_headers_is_set_listed_and_reset(setup: Setup, tmp_path: Path) 
 
 
 def test_a_users_file_with_an_invalid_ses_headers_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "users.yaml"
-    path.write_text(yaml.safe_dump({"users": {"app": {
-        "password_hash": users.hash_password("long-enough-pw"), "ses_headers": "yes"}}}))
-    with pytest.raises(UsersFileError) as e:
-        users.load(path)
-    assert "users.app.ses_headers" in str(e.value)
+    assert "users.app.ses_headers" in refused_user(tmp_path, ses_headers="yes")
 
 
 def test_admin_flag_set_shown_and_cleared(setup: Setup, tmp_path: Path) -> None:
@@ -204,9 +204,4 @@ def test_admin_flag_set_shown_and_cleared(setup: Setup, tmp_path: Path) -> None:
 
 
 def test_an_admin_flag_that_is_not_a_boolean_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "users.yaml"
-    path.write_text(yaml.safe_dump({"users": {"app": {
-        "password_hash": users.hash_password("long-enough-pw"), "admin": "yes"}}}))
-    with pytest.raises(UsersFileError) as e:
-        users.load(path)
-    assert "users.app.admin: true or false" in str(e.value)
+    assert "users.app.admin: true or false" in refused_user(tmp_path, admin="yes")

@@ -5,7 +5,6 @@ says which keys need a restart, in its log and in `ses-relay check-config --runn
 
 from __future__ import annotations
 
-import signal
 import smtplib
 import socket
 import ssl
@@ -16,17 +15,15 @@ from pathlib import Path
 
 import pytest
 from conftest import PASSWORD, USER, Process, Setup, ses_relay_exe, wait_until
+from reloadkit import reload as _reload
 
 
-def _reload(relay: Process, outcome: str) -> dict[str, object]:
-    """SIGHUP, and the next *outcome* event (reloaded or reload_refused) it logs."""
-    def seen() -> list[dict[str, object]]:
-        return [e for e in relay.events() if e.get("event") == outcome]
-
-    before = len(seen())
-    relay.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: len(seen()) > before, timeout=15)
-    return seen()[-1]
+def _with_metrics(setup: Setup, start_process) -> tuple[Process, int]:
+    """A relay process with a metrics listener on a free port, and that port."""
+    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
+    setup.write()
+    relay = start_process(setup)
+    return relay, setup.port("metrics")
 
 
 def _no_verify() -> ssl.SSLContext:
@@ -93,10 +90,7 @@ def test_new_auth_and_connection_limits_apply_to_new_connections(
 
 
 def test_the_metrics_listener_moves_to_its_new_address(setup: Setup, start_process) -> None:
-    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
-    setup.write()
-    relay = start_process(setup)
-    old = setup.port("metrics")
+    relay, old = _with_metrics(setup, start_process)
     assert _healthz(old) == 200
     setup.doc["metrics"]["address"] = "127.0.0.2"  # loopback too, and a port of its own
     setup.write()
@@ -109,10 +103,7 @@ def test_the_metrics_listener_moves_to_its_new_address(setup: Setup, start_proce
 
 def test_a_reload_whose_metrics_port_is_taken_is_refused_whole(
         setup: Setup, start_process) -> None:
-    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
-    setup.write()
-    relay = start_process(setup)
-    old = setup.port("metrics")
+    relay, old = _with_metrics(setup, start_process)
     with socket.create_server(("127.0.0.1", 0)) as taken:  # another service's port
         setup.doc["metrics"]["port"] = taken.getsockname()[1]
         setup.doc["limits"] = {"max_connections_per_ip": 1}
@@ -174,10 +165,7 @@ def test_the_running_record_holds_no_secret(setup: Setup, start_process, secret:
 
 def test_a_web_setting_restarts_the_listener_on_the_same_port_without_closing_it(
         setup: Setup, start_process) -> None:
-    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
-    setup.write()
-    relay = start_process(setup)
-    port = setup.port("metrics")
+    relay, port = _with_metrics(setup, start_process)
     setup.doc["web"] = {"max_headers": 20}
     setup.write()
     reloaded = _reload(relay, "reloaded")
@@ -195,11 +183,8 @@ def test_a_web_setting_restarts_the_listener_on_the_same_port_without_closing_it
 
 
 def test_a_new_max_send_rate_is_in_force_after_a_reload(setup: Setup, start_process) -> None:
-    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
     setup.doc["delivery"]["max_send_rate"] = 5
-    setup.write()
-    relay = start_process(setup)
-    port = setup.port("metrics")
+    relay, port = _with_metrics(setup, start_process)
 
     def rate() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -245,10 +230,7 @@ def test_a_relay_that_stops_leaves_no_record(setup: Setup, start_process) -> Non
 
 def test_a_connection_open_across_a_reload_is_still_answered(
         setup: Setup, start_process) -> None:
-    setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
-    setup.write()
-    relay = start_process(setup)
-    port = setup.port("metrics")
+    relay, port = _with_metrics(setup, start_process)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as early:
         setup.doc["web"] = {"max_headers": 20}  # the listener is rebuilt on its port
         setup.write()
@@ -256,3 +238,35 @@ def test_a_connection_open_across_a_reload_is_still_answered(
         early.sendall(b"GET /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n")
         assert early.makefile("rb").readline().startswith(b"HTTP/1.1 200")
     assert _healthz(port) == 200
+
+
+def test_a_new_console_session_timeout_restarts_the_console(
+        setup: Setup, start_process, tmp_path: Path) -> None:
+    from consolekit import with_console
+
+    with_console(setup, tmp_path)
+    relay = start_process(setup)
+    port = setup.port("console")
+    setup.doc["console"]["session_timeout"] = "10m"
+    setup.write()
+    reloaded = _reload(relay, "reloaded")
+    # The console's app holds its section: a new one is served only by a new server.
+    assert reloaded.get("web_restarted") == ["console"], reloaded
+    assert "restart_needed_for" not in reloaded, reloaded
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=10) as r:
+        assert r.status == 200
+
+
+def test_a_console_that_cannot_open_the_queue_is_a_refused_reload(
+        setup: Setup, start_process) -> None:
+    relay = start_process(setup)
+    # A folder the console's queue view makes sure of, now a file: only it trips on it.
+    corrupt = setup.queue_dir / "corrupt"
+    corrupt.rmdir()
+    corrupt.write_text("")
+    setup.doc["console"] = {"address": "127.0.0.1", "port": 0}
+    setup.write()
+    refused = _reload(relay, "reload_refused")
+    assert "corrupt" in str(refused["problems"]), refused
+    assert _greeting(setup).startswith(b"220")
+    assert relay.proc.poll() is None

@@ -77,3 +77,22 @@ def test_pending_says_what_the_file_changed_since(setup: Setup) -> None:
     assert running.pending(current) == (["limits.max_recipients"], ["queue.max_age"])
     setup.path.write_text("listeners: [")
     assert running.pending(current) is None
+
+
+def test_what_a_reload_keeps_is_what_needs_restart_says(setup: Setup, tmp_path: Path) -> None:
+    """Two statements of one rule: applicable (what app.reload applies) and LIVE (what
+    check-config --running, the doctor and the console say a reload applies)."""
+    old = setup.load()
+    rep = dataclasses.replace
+    new = rep(old, hostname="other.test", workers=3,
+              limits=rep(old.limits, max_recipients=7),
+              queue=rep(old.queue, directory=tmp_path / "q2"),
+              delivery=rep(old.delivery, region="eu-west-1", max_send_rate=3.0),
+              suppression=rep(old.suppression, database=tmp_path / "s.db"),
+              feedback=rep(old.feedback, database=tmp_path / "f.db"),
+              web=rep(old.web, max_headers=20), log=rep(old.log, level="debug"))
+    live, restart = running.split(running.flatten(old), running.flatten(new))
+    applied = running.applicable(old, new, tls_on=True)
+    assert running.differences(running.flatten(applied), running.flatten(new)) == restart
+    assert set(live) == {"hostname", "limits.max_recipients", "delivery.max_send_rate",
+                         "web.max_headers", "log.level"}

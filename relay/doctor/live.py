@@ -96,11 +96,9 @@ def check_running(ctx: Context) -> list[Row]:
 
 def _config_row(cfg: Config, relay: Relay) -> Row:
     wanted = running.flatten(cfg)
-    keys = running.differences(relay.config, wanted, relay.bound)
-    if not keys:
+    live, restart = running.split(relay.config, wanted, relay.bound)
+    if not live and not restart:
         return Row(OK, "running config", "the running relay uses this file's configuration")
-    restart = [k for k in keys if running.needs_restart(k, relay.config, wanted)]
-    live = [k for k in keys if k not in restart]
     parts = ([f"a reload applies {', '.join(live)}"] if live else []) + (
         [f"a restart is needed for {', '.join(restart)}"] if restart else [])
     return Row(WARN, "running config", oneline(f"differs from the file: {'; '.join(parts)}"),
