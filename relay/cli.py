@@ -30,6 +30,7 @@ from relay import __version__, config, log, users
 from relay.addresses import AddressError, normalize, normalize_pattern
 from relay.errors import ConfigError, DeliveryError, SpoolError, UsersFileError
 from relay.message import valid_configuration_set, valid_tag
+from relay.policy import ses_headers_choice
 from relay.spool import ALONE, Envelope, Share
 from relay.suppression import REASONS, SuppressionError, SuppressionList
 
@@ -376,14 +377,9 @@ def _apply_user_options(args: argparse.Namespace, user: users.User) -> users.Use
 def _user_line(user: users.User, policy: config.PolicyConfig) -> str:
     """One line of `user list`: the name, then what the user may do."""
     senders = ",".join(user.allowed_senders) or "any"
-    # Whose choice it is, in brackets: the user's own, policy.ses_headers, or its "auto".
-    ses_headers: str
-    if user.ses_headers:
-        ses_headers = user.ses_headers
-    elif policy.ses_headers != "auto":
-        ses_headers = f"{policy.ses_headers}(policy)"
-    else:
-        ses_headers = f"{'ignore' if user.allowed_senders else 'allow'}(auto)"
+    # Whose choice it is, in brackets: policy.ses_headers, or its "auto"; none: the user's.
+    choice, whose = ses_headers_choice(user, policy)
+    ses_headers = choice if whose == "user" else f"{choice}({whose})"
     parts = [user.name, f"senders={senders}", f"ses_headers={ses_headers}"]
     if user.configuration_set:
         parts.append(f"configuration_set={user.configuration_set}")

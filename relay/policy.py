@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from relay import mailboxes
 from relay.addresses import matches
-from relay.config import Config
+from relay.config import Config, PolicyConfig
 from relay.suppression import SuppressionList
 from relay.users import User
 
@@ -145,11 +145,7 @@ class Policy:
         and a header must not take it elsewhere (SES would also take one named in the
         header over the SMTP transport), so by default its headers are removed unread.
         """
-        choice = user.ses_headers if user is not None and user.ses_headers else \
-            self._policy.ses_headers
-        if choice == "auto":
-            return not _restricted(user)
-        return choice == "allow"
+        return ses_headers_choice(user, self._policy)[0] == "allow"
 
     def ses_options(self, user: User | None, header_set: str | None,
                     header_tags: Sequence[tuple[str, str]]
@@ -162,6 +158,17 @@ class Policy:
             tags.update(user.tags)
         tags.update(header_tags)
         return config_set, tuple(tags.items())
+
+
+def ses_headers_choice(user: User | None, policy: PolicyConfig) -> tuple[str, str]:
+    """Whether *user*'s X-SES-* headers are obeyed ("allow" or "ignore"), and whose choice
+    that is: the user's own ("user"), policy.ses_headers ("policy") or its "auto" rule
+    (see Policy.ses_headers_allowed). `ses-relay user list` shows both."""
+    if user is not None and user.ses_headers:
+        return user.ses_headers, "user"
+    if policy.ses_headers != "auto":
+        return policy.ses_headers, "policy"
+    return ("ignore" if _restricted(user) else "allow"), "auto"
 
 
 def _restricted(user: User | None) -> bool:
