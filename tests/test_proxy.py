@@ -133,6 +133,22 @@ def test_a_balancer_header_names_the_client_that_is_relayed_and_logged(
     assert received[0]["proxy"].startswith(f"{BALANCER}:")
 
 
+def test_a_from_added_behind_a_balancer_is_logged_with_the_balancer(
+        setup: Setup, start_relay, logs) -> None:
+    port = serve(setup, start_relay, plain_listener(setup))
+    s = connect(port, BALANCER)
+    s.sendall(v1(CLIENT, 40004))
+    with over(s) as d:
+        for command in ("EHLO client.test", f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RCPT}>",
+                        "DATA"):
+            d.cmd(command)
+        assert d.cmd(f"To: {RCPT}\r\nSubject: no from\r\n\r\nbody\r\n.").startswith(
+            b"250 2.0.0")
+    [added] = events(logs, "from_added")
+    assert added["peer"] == f"{CLIENT}:40004"
+    assert added["proxy"].startswith(f"{BALANCER}:")
+
+
 def test_a_balancer_client_outside_trusted_networks_is_not_relayed(setup: Setup,
                                                                    start_relay) -> None:
     port = serve(setup, start_relay, plain_listener(setup))
