@@ -25,16 +25,18 @@ class Connections:
         self.total_limit = total
         self.per_ip_limit = per_ip
         self._per_ip: Counter[str] = Counter()
+        self._count = 0  # the sum of _per_ip, kept: opened() reads it for every connection
         self._idle = asyncio.Event()
         self._idle.set()
 
     @property
     def count(self) -> int:
-        return sum(self._per_ip.values())
+        return self._count
 
     def opened(self, ip: str) -> str | None:
         """Count a new connection; return the reply refusing it, if it is one too many."""
         self._per_ip[ip] += 1
+        self._count += 1
         self._idle.clear()
         if self.count > self.total_limit:
             return TOO_MANY_CONNECTIONS
@@ -48,6 +50,9 @@ class Connections:
         return self.opened(new_ip)
 
     def closed(self, ip: str) -> None:
+        if ip not in self._per_ip:
+            return  # never counted: nothing to give back
+        self._count -= 1
         self._per_ip[ip] -= 1
         if self._per_ip[ip] <= 0:
             del self._per_ip[ip]

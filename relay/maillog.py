@@ -161,7 +161,7 @@ def headers_adjusted(peer: Any, user: str | None, *, from_added: str | None,
                      ses_headers_ignored: bool) -> None:
     """What the relay did to a message's header beyond the usual (Bcc, Date, Message-ID)."""
     if from_added is not None:
-        _log.info("from_added", peer=_peer(peer), user=user, sender=from_added)
+        _log.info("from_added", **_who(peer), user=user, sender=from_added)
     if ses_headers_ignored:
         # Why an X-SES-CONFIGURATION-SET had no effect: policy.ses_headers / the user's.
-        _log.info("ses_headers_ignored", peer=_peer(peer), user=user)
+        _log.info("ses_headers_ignored", **_who(peer), user=user)

@@ -111,6 +111,16 @@ def test_any_auth_blob_gets_an_auth_answer_and_the_session_goes_on(
         assert d.cmd("NOOP").startswith(b"250 2.0.0")
 
 
+def _to_data(d: Dialog) -> None:
+    """Log in and give one recipient; the server's 354 to DATA is asserted."""
+    d.cmd("EHLO client.test")
+    creds = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+    assert d.cmd(f"AUTH PLAIN {creds}").startswith(b"235")
+    d.cmd(f"MAIL FROM:<{SENDER}>")
+    d.cmd("RCPT TO:<a@example.net>")
+    assert d.cmd("DATA").startswith(b"354")
+
+
 @given(st.binary(max_size=300))
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -120,12 +130,7 @@ def test_any_data_gets_an_answer_and_never_a_second_message(
     # should; those examples test something else.
     assume(not (b"\r\n" + data).count(b"\r\n.\r\n"))
     with _session(setup, start_relay) as d:
-        d.cmd("EHLO client.test")
-        creds = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
-        assert d.cmd(f"AUTH PLAIN {creds}").startswith(b"235")
-        d.cmd(f"MAIL FROM:<{SENDER}>")
-        d.cmd("RCPT TO:<a@example.net>")
-        assert d.cmd("DATA").startswith(b"354")
+        _to_data(d)
         d.send(data + b"\r\n.\r\n")
         reply = d.reply()
         assert reply[:3] in (b"250", b"552", b"554"), reply
@@ -322,12 +327,7 @@ def test_with_normalized_line_ends_only_crlf_dot_crlf_ends_data(
     setup.doc.setdefault("limits", {})["line_endings"] = "normalize"
     setup.write()
     with _session(setup, start_relay) as d:
-        d.cmd("EHLO client.test")
-        creds = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
-        assert d.cmd(f"AUTH PLAIN {creds}").startswith(b"235")
-        d.cmd(f"MAIL FROM:<{SENDER}>")
-        d.cmd("RCPT TO:<a@example.net>")
-        assert d.cmd("DATA").startswith(b"354")
+        _to_data(d)
         d.send(data + b"\r\n.\r\n")
         reply = d.reply()
         assert reply[:3] in (b"250", b"552", b"554"), reply

@@ -52,6 +52,12 @@ def plain_listener(setup: Setup) -> str:
                     trusted_networks=["192.0.2.0/24", f"{DIRECT}/32"])
 
 
+def serve(setup: Setup, start_relay: Any, name: str) -> int:
+    """Start the relay; the port its listener *name* got."""
+    start_relay(setup)
+    return setup.port(name)
+
+
 def connect(port: int, source: str) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=10,
                                     source_address=(source, 0))
@@ -86,9 +92,7 @@ def relay_one(d: Dialog) -> list[bytes]:
 @pytest.mark.parametrize("header", [v1, v2], ids=["v1", "v2"])
 def test_a_forged_header_from_a_non_balancer_gets_421_and_never_reaches_rcpt(
         setup: Setup, start_relay, logs, header) -> None:
-    name = plain_listener(setup)
-    start_relay(setup)
-    port = setup.port(name)
+    port = serve(setup, start_relay, plain_listener(setup))
     with connect(port, DIRECT) as s:
         # As a balancer would: the header and the dialog at once, without waiting.
         s.sendall(header(CLIENT) + f"EHLO x\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{RCPT}>\r\n"
@@ -104,9 +108,7 @@ def test_a_forged_header_from_a_non_balancer_gets_421_and_never_reaches_rcpt(
 
 
 def test_a_non_balancer_without_a_header_is_its_own_client(setup: Setup, start_relay) -> None:
-    name = plain_listener(setup)
-    start_relay(setup)
-    port = setup.port(name)
+    port = serve(setup, start_relay, plain_listener(setup))
     with over(connect(port, DIRECT)) as d:
         assert d.greeting.startswith(b"220 ")
         replies = relay_one(d)
@@ -117,9 +119,7 @@ def test_a_non_balancer_without_a_header_is_its_own_client(setup: Setup, start_r
 @pytest.mark.parametrize("header", [v1, v2], ids=["v1", "v2"])
 def test_a_balancer_header_names_the_client_that_is_relayed_and_logged(
         setup: Setup, start_relay, logs, header) -> None:
-    name = plain_listener(setup)
-    start_relay(setup)
-    port = setup.port(name)
+    port = serve(setup, start_relay, plain_listener(setup))
     s = connect(port, BALANCER)
     s.sendall(header(CLIENT, 40001))
     with over(s) as d:
@@ -133,11 +133,25 @@ def test_a_balancer_header_names_the_client_that_is_relayed_and_logged(
     assert received[0]["proxy"].startswith(f"{BALANCER}:")
 
 
+def test_a_from_added_behind_a_balancer_is_logged_with_the_balancer(
+        setup: Setup, start_relay, logs) -> None:
+    port = serve(setup, start_relay, plain_listener(setup))
+    s = connect(port, BALANCER)
+    s.sendall(v1(CLIENT, 40004))
+    with over(s) as d:
+        for command in ("EHLO client.test", f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RCPT}>",
+                        "DATA"):
+            d.cmd(command)
+        assert d.cmd(f"To: {RCPT}\r\nSubject: no from\r\n\r\nbody\r\n.").startswith(
+            b"250 2.0.0")
+    [added] = events(logs, "from_added")
+    assert added["peer"] == f"{CLIENT}:40004"
+    assert added["proxy"].startswith(f"{BALANCER}:")
+
+
 def test_a_balancer_client_outside_trusted_networks_is_not_relayed(setup: Setup,
                                                                    start_relay) -> None:
-    name = plain_listener(setup)
-    start_relay(setup)
-    port = setup.port(name)
+    port = serve(setup, start_relay, plain_listener(setup))
     s = connect(port, BALANCER)
     s.sendall(v1("198.51.100.7"))
     with over(s) as d:
@@ -147,9 +161,7 @@ def test_a_balancer_client_outside_trusted_networks_is_not_relayed(setup: Setup,
 
 def test_a_balancer_without_a_header_is_closed_without_a_word(setup: Setup, start_relay,
                                                               logs) -> None:
-    name = plain_listener(setup)
-    start_relay(setup)
-    port = setup.port(name)
+    port = serve(setup, start_relay, plain_listener(setup))
     with connect(port, BALANCER) as s:
         s.sendall(b"EHLO client.test\r\n")
         assert read_to_close(s) == b""
@@ -158,9 +170,7 @@ def test_a_balancer_without_a_header_is_closed_without_a_word(setup: Setup, star
 
 def test_starttls_behind_a_balancer_keeps_the_client_it_named(setup: Setup, start_relay,
                                                               logs) -> None:
-    name = listener(setup, tls="starttls", auth="required")
-    start_relay(setup)
-    port = setup.port(name)
+    port = serve(setup, start_relay, listener(setup, tls="starttls", auth="required"))
     s = connect(port, BALANCER)
     s.sendall(v1(CLIENT, 40003))
     with over(s) as d:
@@ -185,9 +195,7 @@ def via_balancer(port: int, client: str) -> Dialog:
 def test_the_per_client_cap_counts_the_clients_a_balancer_names(setup: Setup,
                                                                 start_relay) -> None:
     setup.doc["limits"] = {"max_connections_per_ip": 2}
-    name = plain_listener(setup)
-    start_relay(setup)
-    port = setup.port(name)
+    port = serve(setup, start_relay, plain_listener(setup))
     first = [via_balancer(port, CLIENT) for _ in range(2)]
     try:
         assert all(d.greeting.startswith(b"220 ") for d in first)
@@ -203,9 +211,7 @@ def test_the_per_client_cap_counts_the_clients_a_balancer_names(setup: Setup,
 
 def test_a_lockout_falls_on_the_client_a_balancer_names(setup: Setup, start_relay) -> None:
     setup.doc["limits"] = {"max_auth_failures": 2}
-    name = listener(setup, tls="implicit", auth="required")
-    start_relay(setup)
-    port = setup.port(name)
+    port = serve(setup, start_relay, listener(setup, tls="implicit", auth="required"))
 
     def session(client: str) -> Dialog:
         raw = connect(port, BALANCER)
@@ -227,9 +233,7 @@ def test_a_lockout_falls_on_the_client_a_balancer_names(setup: Setup, start_rela
 
 def test_a_balancers_own_connection_v2_local_is_its_own_client(setup: Setup,
                                                                start_relay) -> None:
-    name = plain_listener(setup)
-    start_relay(setup)
-    port = setup.port(name)
+    port = serve(setup, start_relay, plain_listener(setup))
     s = connect(port, BALANCER)
     s.sendall(b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x20, 0x00]) + struct.pack("!H", 0))
     with over(s) as d:  # a health check: LOCAL, no addresses
@@ -243,9 +247,7 @@ def test_a_balancers_own_connection_v2_local_is_its_own_client(setup: Setup,
 
 def test_implicit_tls_behind_a_balancer_takes_the_header_before_the_handshake(
         setup: Setup, start_relay, logs) -> None:
-    name = listener(setup, tls="implicit", auth="required")
-    start_relay(setup)
-    port = setup.port(name)
+    port = serve(setup, start_relay, listener(setup, tls="implicit", auth="required"))
     raw = connect(port, BALANCER)
     raw.sendall(v2(CLIENT, 40002))
     with over(tls_context(setup.certs.ca).wrap_socket(raw, server_hostname="localhost")) as d:
@@ -261,9 +263,7 @@ def test_implicit_tls_behind_a_balancer_takes_the_header_before_the_handshake(
 
 def test_implicit_tls_refuses_a_forged_header_in_clear(setup: Setup, start_relay,
                                                        logs) -> None:
-    name = listener(setup, tls="implicit", auth="required")
-    start_relay(setup)
-    port = setup.port(name)
+    port = serve(setup, start_relay, listener(setup, tls="implicit", auth="required"))
     with connect(port, DIRECT) as s:
         s.sendall(v1(CLIENT))
         assert read_to_close(s) == b"421 4.7.0 PROXY header not accepted from your address\r\n"
@@ -271,9 +271,7 @@ def test_implicit_tls_refuses_a_forged_header_in_clear(setup: Setup, start_relay
 
 def test_implicit_tls_from_a_non_balancer_without_a_header_works(setup: Setup,
                                                                  start_relay) -> None:
-    name = listener(setup, tls="implicit", auth="required")
-    start_relay(setup)
-    port = setup.port(name)
+    port = serve(setup, start_relay, listener(setup, tls="implicit", auth="required"))
     raw = connect(port, DIRECT)
     with over(tls_context(setup.certs.ca).wrap_socket(raw, server_hostname="localhost")) as d:
         assert d.greeting.startswith(b"220 ")

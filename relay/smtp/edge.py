@@ -134,7 +134,6 @@ class EdgeSMTP(SMTP):
             self._first_bytes = None
             if forged:
                 reply = self.event_handler.forged_proxy(self.session)
-                self._reader._buffer.clear()  # type: ignore[attr-defined]
                 assert isinstance(self.transport, asyncio.WriteTransport)
                 self.transport.write(reply.encode() + b"\r\n")
                 self._close()

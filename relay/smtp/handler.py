@@ -42,13 +42,12 @@ class Handler:
     def __init__(self, *, listener: Listener, users: Callable[[], UserDB], spool: Spool,
                  policy: Policy, limits: Limits, hostname: str,
                  on_queued: Callable[[str], None], connections: Connections,
-                 auth_guard: AuthGuard, auth_cache: SuccessCache | None = None) -> None:
+                 auth_guard: AuthGuard, auth_cache: SuccessCache) -> None:
         self.listener = listener
         self.live: set[RelaySMTP] = set()  # sessions open now, for a clean shutdown
         self._connections = connections
         self._guard = auth_guard
-        self._auth = Authenticator(users, auth_guard,
-                                   SuccessCache() if auth_cache is None else auth_cache)
+        self._auth = Authenticator(users, auth_guard, auth_cache)
         self._users = users
         self._spool = spool
         self._policy = policy

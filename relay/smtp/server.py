@@ -63,6 +63,17 @@ def _command_size_limits() -> collections.defaultdict[str, int]:
     return limits
 
 
+def _ours(status: str) -> str:
+    """Our reply for one of aiosmtpd's that echoes the client or has the wrong code."""
+    if status.startswith(_UNKNOWN_COMMAND):
+        return replies.UNKNOWN_COMMAND
+    if status.startswith(_TOO_MANY_UNKNOWN):
+        return replies.TOO_MANY_UNKNOWN
+    if status.startswith(_VRFY_ECHO):
+        return replies.VRFY_BAD_ADDRESS
+    return status
+
+
 class DataProblem(Enum):
     TOO_BIG = replies.TOO_BIG
     HEADER_TOO_BIG = replies.HEADER_TOO_BIG
@@ -74,8 +85,6 @@ class DataProblem(Enum):
 class RelaySMTP(EdgeSMTP):
     """One SMTP session. Decisions are the handler's; this class only speaks the protocol."""
 
-    _ehlo_lines: list[bytes]  # the EHLO reply while smtp_EHLO collects it
-
     def __init__(self, handler: Any, *, starttls_required: bool, implicit_tls: bool,
                  data_timeout: float = 300.0, min_data_rate: int = 1024,
                  **kwargs: Any) -> None:
@@ -85,7 +94,7 @@ class RelaySMTP(EdgeSMTP):
         self._data_timeout = data_timeout
         self._min_data_rate = min_data_rate
         self._greeted = False
-        self._in_ehlo = False
+        self._ehlo_lines: list[bytes] | None = None  # the EHLO reply while smtp_EHLO collects it
         self._parsing_mail = False
         self._answering_data = False
         self._eof_seen = False
@@ -257,7 +266,7 @@ class RelaySMTP(EdgeSMTP):
     # -- replies
 
     async def push(self, status: str | bytes) -> None:
-        if self._in_ehlo:
+        if self._ehlo_lines is not None:
             if status == "250-SMTPUTF8":
                 return  # see listeners.py: decoded, never advertised
             if status == "250 HELP":
@@ -268,12 +277,8 @@ class RelaySMTP(EdgeSMTP):
             self._ehlo_lines.append(status.encode() if isinstance(status, str) else status)
             return
         if isinstance(status, str):
-            if status.startswith(_UNKNOWN_COMMAND):
-                status = replies.UNKNOWN_COMMAND
-            elif status.startswith(_TOO_MANY_UNKNOWN):
-                status = replies.TOO_MANY_UNKNOWN
-            elif status.startswith(_VRFY_ECHO):
-                status = replies.VRFY_BAD_ADDRESS
+            if status.startswith("50"):  # one check on every reply: the rewrites are 50x
+                status = _ours(status)
             await super().push(self._with_enhanced_code(status))
         else:
             await super().push(status)
@@ -282,10 +287,9 @@ class RelaySMTP(EdgeSMTP):
         if not self._greeted:  # RFC 2034: the greeting carries no enhanced code
             self._greeted = True
             return status
-        code = status[:3]
-        if (self._in_ehlo and code == "250") or _HAS_ENHANCED.match(status):
+        if _HAS_ENHANCED.match(status):
             return status
-        enhanced = replies.ENHANCED_BY_CODE.get(code)
+        enhanced = replies.ENHANCED_BY_CODE.get(status[:3])
         if not enhanced or len(status) < 4:
             return status
         return f"{status[:4]}{enhanced} {status[4:]}"
@@ -298,13 +302,12 @@ class RelaySMTP(EdgeSMTP):
         calls per message became 9; see the commit message). The EHLO keyword lines
         carry no enhanced codes, and aiosmtpd's own 501 for an EHLO without a name gets
         one as any other reply does."""
-        self._in_ehlo = True
-        self._ehlo_lines = []
+        lines: list[bytes] = []
+        self._ehlo_lines = lines
         try:
             await super().smtp_EHLO(hostname)
         finally:
-            self._in_ehlo = False
-            lines, self._ehlo_lines = self._ehlo_lines, []
+            self._ehlo_lines = None
         if len(lines) == 1:  # not a 250 reply: the one line, as any other reply
             await self.push(lines[0].decode())
         elif lines:
