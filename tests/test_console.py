@@ -7,11 +7,14 @@ from __future__ import annotations
 import re
 import smtplib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clients import implicit
 from conftest import PASSWORD, SENDER, USER, Setup, wait_until
 from consolekit import ADMIN, ADMIN_PASSWORD, client, with_console
+
+from relay import config, running
 
 MESSAGE = (b"From: sender@example.com\r\nSubject: m\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
            b"Message-ID: <m@example.com>\r\n\r\nbody\r\n")
@@ -272,3 +275,23 @@ def test_the_overview_says_when_the_file_differs_from_the_running_configuration(
     live, restart = page.split("needs a restart", 1)
     assert "limits.max_recipients" in live and "queue.directory" in restart
     assert "queue.directory" in c.get("/api/overview").json()["html"]  # the live refresh too
+
+
+def test_the_overview_reads_the_file_again_only_when_it_changed(
+        console, setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[Path] = []
+
+    def load(path: Path) -> Any:
+        parsed.append(path)
+        return config.load(path)
+
+    monkeypatch.setattr(running, "load", load)  # what running.pending reads the file with
+    c = client(console)
+    c.login()
+    for _ in range(3):  # three refreshes of an unchanged file: one parse
+        assert "configuration file differs" not in c.get("/api/overview").json()["html"]
+    assert len(parsed) == 1
+    setup.doc.setdefault("limits", {})["max_recipients"] = 7
+    setup.write()
+    assert "limits.max_recipients" in c.get("/api/overview").json()["html"]
+    assert len(parsed) == 2
