@@ -25,7 +25,6 @@ from multidict import CIMultiDict
 from relay.web.server import Handler
 
 MAX_SESSIONS = 256  # admins are few: past this, the least recently used session ends
-PUBLIC = ("/login", "/static/")
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
