@@ -262,6 +262,20 @@ def test_a_session_ends_after_its_idle_timeout_and_ids_are_random() -> None:
     assert sessions.get("made-up") is None and sessions.get(None) is None
 
 
+def test_many_logins_keep_the_session_store_bounded_dropping_the_least_recently_used(
+        ) -> None:
+    from relay.web.console.access import MAX_SESSIONS, Sessions
+
+    sessions = Sessions(3600)
+    kept = sessions.create(ADMIN)
+    first = sessions.create(ADMIN)
+    for _ in range(3 * MAX_SESSIONS):
+        assert sessions.get(kept.id) is kept  # in use: never the one dropped
+        last = sessions.create(ADMIN)
+    assert len(sessions) == MAX_SESSIONS
+    assert sessions.get(first.id) is None and sessions.get(last.id) is last
+
+
 def test_the_overview_says_when_the_file_differs_from_the_running_configuration(
         console, setup: Setup) -> None:
     c = client(console)

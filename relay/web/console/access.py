@@ -76,10 +76,6 @@ class Sessions:
     def end(self, session: Session) -> None:
         self._by_id.pop(session.id, None)
 
-    def end_user(self, user: str) -> None:
-        for sid in [s.id for s in self._by_id.values() if s.user == user]:
-            del self._by_id[sid]
-
 
 class Access:
     """The console's middleware: sessions, same-origin and CSRF checks, headers."""
