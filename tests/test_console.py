@@ -309,3 +309,26 @@ def test_the_overview_reads_the_file_again_only_when_it_changed(
     setup.write()
     assert "limits.max_recipients" in c.get("/api/overview").json()["html"]
     assert len(parsed) == 2
+
+
+def test_the_overview_counts_recipients_per_hour_and_in_the_window(tmp_path: Path) -> None:
+    import time
+
+    from relay.events import EventStore
+
+    store = EventStore(tmp_path / "events.sqlite3")
+    try:
+        store.step("Q1", "delivered", rcpts=["a@x.test", "b@x.test", "c@x.test"])
+        store.step("Q2", "delivered", rcpts=["d@x.test", "e@x.test"])
+        store.step("Q3", "delivered")  # no recipients recorded
+        store.step("Q4", "failed", rcpts=["f@x.test", "g@x.test"])  # a message, counted once
+        store.step("Q5", "deferred", rcpts=["h@x.test"])  # not on the chart
+        now = time.time()
+        since = (now // 3600 - 1) * 3600  # the hour before this one, then this one
+        hourly = store.hourly(since, 2)
+        assert hourly == {"delivered": [0, 5], "failed": [0, 1], "bounce": [0, 0],
+                          "complaint": [0, 0]}
+        assert store.hourly(now + 3600, 2)["delivered"] == [0, 0]  # after them: none
+        assert store.rates(now - 60).delivered == 5
+    finally:
+        store.close()
