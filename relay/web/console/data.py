@@ -111,15 +111,17 @@ def rate_views(rates: Rates, config: Config) -> list[RateView]:
 async def overview(src: Sources, *, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     cfg = src.config()
-    counts = await asyncio.to_thread(queueadmin.counts, src.spool)
-    rates = await asyncio.to_thread(src.events.rates, now - cfg.feedback.window)
     start = (now // 3600 - (HOURS - 1)) * 3600  # whole hours, the current one last
-    hourly = await asyncio.to_thread(src.events.hourly, start, HOURS)
-    paused = await asyncio.to_thread(src.spool.paused)
+
+    def read() -> tuple[dict[str, int], Rates, dict[str, list[int]], str | None, Drift]:
+        # Every blocking read in one trip to a thread. The drift: whether the file still
+        # says what runs (a SIGHUP would apply some keys; others wait for a restart),
+        # read again when the file changed; relay.running decides which.
+        return (queueadmin.counts(src.spool), src.events.rates(now - cfg.feedback.window),
+                src.events.hourly(start, HOURS), src.spool.paused(), src.drift.get(cfg))
+
+    counts, rates, hourly, paused, drift = await asyncio.to_thread(read)
     ready, detail = await src.readiness()
-    # Whether the file still says what runs (a SIGHUP would apply some keys; others wait
-    # for a restart): relay.running decides which, read again when the file changed.
-    drift = await asyncio.to_thread(src.drift.get, cfg)
     quota = src.scheduler.quota
     level, state = guard_state(rates, cfg, paused)
     return {
