@@ -89,18 +89,40 @@ def exposition() -> bytes:
     return generate_latest(REGISTRY)
 
 
+class CachedCheck:
+    """A readiness check asked at most every *cache_seconds* (it may call the upstream),
+    each time within *check_timeout*: below the request deadline (web.request_timeout),
+    so a slow check is answered "not ready" with its reason, and cached, rather than cut.
+    A check that breaks means: not ready. /readyz and the console's overview both read
+    through one."""
+
+    def __init__(self, check: Check, cache_seconds: float = 15.0,
+                 check_timeout: float = 5.0) -> None:
+        self._check = check
+        self._cache_seconds = cache_seconds
+        self._check_timeout = check_timeout
+        self._cached: tuple[float, bool, str] | None = None
+
+    async def __call__(self) -> tuple[bool, str]:
+        now = time.monotonic()
+        if self._cached is None or now - self._cached[0] > self._cache_seconds:
+            try:
+                ok, detail = await asyncio.wait_for(self._check(), self._check_timeout)
+            except Exception as e:
+                ok, detail = False, f"check failed: {type(e).__name__}"
+            self._cached = (now, ok, detail)
+        return self._cached[1], self._cached[2]
+
+
 class MetricsRoutes:
-    """/metrics, /healthz (the process answers) and /readyz (checks, cached)."""
+    """/metrics, /healthz (the process answers) and /readyz (checks, cached: give a
+    CachedCheck to share its cache, any other check is wrapped in one)."""
 
     def __init__(self, readiness: Check, refresh: Callable[[], None],
                  cache_seconds: float = 15.0, check_timeout: float = 5.0) -> None:
-        self._readiness = readiness
+        self._ready = (readiness if isinstance(readiness, CachedCheck)
+                       else CachedCheck(readiness, cache_seconds, check_timeout))
         self._refresh = refresh
-        self._cache_seconds = cache_seconds
-        # Below the request deadline (web.request_timeout), so a slow check is answered
-        # "not ready" with its reason, and cached, rather than cut.
-        self._check_timeout = check_timeout
-        self._cached: tuple[float, bool, str] | None = None
 
     def add_to(self, server: WebServer) -> None:
         server.add_route("GET", "/metrics", self._metrics)
@@ -119,13 +141,3 @@ class MetricsRoutes:
     async def _readyz(self, _request: web.Request) -> web.Response:
         ok, detail = await self._ready()
         return web.Response(status=200 if ok else 503, text=detail + "\n")
-
-    async def _ready(self) -> tuple[bool, str]:
-        now = time.monotonic()
-        if self._cached is None or now - self._cached[0] > self._cache_seconds:
-            try:
-                ok, detail = await asyncio.wait_for(self._readiness(), self._check_timeout)
-            except Exception as e:  # a check that breaks means: not ready
-                ok, detail = False, f"check failed: {type(e).__name__}"
-            self._cached = (now, ok, detail)
-        return self._cached[1], self._cached[2]

@@ -7,11 +7,14 @@ from __future__ import annotations
 import re
 import smtplib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clients import implicit
 from conftest import PASSWORD, SENDER, USER, Setup, wait_until
 from consolekit import ADMIN, ADMIN_PASSWORD, client, with_console
+
+from relay import config, running
 
 MESSAGE = (b"From: sender@example.com\r\nSubject: m\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
            b"Message-ID: <m@example.com>\r\n\r\nbody\r\n")
@@ -259,6 +262,20 @@ def test_a_session_ends_after_its_idle_timeout_and_ids_are_random() -> None:
     assert sessions.get("made-up") is None and sessions.get(None) is None
 
 
+def test_many_logins_keep_the_session_store_bounded_dropping_the_least_recently_used(
+        ) -> None:
+    from relay.web.console.access import MAX_SESSIONS, Sessions
+
+    sessions = Sessions(3600)
+    kept = sessions.create(ADMIN)
+    first = sessions.create(ADMIN)
+    for _ in range(3 * MAX_SESSIONS):
+        assert sessions.get(kept.id) is kept  # in use: never the one dropped
+        last = sessions.create(ADMIN)
+    assert len(sessions) == MAX_SESSIONS
+    assert sessions.get(first.id) is None and sessions.get(last.id) is last
+
+
 def test_the_overview_says_when_the_file_differs_from_the_running_configuration(
         console, setup: Setup) -> None:
     c = client(console)
@@ -272,3 +289,46 @@ def test_the_overview_says_when_the_file_differs_from_the_running_configuration(
     live, restart = page.split("needs a restart", 1)
     assert "limits.max_recipients" in live and "queue.directory" in restart
     assert "queue.directory" in c.get("/api/overview").json()["html"]  # the live refresh too
+
+
+def test_the_overview_reads_the_file_again_only_when_it_changed(
+        console, setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[Path] = []
+
+    def load(path: Path) -> Any:
+        parsed.append(path)
+        return config.load(path)
+
+    monkeypatch.setattr(running, "load", load)  # what running.pending reads the file with
+    c = client(console)
+    c.login()
+    for _ in range(3):  # three refreshes of an unchanged file: one parse
+        assert "configuration file differs" not in c.get("/api/overview").json()["html"]
+    assert len(parsed) == 1
+    setup.doc.setdefault("limits", {})["max_recipients"] = 7
+    setup.write()
+    assert "limits.max_recipients" in c.get("/api/overview").json()["html"]
+    assert len(parsed) == 2
+
+
+def test_the_overview_counts_recipients_per_hour_and_in_the_window(tmp_path: Path) -> None:
+    import time
+
+    from relay.events import EventStore
+
+    store = EventStore(tmp_path / "events.sqlite3")
+    try:
+        store.step("Q1", "delivered", rcpts=["a@x.test", "b@x.test", "c@x.test"])
+        store.step("Q2", "delivered", rcpts=["d@x.test", "e@x.test"])
+        store.step("Q3", "delivered")  # no recipients recorded
+        store.step("Q4", "failed", rcpts=["f@x.test", "g@x.test"])  # a message, counted once
+        store.step("Q5", "deferred", rcpts=["h@x.test"])  # not on the chart
+        now = time.time()
+        since = (now // 3600 - 1) * 3600  # the hour before this one, then this one
+        hourly = store.hourly(since, 2)
+        assert hourly == {"delivered": [0, 5], "failed": [0, 1], "bounce": [0, 0],
+                          "complaint": [0, 0]}
+        assert store.hourly(now + 3600, 2)["delivered"] == [0, 0]  # after them: none
+        assert store.rates(now - 60).delivered == 5
+    finally:
+        store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 import socket
 import urllib.error
@@ -10,6 +11,8 @@ import urllib.request
 import pytest
 from clients import implicit
 from conftest import PASSWORD, SENDER, USER, Setup, wait_until
+
+from relay.metrics import CachedCheck, MetricsRoutes
 
 MESSAGE = (b"From: sender@example.com\r\nSubject: m\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
            b"Message-ID: <m@example.com>\r\n\r\nbody\r\n")
@@ -119,3 +122,25 @@ def test_quota_gauges_follow_get_account(make_setup, start_relay) -> None:
     assert value(text, "ses_relay_send_rate_limit") == 14.0
     assert value(text, "ses_relay_send_quota_max_24h") == 50000.0
     assert value(text, "ses_relay_send_quota_sent_24h") == 1234.0
+
+
+def test_a_cached_check_is_asked_once_per_period_and_a_broken_one_means_not_ready() -> None:
+    asked: list[int] = []
+
+    async def check() -> tuple[bool, str]:
+        asked.append(1)
+        if len(asked) > 1:
+            raise RuntimeError("upstream exploded")
+        return True, "ready"
+
+    async def main() -> list[tuple[bool, str]]:
+        shared = CachedCheck(check, cache_seconds=3600)
+        routes = MetricsRoutes(shared, lambda: None)  # /readyz reads the same cache
+        first = [await shared(), await routes._ready()]
+        broken = CachedCheck(check, cache_seconds=-1)  # asked every time
+        return [*first, await broken(), await broken()]
+
+    assert asyncio.run(main()) == [(True, "ready"), (True, "ready"),
+                                   (False, "check failed: RuntimeError"),
+                                   (False, "check failed: RuntimeError")]
+    assert len(asked) == 3

@@ -24,7 +24,7 @@ from test_feedback_sns import LOOPBACK, TOPIC, make_signer
 from relay import config
 from relay.errors import ConfigError
 from relay.feedback.sns import Verifier
-from relay.web.server import WebServer
+from relay.web.sites import Site, Sites
 
 SIGNER = make_signer("Test SNS CA")
 
@@ -149,11 +149,14 @@ def test_a_body_trickled_slowly_is_answered_408_at_the_deadline(
 
 
 def serve_once(raw: bytes, route: Any, timeout: float = 10.0) -> bytes:
-    """One request to a WebServer whose only route is GET /x, as a raw client sees it."""
+    """One request to a site whose only route is GET /x, as a raw client sees it."""
     async def main() -> bytes:
-        server = WebServer("test", config.WebConfig(request_timeout=timeout))
-        server.add_route("GET", "/x", route)
-        port = await server.start("127.0.0.1", 0)
+        sites = Sites()
+        await sites.start([Site("test", "127.0.0.1", 0,
+                                config.WebConfig(request_timeout=timeout),
+                                routes=lambda server: server.add_route("GET", "/x", route))])
+        port = sites.port("test")
+        assert port is not None
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(raw)
@@ -161,7 +164,7 @@ def serve_once(raw: bytes, route: Any, timeout: float = 10.0) -> bytes:
             writer.close()
             return answer
         finally:
-            await server.stop()
+            await sites.stop()
 
     return asyncio.run(main())
 

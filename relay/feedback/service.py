@@ -47,12 +47,9 @@ class FeedbackService:
         self._poller: SQSPoller | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    def add_routes(self, server: WebServer, path: str | None = None) -> None:
-        """The SNS webhook (at *path*, by default ``feedback.http.path``) on *server*,
-        which should take bodies of sns.MAX_POST_BYTES."""
-        if path is None:
-            assert self.config.http is not None
-            path = self.config.http.path
+    def add_routes(self, server: WebServer, path: str) -> None:
+        """The SNS webhook at *path* (``feedback.http.path``) on *server*, which should
+        take bodies of sns.MAX_POST_BYTES."""
         server.add_route("POST", path, self._post)
 
     async def start(self) -> None:

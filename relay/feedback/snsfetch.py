@@ -64,8 +64,10 @@ def _why(e: Exception) -> str:
 
 async def _get(url: str) -> bytes:
     # A fresh context per fetch reads the trust store (and SSL_CERT_FILE) as it is now;
-    # fetches are rare because certificates are cached.
-    context = ssl.create_default_context()
+    # fetches are rare because certificates are cached. Reading and parsing the system
+    # bundle takes ~20 ms: in a thread, not on the loop (a local file, so it cannot hang
+    # the thread as a certificate host could).
+    context = await asyncio.to_thread(ssl.create_default_context)
     async with aiohttp.ClientSession(trust_env=True) as session, \
             session.get(url, ssl=context, allow_redirects=False) as response:
         # SNS serves certificates and confirmations directly; a redirect would lead away

@@ -35,8 +35,9 @@ _AIOHTTP_LOG.propagate = False
 
 
 class WebServer:
-    """One HTTP listener. Add routes, then ``start``; ``stop`` lets answers under way
-    finish (they are bounded by the deadline) and drops the rest."""
+    """One HTTP server. Add routes, then ``prepare`` (relay.web.sites listens for it);
+    ``stop`` lets answers under way finish (they are bounded by the deadline) and drops
+    the rest."""
 
     def __init__(self, name: str, config: WebConfig, *, max_body: int = 64 * 1024,
                  middlewares: Iterable[Middleware] = ()) -> None:
@@ -47,7 +48,6 @@ class WebServer:
         self.app = web.Application(client_max_size=max_body,
                                    middlewares=[_deadline, *middlewares])
         self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
         self._admission: Admission | None = None
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
@@ -58,17 +58,10 @@ class WebServer:
         """Connections held now (counted from accept, TLS handshakes included)."""
         return self._admission.connections.count if self._admission is not None else 0
 
-    async def start(self, address: str, port: int, tls: ssl.SSLContext | None = None) -> int:
-        """Listen on *address*:*port* (0: any free port); return the port bound."""
-        factory = await self.prepare(tls)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(factory, address, port, reuse_address=True)
-        return int(self._server.sockets[0].getsockname()[1])
-
     async def prepare(self, tls: ssl.SSLContext | None = None
                       ) -> Callable[[], asyncio.Protocol]:
-        """Set up without listening; return the protocol factory for a listening socket
-        (relay.web.sites keeps one socket across servers that replace each other)."""
+        """Set up; return the protocol factory for a listening socket, which
+        relay.web.sites owns (and keeps across servers that replace each other)."""
         c = self._config
         self._runner = runner = web.AppRunner(
             self.app, handle_signals=False, access_log=None, logger=_AIOHTTP_LOG,
@@ -93,8 +86,6 @@ class WebServer:
         return await self._admission.connections.wait_idle(grace)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._admission is not None:

@@ -119,9 +119,8 @@ class Console:
         form = await self._form(request)
         name, password = form.get("user", "").strip(), form.get("password", "")
         ip = request.remote or "unknown"
-        peer = (ip, request.transport.get_extra_info("peername")[1]
-                if request.transport and request.transport.get_extra_info("peername")
-                else 0)
+        peername = request.transport.get_extra_info("peername") if request.transport else None
+        peer = (ip, peername[1] if peername else 0)
         if len(password) > _MAX_PASSWORD:
             outcome = Outcome.INVALID
         else:

@@ -25,7 +25,6 @@ from multidict import CIMultiDict
 from relay.web.server import Handler
 
 MAX_SESSIONS = 256  # admins are few: past this, the least recently used session ends
-PUBLIC = ("/login", "/static/")
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -76,10 +75,6 @@ class Sessions:
 
     def end(self, session: Session) -> None:
         self._by_id.pop(session.id, None)
-
-    def end_user(self, user: str) -> None:
-        for sid in [s.id for s in self._by_id.values() if s.user == user]:
-            del self._by_id[sid]
 
 
 class Access:

@@ -7,9 +7,10 @@ threads.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from relay import queueadmin, running
@@ -27,6 +28,35 @@ AWS_PAUSE = {"bounce": 0.10, "complaint": 0.005}
 HOURS = 24
 
 Readiness = Callable[[], Awaitable[tuple[bool, str]]]
+Drift = tuple[list[str], list[str]] | None  # see relay.running.pending
+
+
+class DriftCache:
+    """relay.running.pending, again only when the file (or the running configuration)
+    changed: the overview refreshes every few seconds, and parsing and validating the
+    whole file each time would be work for nothing. The file is known by its stat (an
+    editor's atomic replace gives a new inode; an edit in place a new mtime or size); it
+    is all that ``config.load`` reads besides the environment, which a running process's
+    outside cannot change."""
+
+    def __init__(self) -> None:
+        self._config: Config | None = None  # the running configuration compared
+        self._stat: tuple[int, ...] = ()
+        self._drift: Drift = None
+
+    def get(self, current: Config) -> Drift:
+        """Blocking (a stat, and a parse when something changed): call off the loop."""
+        if current.source is None:
+            return None
+        try:
+            st = os.stat(current.source)
+        except OSError:
+            return None  # as running.pending says of a file it cannot read
+        stat = (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        if current is not self._config or stat != self._stat:
+            self._drift = running.pending(current)
+            self._config, self._stat = current, stat
+        return self._drift
 
 
 @dataclass
@@ -40,6 +70,7 @@ class Sources:
     events: EventStore
     suppression: SuppressionList
     readiness: Readiness
+    drift: DriftCache = field(default_factory=DriftCache)
 
 
 @dataclass(frozen=True)
@@ -80,15 +111,17 @@ def rate_views(rates: Rates, config: Config) -> list[RateView]:
 async def overview(src: Sources, *, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     cfg = src.config()
-    counts = await asyncio.to_thread(queueadmin.counts, src.spool)
-    rates = await asyncio.to_thread(src.events.rates, now - cfg.feedback.window)
     start = (now // 3600 - (HOURS - 1)) * 3600  # whole hours, the current one last
-    hourly = await asyncio.to_thread(src.events.hourly, start, HOURS)
-    paused = await asyncio.to_thread(src.spool.paused)
+
+    def read() -> tuple[dict[str, int], Rates, dict[str, list[int]], str | None, Drift]:
+        # Every blocking read in one trip to a thread. The drift: whether the file still
+        # says what runs (a SIGHUP would apply some keys; others wait for a restart),
+        # read again when the file changed; relay.running decides which.
+        return (queueadmin.counts(src.spool), src.events.rates(now - cfg.feedback.window),
+                src.events.hourly(start, HOURS), src.spool.paused(), src.drift.get(cfg))
+
+    counts, rates, hourly, paused, drift = await asyncio.to_thread(read)
     ready, detail = await src.readiness()
-    # The file read again at each refresh: whether it still says what runs (a SIGHUP
-    # would apply some keys; others wait for a restart). relay.running decides which.
-    drift = await asyncio.to_thread(running.pending, cfg)
     quota = src.scheduler.quota
     level, state = guard_state(rates, cfg, paused)
     return {
