@@ -40,7 +40,7 @@ def main() -> None:
     handler = Handler.__new__(Handler)  # the class is what aiosmtpd inspects
 
     def session() -> RelaySMTP:
-        return RelaySMTP(handler, starttls_required=False, implicit_tls=False, loop=loop,
+        return RelaySMTP(handler, starttls_required=False, loop=loop,
                          hostname="relay.example")
 
     def plain_session() -> SMTP:

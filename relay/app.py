@@ -23,7 +23,7 @@ from relay.events import EventStore
 from relay.feedback import sns
 from relay.feedback.service import FeedbackService
 from relay.limits import AuthGuard, Connections
-from relay.metrics import MetricsRoutes
+from relay.metrics import CachedCheck, MetricsRoutes
 from relay.policy import Policy
 from relay.reputation import ReputationGuard
 from relay.smtp import listeners, tlscontext
@@ -71,9 +71,12 @@ class Relay:
     feedback: FeedbackService | None = None
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     _console: tuple[config_mod.ConsoleConfig, Console] | None = None  # its app, kept
-    _console_ready: tuple[float, bool, str] | None = None
+    # The readiness check, cached: /readyz and the console's overview share one, so the
+    # upstream is asked once per period, and a reload does not empty it.
+    ready: CachedCheck = field(init=False)
 
     def __post_init__(self) -> None:
+        self.ready = CachedCheck(self._readiness)
         limits = self.config.limits
         self.connections = Connections(limits.max_connections, limits.max_connections_per_ip)
         self.auth_guard = AuthGuard(limits.max_auth_failures, limits.auth_lockout)
@@ -181,7 +184,7 @@ class Relay:
             return []
         sites = []
         if cfg.metrics is not None:
-            routes = MetricsRoutes(self._readiness, self._refresh_gauges)
+            routes = MetricsRoutes(self.ready, self._refresh_gauges)
             sites.append(Site("metrics", cfg.metrics.address, cfg.metrics.port, cfg.web,
                               routes=routes.add_to))
         http, feedback = cfg.feedback.http, self.feedback
@@ -235,23 +238,11 @@ class Relay:
         src = Sources(config=lambda: self.config, users=self._current_users,
                       spool=queueadmin.open_spool(cfg.queue.directory, cfg.workers),
                       scheduler=self.scheduler, events=self.events,
-                      suppression=self.suppression, readiness=self._console_readiness)
+                      suppression=self.suppression, readiness=self.ready)
         # The same guard and cache as SMTP AUTH: failures here count towards the lockout
         # there, and the other way round.
         return Console(console, src, Authenticator(self._current_users, self.auth_guard,
                                                    self.auth_cache), self.auth_guard)
-
-    async def _console_readiness(self) -> tuple[bool, str]:
-        """The readiness check, asked at most every 15 s (it may call the upstream)."""
-        now = asyncio.get_running_loop().time()
-        cached = self._console_ready
-        if cached is None or now - cached[0] > 15.0:
-            try:
-                ok, detail = await asyncio.wait_for(self._readiness(), 5.0)
-            except Exception as e:  # a check that breaks means: not ready
-                ok, detail = False, f"check failed: {type(e).__name__}"
-            self._console_ready = cached = (now, ok, detail)
-        return cached[1], cached[2]
 
     async def _notify_sender(self, queue_id: str, envelope: Envelope,
                              record: dict[str, Any]) -> None:

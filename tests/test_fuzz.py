@@ -204,7 +204,7 @@ def _outcome(f: Any, *args: Any) -> object:
 def test_the_fast_address_reader_agrees_with_aiosmtpds_parser(arg: str) -> None:
     loop = asyncio.new_event_loop()
     try:
-        ours = RelaySMTP(object(), starttls_required=False, implicit_tls=False, loop=loop)
+        ours = RelaySMTP(object(), starttls_required=False, loop=loop)
         expected = _outcome(SMTP._getaddr, ours, arg)
         if expected in (IndexError, AttributeError):  # aiosmtpd's parser breaks ("<",
             expected = (None, None)  # "<a@[192.0.2.1>"); ours calls it malformed

@@ -64,7 +64,6 @@ def _session(handler: Handler, hostname: str, tls: ssl.SSLContext | None,
     return RelaySMTP(
         handler,
         starttls_required=starttls,
-        implicit_tls=implicit,
         hostname=hostname,  # never socket.getfqdn(): it can block for seconds
         ident="ESMTP",
         data_size_limit=data_size_limit,

@@ -85,12 +85,11 @@ class DataProblem(Enum):
 class RelaySMTP(EdgeSMTP):
     """One SMTP session. Decisions are the handler's; this class only speaks the protocol."""
 
-    def __init__(self, handler: Any, *, starttls_required: bool, implicit_tls: bool,
+    def __init__(self, handler: Any, *, starttls_required: bool,
                  data_timeout: float = 300.0, min_data_rate: int = 1024,
                  **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._starttls_required = starttls_required
-        self._implicit_tls = implicit_tls
         self._data_timeout = data_timeout
         self._min_data_rate = min_data_rate
         self._greeted = False
