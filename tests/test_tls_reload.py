@@ -4,7 +4,6 @@ one serves the new certificate to new handshakes and leaves sessions already up 
 
 from __future__ import annotations
 
-import signal
 import smtplib
 import ssl
 from collections.abc import Callable
@@ -12,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import PASSWORD, SENDER, USER, Process, Setup, wait_until
+from conftest import PASSWORD, SENDER, USER, Setup
+from reloadkit import reload
 
 MESSAGE = (b"From: sender@example.com\r\nSubject: tls\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000"
            b"\r\nMessage-ID: <tls@example.com>\r\n\r\nbody\r\n")
@@ -93,17 +93,6 @@ BAD_RELOADS: dict[str, Callable[[Path, Path], None]] = {
     "new certificate, old key": _new_cert_old_key,
     "new certificate, half-written key": _new_cert_half_written_key,
 }
-
-
-def reload(relay: Process, outcome: str) -> dict[str, object]:
-    """SIGHUP, and the next *outcome* event (reloaded or reload_refused) it logs."""
-    def seen() -> list[dict[str, object]]:
-        return [e for e in relay.events() if e.get("event") == outcome]
-
-    before = len(seen())
-    relay.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: len(seen()) > before, timeout=15)
-    return seen()[-1]
 
 
 @pytest.mark.parametrize("case", sorted(BAD_RELOADS))
