@@ -10,6 +10,7 @@ the log), /readyz's status and body, and the mail reaching the SMTP endpoint.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -219,6 +220,19 @@ def test_an_iam_policy_without_the_quota_calls_does_not_stop_delivery(
     assert events(logs, "quota_unavailable") == []
 
 
+def test_an_unreachable_ses_api_does_not_stop_delivery(
+        make_setup, start_relay, certs: Certs, smtp_endpoint: Callable[..., FakeSESSMTP],
+        refused_url: str, logs: list[dict[str, Any]]) -> None:
+    # Where only SMTP egress is open, the API cannot be reached: one line, mail goes out.
+    fake = smtp_endpoint()
+    setup = smtp_relay(make_setup, certs, fake.port, endpoint_url=refused_url)
+    start_relay(setup)
+    send_one(setup, fake)
+    [line] = events(logs, "smtp_account_limits_unread")
+    assert line["reason"] == "GetAccount: ConnectionError"
+    assert events(logs, "quota_unavailable") == []
+
+
 # -- /readyz
 
 
@@ -245,6 +259,21 @@ def test_not_ready_when_the_smtp_endpoint_cannot_be_reached(
     assert status == 503
     assert text.startswith("upstream: ConnectionError: ")
     assert PASSWORD not in text and USER not in text
+
+
+def test_not_ready_when_the_smtp_endpoint_never_greets(
+        make_setup, start_relay, certs: Certs, refused_url: str) -> None:
+    # The probe gives up before the readiness check's own deadline, so the answer says
+    # why rather than "check failed".
+    with socket.socket() as silent:  # the kernel accepts; nobody ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        setup = smtp_relay(make_setup, certs, silent.getsockname()[1],
+                           endpoint_url=refused_url)
+        start_relay(setup)
+        status, text = get(setup.port("metrics"), "/readyz")
+    assert status == 503
+    assert text.startswith("upstream: Timeout: ")
 
 
 def test_not_ready_when_a_starttls_endpoint_offers_no_starttls(
