@@ -56,8 +56,8 @@ class OutboxTransport:
                                      f"is writable and is not full") from e
 
     def _probe(self) -> None:
-        # TemporaryFile: O_TMPFILE where the file system has it, else unlinked at once, so
-        # nothing is left behind for a reader of the outbox to find, even after a crash.
+        # TemporaryFile: O_TMPFILE where the file system has it (the file never has a name,
+        # so nothing is left behind even after a crash), else a name unlinked at once.
         with tempfile.TemporaryFile(dir=self.directory) as f:
             f.write(b"probe")
             f.flush()
