@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from relay import config as config_mod
-from relay import dsn, log, maillog, memory, metrics, running, sessuppression, systemd, users
+from relay import (
+    dsn,
+    log,
+    maillog,
+    metrics,
+    queued,
+    running,
+    sessuppression,
+    users,
+)
 from relay.authcache import SuccessCache
 from relay.config import Config
 from relay.delivery import Scheduler
@@ -31,7 +40,8 @@ from relay.smtp.handler import Handler
 from relay.smtp.tlscontext import ServerTLS
 from relay.spool import ALONE, Envelope, Share, Spool
 from relay.suppression import SuppressionList
-from relay.transports import Transport, build, probe
+from relay.transports import Transport, build
+from relay.transports.base import MAX_MESSAGE_SIZE, probe
 from relay.web.server import WebServer
 from relay.web.sites import Site, SiteError, Sites
 
@@ -74,6 +84,7 @@ class Relay:
     # The readiness check, cached: /readyz and the console's overview share one, so the
     # upstream is asked once per period, and a reload does not empty it.
     ready: CachedCheck = field(init=False)
+    _queued: queued.Receiver | None = None  # word of new mail from the SMTP processes
 
     def __post_init__(self) -> None:
         self.ready = CachedCheck(self._readiness)
@@ -84,13 +95,17 @@ class Relay:
     @property
     def message_size_limit(self) -> int:
         """The limit advertised in EHLO SIZE: ours, capped by what the transport accepts."""
-        assert self.transport is not None
-        return min(self.config.limits.max_message_size, self.transport.max_message_size)
+        cfg = self.config
+        most = (self.transport.max_message_size if self.transport is not None
+                else MAX_MESSAGE_SIZE[cfg.delivery.transport])
+        return min(cfg.limits.max_message_size, most)
 
     def bound_ports(self) -> dict[str, int]:
         """The port each SMTP listener got, by listener name: with port 0 configured the
         kernel picks one, and this (and the ``started`` log line) says which."""
-        ports = {}
+        ports: dict[str, int] = {}
+        if not self.servers:  # the delivery process: the SMTP processes listen
+            return ports
         for listener, server in zip(self.config.listeners, self.servers, strict=True):
             ports[listener.name] = server.sockets[0].getsockname()[1]
         return ports
@@ -109,53 +124,91 @@ class Relay:
         return self.sites.port("console")
 
     async def start(self) -> None:
+        """Start what this process's role asks (relay.queueshare.Share): taking mail,
+        delivering it, or both."""
         cfg = self.config
         self._users = users.load(cfg.users_file, must_exist=users.required_by(cfg.listeners))
         # Before anything starts: a certificate that cannot be loaded is a ConfigError.
-        self.tls = tls = (ServerTLS(cfg.tls.cert, cfg.tls.key)
-                          if cfg.tls.cert and cfg.tls.key else None)
+        self.tls = (ServerTLS(cfg.tls.cert, cfg.tls.key)
+                    if cfg.tls.cert and cfg.tls.key else None)
         self.suppression = await asyncio.to_thread(SuppressionList, cfg.suppression.database)
-        self.policy = policy = Policy(cfg, self.suppression)
-        share = self.share
-        first = share.index == 0
-        self.spool = Spool(cfg.queue.directory, share)
+        self.policy = Policy(cfg, self.suppression)
+        self.spool = Spool(cfg.queue.directory, self.share)
         backlog = await asyncio.to_thread(self.spool.open)
-        self.transport = build(cfg.delivery)
-        await self.transport.start()
-        self.scheduler = Scheduler(self.spool, self.transport, cfg.queue,
-                                   concurrency=cfg.delivery.concurrency,
-                                   max_inflight_bytes=64 * 2**20 // share.count,
-                                   max_send_rate=cfg.delivery.max_send_rate,
-                                   rate_share=1 / share.count,
-                                   on_failed=self._notify_sender)
-        self.scheduler.load_backlog(backlog)
+        if self.share.role != "smtp":
+            await self._start_transport(backlog)
         # Opening may wait on the schema lock while other workers start: not on the loop.
         self.events = await asyncio.to_thread(EventStore, cfg.feedback.database)
         self.events.start()
         maillog.attach(self.events)
-        if first:
-            loop, scheduler = asyncio.get_running_loop(), self.scheduler
+        if self.share.first:
+            await self._start_feedback()
+        if self.scheduler is not None:
+            await self.scheduler.start()
+            if (sock := queued.inherited()) is not None:  # the SMTP processes' word
+                self._queued = queued.Receiver(sock, self.scheduler.enqueue)
+                self._queued.start()
+        if self.share.role != "delivery":
+            await self._start_listeners()
+        # Each process that delivers publishes its gauges for the first one to serve.
+        if self.share.several and self.scheduler is not None:
+            self._background.append(asyncio.create_task(self._publish_gauges(),
+                                                        name="gauges"))
+        await self.sites.start(self._sites(cfg))
+        await self._record_running()
+        self._log_console()
+        _log.info("started", listeners=self.bound_ports(), http=self.http_ports(),
+                  transport=cfg.delivery.transport,
+                  queued=len(backlog), users=len(list(self._users)),
+                  max_message_size=self.message_size_limit)
 
-            def pause(reason: str) -> None:
-                # The reputation guard decides in a worker thread; the scheduler lives on
-                # the loop.
-                loop.call_soon_threadsafe(scheduler.pause, reason)
+    async def _start_transport(self, backlog: list[str]) -> None:
+        cfg, deliverers = self.config, self.share.deliverers
+        self.transport = build(cfg.delivery)
+        await self.transport.start()
+        assert self.spool is not None
+        self.scheduler = Scheduler(self.spool, self.transport, cfg.queue,
+                                   concurrency=cfg.delivery.concurrency,
+                                   max_inflight_bytes=64 * 2**20 // deliverers,
+                                   max_send_rate=cfg.delivery.max_send_rate,
+                                   rate_share=1 / deliverers,
+                                   on_failed=self._notify_sender)
+        self.scheduler.load_backlog(backlog)
 
-            self.feedback = FeedbackService(
-                cfg.feedback, self.events, self.suppression,
-                ReputationGuard(self.events, cfg.feedback, pause),
-                region=cfg.delivery.region,
-                share=self._share_suppression if cfg.suppression.backend == "ses" else None)
-            await self.feedback.start()
-        if cfg.suppression.backend == "ses" and first:
+    async def _start_feedback(self) -> None:
+        cfg = self.config
+        loop, scheduler = asyncio.get_running_loop(), self.scheduler
+        assert self.events is not None and self.suppression is not None
+        assert scheduler is not None, "the first process delivers"
+
+        def pause(reason: str) -> None:
+            # The reputation guard decides in a worker thread; the scheduler lives on
+            # the loop.
+            loop.call_soon_threadsafe(scheduler.pause, reason)
+
+        self.feedback = FeedbackService(
+            cfg.feedback, self.events, self.suppression,
+            ReputationGuard(self.events, cfg.feedback, pause),
+            region=cfg.delivery.region,
+            share=self._share_suppression if cfg.suppression.backend == "ses" else None)
+        await self.feedback.start()
+        if cfg.suppression.backend == "ses":
             self._background.append(asyncio.create_task(sessuppression.keep_in_step(
                 cfg.delivery, self.suppression, cfg.suppression.sync_interval),
                 name="suppression-sync"))
-        await self.scheduler.start()
+
+    async def _start_listeners(self) -> None:
+        cfg, tls = self.config, self.tls
+        assert self.spool is not None and self.policy is not None
+        if self.scheduler is not None:
+            on_queued: Callable[[str], None] = self.scheduler.enqueue
+        else:  # delivery is another process's
+            sock = queued.inherited()
+            on_queued = queued.Sender(sock) if sock is not None else _nobody
         for listener in cfg.listeners:
             handler = Handler(listener=listener, users=self._current_users, spool=self.spool,
-                              policy=policy, limits=cfg.limits, hostname=cfg.hostname,
-                              on_queued=self.scheduler.enqueue,
+                              policy=self.policy, limits=cfg.limits, hostname=cfg.hostname,
+                              on_queued=on_queued,
                               connections=self.connections, auth_guard=self.auth_guard,
                               auth_cache=self.auth_cache)
             self.handlers.append(handler)
@@ -163,24 +216,14 @@ class Relay:
                 listener, handler, hostname=cfg.hostname,
                 tls=tls.context if tls is not None else None,
                 data_size_limit=self.message_size_limit, limits=cfg.limits,
-                reuse_port=share.count > 1)
+                reuse_port=self.share.count > 1)
             self.servers.append(server)
             self.sessions.append(sessions)
-        if share.count > 1:  # the first process serves every process's gauges
-            self._background.append(asyncio.create_task(self._publish_gauges(),
-                                                        name="gauges"))
-        await self.sites.start(self._sites(cfg))
-        await self._record_running()
-        self._log_console()
-        _log.info("started", listeners=self.bound_ports(), http=self.http_ports(),
-                  transport=self.transport.name,
-                  queued=len(backlog), users=len(list(self._users)),
-                  max_message_size=self.message_size_limit)
 
     def _sites(self, cfg: Config) -> list[Site]:
         """The HTTP listeners *cfg* asks for, run by the first process only. (A new one,
         such as the console, is one more Site here: reload rebuilds it like the others.)"""
-        if self.share.index != 0:
+        if not self.share.first:
             return []
         sites = []
         if cfg.metrics is not None:
@@ -217,7 +260,7 @@ class Relay:
 
     async def _record_running(self) -> None:
         """The running configuration, for `ses-relay check-config --running`."""
-        if self.share.index != 0:
+        if not self.share.first:
             return
         try:
             bound = running.bound_keys(self.bound_ports(), self.http_ports())
@@ -236,7 +279,7 @@ class Relay:
         assert self.scheduler is not None and self.events is not None
         assert self.suppression is not None
         src = Sources(config=lambda: self.config, users=self._current_users,
-                      spool=queueadmin.open_spool(cfg.queue.directory, cfg.workers),
+                      spool=queueadmin.open_spool(cfg.queue.directory, cfg.deliverers),
                       scheduler=self.scheduler, events=self.events,
                       suppression=self.suppression, readiness=self.ready)
         # The same guard and cache as SMTP AUTH: failures here count towards the lockout
@@ -247,29 +290,11 @@ class Relay:
     async def _notify_sender(self, queue_id: str, envelope: Envelope,
                              record: dict[str, Any]) -> None:
         """Queue an RFC 3464 notice to the sender of a message that failed after its 250."""
-        delivery = self.config.delivery
-        if not delivery.bounce_notices or envelope.no_dsn or not delivery.bounce_from:
-            return
         assert self.spool is not None and self.scheduler is not None
-        try:
-            headers = await asyncio.to_thread(self.spool.read_headers, queue_id, "failed")
-            notice = dsn.build(queue_id=queue_id, sender=envelope.mail_from,
-                               bounce_from=delivery.bounce_from,
-                               hostname=self.config.hostname,
-                               failed=record.get("failed", {}), original_headers=headers)
-            draft = self.spool.draft()
-            draft.write(notice)
-            notice_id = await self.spool.commit(draft, Envelope(
-                mail_from=delivery.bounce_from, rcpt_tos=(envelope.mail_from,), no_dsn=True))
-        except (OSError, SpoolError) as e:
-            # The failed message itself is safe in failed/; only its notice is missing.
-            # (Raised further, this would reach the delivery worker as a bug about a
-            # message that is no longer in active/.)
-            _log.error("bounce_notice_failed", queue_id=queue_id, error=str(e),
-                       hint="the message stays in failed/; `ses-relay queue show` says why")
-            return
-        maillog.bounce_notice(queue_id, notice_id, envelope.mail_from)
-        self.scheduler.enqueue(notice_id)
+        notice_id = await dsn.queue_notice(self.spool, self.config.delivery,
+                                           self.config.hostname, queue_id, envelope, record)
+        if notice_id is not None:
+            self.scheduler.enqueue(notice_id)
 
     async def _share_suppression(self, entries: list[tuple[str, str]]) -> None:
         """backend: ses. What feedback suppressed here goes to SES's list at once."""
@@ -394,6 +419,8 @@ class Relay:
         await self.sites.stop()
         for task in self._background:
             task.cancel()
+        if self._queued is not None:
+            self._queued.stop()
         if self.feedback is not None:
             await self.feedback.stop()
         if self.scheduler is not None:
@@ -407,66 +434,11 @@ class Relay:
         if self.events is not None:
             maillog.attach(None)
             await asyncio.to_thread(self.events.close)
-        if self.share.index == 0:  # no record of a relay that is gone
+        if self.share.first:  # no record of a relay that is gone
             await asyncio.to_thread(running.forget, self.config.queue.directory, os.getpid())
         _log.info("stopped")
 
 
-def run(config: Config, share: Share = ALONE) -> int:
-    """The process's event loop. (uvloop was measured twice, under bench/compare.py and
-    bench/loadprofile.py, and gained nothing, see bench/RESULTS.md; asyncio's loop it is.)"""
-    return asyncio.run(serve(config, share))
-
-
-async def serve(config: Config, share: Share = ALONE) -> int:
-    """Run until SIGTERM or SIGINT; return the process exit code."""
-    memory.tune_malloc()
-    notifier = systemd.Notifier()
-    relay = Relay(config, share)
-    loop = asyncio.get_running_loop()
-    # A SIGHUP while starting (the listeners are open before start() returns) would kill
-    # the process with the signal's default action: remember it, reload once started.
-    # (A worker gets SIGHUP from its supervisor only once READY; this is for a relay that
-    # runs alone.)
-    early_hup = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, early_hup.set)
-    await relay.start()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    tasks: set[asyncio.Task[Any]] = set()
-
-    def on_hup() -> None:
-        task = asyncio.create_task(_reload(relay, notifier))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    if early_hup.is_set():
-        on_hup()
-    memory.freeze_startup_heap()
-    if notifier.watchdog_interval:
-        tasks.add(asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval)))
-    notifier.ready(f"accepting mail on {len(relay.servers)} listeners")
-    try:
-        await stop.wait()
-    finally:
-        notifier.stopping()
-        for task in tasks:
-            task.cancel()
-        await relay.stop()
-    return 0
-
-
-async def _reload(relay: Relay, notifier: systemd.Notifier) -> None:
-    notifier.reloading()
-    try:
-        await relay.reload()
-    finally:  # whatever happened, the relay runs on: systemd must not wait on "reloading"
-        notifier.ready("reloaded")
-
-
-async def _watchdog(notifier: systemd.Notifier, interval: float) -> None:
-    while True:
-        notifier.watchdog()
-        await asyncio.sleep(interval)
+def _nobody(queue_id: str) -> None:
+    """A process that only takes mail, started without the channel (by hand): the
+    delivery process's queue scan finds the message."""

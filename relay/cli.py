@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     # The supervisor's worker count: the file may say otherwise by the time a worker is
     # restarted, and the queue's ownership must not change under the running ones.
     p.add_argument("--of", type=int, default=None, help=argparse.SUPPRESS)
+    # What the worker does: take mail, deliver, or both (relay.queueshare.Share).
+    p.add_argument("--role", choices=("all", "smtp", "delivery"), default="all",
+                   help=argparse.SUPPRESS)
     p = sub.add_parser("check-config", help="validate the configuration; exit 2 if invalid")
     _add_config(p)
     p.add_argument("--running", action="store_true",
@@ -244,13 +247,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.worker is None:
         # Before a supervisor forks workers that would each fail on it: exit 2 here.
         _check_files(cfg)
-    if args.worker is None and cfg.workers > 1:
+    if args.worker is None and cfg.supervised:
         return supervisor.run(cfg)
     if args.worker is None:
         return _run_relay(cfg, ALONE)
     supervisor.follow_parent()
-    log.bind(worker=args.worker)
-    return _run_relay(cfg, Share(args.worker, args.of or cfg.workers))
+    log.bind(worker=args.worker, **({"role": args.role} if args.role != "all" else {}))
+    return _run_relay(cfg, Share(args.worker, args.of or cfg.workers, args.role))
 
 
 # A listener's address and port that this host will not give us: another process has the
@@ -260,10 +263,10 @@ _BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
 def _run_relay(cfg: config.Config, share: Share) -> int:
-    from relay import app
+    from relay import serving
 
     try:
-        return app.run(cfg, share)
+        return serving.run(cfg, share)
     except OSError as e:
         if e.errno not in _BIND_ERRNOS:
             raise

@@ -17,7 +17,7 @@ from relay.spool import Spool
 
 
 def queue(cfg: config.Config, args: argparse.Namespace) -> int:
-    spool = queueadmin.open_spool(cfg.queue.directory, cfg.workers)
+    spool = queueadmin.open_spool(cfg.queue.directory, cfg.deliverers)
     command = args.queue_command
     if command == "list":
         n = 0
@@ -119,7 +119,7 @@ def events(cfg: config.Config, args: argparse.Namespace) -> int:
 
 
 def resume(cfg: config.Config) -> int:
-    reason = queueadmin.resume(queueadmin.open_spool(cfg.queue.directory, cfg.workers))
+    reason = queueadmin.resume(queueadmin.open_spool(cfg.queue.directory, cfg.deliverers))
     if reason is None:
         print("delivery is not paused")
         return EXIT_OK
@@ -128,7 +128,7 @@ def resume(cfg: config.Config) -> int:
 
 
 def pause(cfg: config.Config, reason: str) -> int:
-    spool = queueadmin.open_spool(cfg.queue.directory, cfg.workers)
+    spool = queueadmin.open_spool(cfg.queue.directory, cfg.deliverers)
     was = spool.paused()
     if was is not None:
         print(f"delivery is already paused: {was}")

@@ -247,7 +247,7 @@ class Scheduler:
             triggers = await asyncio.to_thread(self._spool.take_triggers)
             now = self._clock()
             # Another relay process's reputation guard may have paused delivery.
-            if (self.paused_reason is None and self._spool.share.count > 1
+            if (self.paused_reason is None and self._spool.share.deliverers > 1
                     and (reason := await asyncio.to_thread(self._spool.paused)) is not None):
                 _log.warning("delivery_paused", reason=reason,
                              hint="`ses-relay resume` resumes")
@@ -257,7 +257,9 @@ class Scheduler:
                     self.resume()
                 elif name == "pause":  # `ses-relay pause`, the console
                     reason = await asyncio.to_thread(self._spool.paused)
-                    if reason is not None:
+                    if reason is not None and self.paused_reason is None:
+                        _log.warning("delivery_paused", reason=reason,
+                                     hint="`ses-relay resume` resumes")
                         self.pause(reason, persist=False)
                 elif name == "flush":
                     # Like `postqueue -f`: try now, even an upstream thought down.

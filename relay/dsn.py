@@ -8,12 +8,19 @@ lets us send from), and is itself marked so that a failing notice never causes a
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 import uuid
 from collections.abc import Mapping, Sequence
 from email.utils import formatdate
+from typing import Any
 
-from relay.spool import queue_id_time
+from relay import log, maillog
+from relay.config import DeliveryConfig
+from relay.errors import SpoolError
+from relay.spool import Envelope, Spool, queue_id_time
+
+_log = log.get("dsn")
 
 
 def build(*, queue_id: str, sender: str, bounce_from: str, hostname: str,
@@ -73,3 +80,29 @@ def _status(queue_id: str, hostname: str, failed: Mapping[str, Sequence[str]]) -
         fields += ["", f"Final-Recipient: rfc822; {rcpt}", "Action: failed",
                    f"Status: {status}", f"Diagnostic-Code: X-SES; {diagnostic}"]
     return "\n".join(fields)
+
+
+async def queue_notice(spool: Spool, delivery: DeliveryConfig, hostname: str, queue_id: str,
+                       envelope: Envelope, record: dict[str, Any]) -> str | None:
+    """Queue the notice for a message that failed after its 250, when bounce notices are
+    on and the sender wants one; the notice's queue id, or None."""
+    if not delivery.bounce_notices or envelope.no_dsn or not delivery.bounce_from:
+        return None
+    try:
+        headers = await asyncio.to_thread(spool.read_headers, queue_id, "failed")
+        notice = build(queue_id=queue_id, sender=envelope.mail_from,
+                       bounce_from=delivery.bounce_from, hostname=hostname,
+                       failed=record.get("failed", {}), original_headers=headers)
+        draft = spool.draft()
+        draft.write(notice)
+        notice_id = await spool.commit(draft, Envelope(
+            mail_from=delivery.bounce_from, rcpt_tos=(envelope.mail_from,), no_dsn=True))
+    except (OSError, SpoolError) as e:
+        # The failed message itself is safe in failed/; only its notice is missing.
+        # (Raised further, this would reach the delivery worker as a bug about a
+        # message that is no longer in active/.)
+        _log.error("bounce_notice_failed", queue_id=queue_id, error=str(e),
+                   hint="the message stays in failed/; `ses-relay queue show` says why")
+        return None
+    maillog.bounce_notice(queue_id, notice_id, envelope.mail_from)
+    return notice_id

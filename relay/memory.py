@@ -33,7 +33,7 @@ allocated holding the GIL, so the one arena's lock is rarely contended (SQLite a
 allocate without it, a little).
 
 A cap on arenas only holds for arenas made after it: this must run before the process
-starts threads (relay.app.serve calls it first).
+starts threads (relay.serving.serve calls it first).
 """
 
 from __future__ import annotations

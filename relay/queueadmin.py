@@ -24,10 +24,10 @@ class Refused(RelayError):
     """A queue action that cannot be done on this message now; the text says why."""
 
 
-def open_spool(directory: Path, workers: int) -> Spool:
+def open_spool(directory: Path, deliverers: int) -> Spool:
     """The queue as the commands see it, beside a running relay: requests through trigger
-    files reach every worker."""
-    spool = Spool(directory, Share(0, workers))
+    files reach every process that delivers (Config.deliverers)."""
+    spool = Spool(directory, Share(0, deliverers))
     spool.open_for_admin()
     return spool
 

@@ -84,14 +84,15 @@ class Spool:
         self.hold_dir = directory / "hold"
         self.triggers = directory / "trigger"
         # With several processes each has its own trigger folder; a command writes to all.
-        self._trigger_dirs = ([self.triggers] if share.count == 1 else
-                              [self.triggers / str(i) for i in range(share.count)])
+        self._trigger_dirs = ([self.triggers] if share.deliverers == 1 else
+                              [self.triggers / str(i) for i in range(share.deliverers)])
         self._committer = ThreadPoolExecutor(_COMMIT_THREADS, thread_name_prefix="commit")
 
     # -- start-up
 
     def open(self) -> list[str]:
-        """Create the layout, drop unacknowledged drafts, and list the committed ids."""
+        """Create the layout, drop unacknowledged drafts, and list the committed ids this
+        process delivers (none, for a process that only takes mail)."""
         try:
             self._make_folders()
             for leftover in self.tmp.iterdir():
@@ -99,12 +100,14 @@ class Spool:
                     leftover.unlink()
         except OSError as e:
             raise SpoolError(f"cannot prepare queue directory {self.directory}: {e}") from e
+        if self.share.role == "smtp":
+            return []  # active/ and state/ are the delivery process's
         ids = []
         for name in os.listdir(self.active):
             if not _is_queue_id(name):
-                if self.share.index == 0:
+                if self.share.first:
                     self._move(self.active / name, self.corrupt / name)
-            elif self.share.owns(name):
+            elif self.share.delivers(name):
                 ids.append(name)
         # A held message keeps its delivery progress for when it is released.
         self._drop_orphan_states(set(ids) | set(os.listdir(self.hold_dir)))
@@ -112,8 +115,10 @@ class Spool:
 
     def _mine(self, name: str) -> bool:
         """A draft or other file in tmp/ this process may clean up: its own ids; anything
-        else is the first process's."""
-        return self.share.owns(name) if _is_queue_id(name) else self.share.index == 0
+        else is the first SMTP process's (no live process writes such files)."""
+        if _is_queue_id(name):
+            return self.share.owns(name)
+        return self.share.index == 0 and self.share.role != "delivery"
 
     def _make_folders(self) -> None:
         # Queued mail (password resets, invoices) is not for other local users: no access
@@ -137,7 +142,7 @@ class Spool:
 
     def _drop_orphan_states(self, ids: set[str]) -> None:
         for p in self.state.glob("*.json"):
-            if p.stem not in ids and self.share.owns(p.stem):
+            if p.stem not in ids and self.share.delivers(p.stem):
                 p.unlink(missing_ok=True)
 
     # -- receiving
@@ -276,7 +281,7 @@ class Spool:
     def active_ids(self, *, owned: bool = False) -> list[str]:
         """The queue ids in active/; with *owned*, only this process's (see Share)."""
         return [n for n in os.listdir(self.active)
-                if _is_queue_id(n) and (not owned or self.share.owns(n))]
+                if _is_queue_id(n) and (not owned or self.share.delivers(n))]
 
     # -- operator commands (ses-relay queue ...), safe while the relay runs
 
@@ -368,7 +373,7 @@ class Spool:
 
     def take_triggers(self) -> list[str]:
         names = []
-        for p in self._trigger_dirs[self.share.index].iterdir():
+        for p in self._trigger_dirs[self.share.trigger_index].iterdir():
             if p.is_dir():
                 continue  # another process's folder
             names.append(p.name)

@@ -29,7 +29,7 @@ import time
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from relay import log, systemd
+from relay import log, queued, systemd
 from relay.config import Config
 
 _log = log.get("supervisor")
@@ -43,7 +43,12 @@ class Supervisor:
     def __init__(self, config: Config) -> None:
         assert config.source is not None, "workers are started from a configuration file"
         self.config = config
-        self.count = config.workers
+        # The SMTP workers, and with delivery.process: separate one delivery worker after
+        # them (the last index; relay.queueshare.Share).
+        self.smtp_workers = config.workers
+        self.separate = config.delivery.process == "separate"
+        self.count = self.smtp_workers + (1 if self.separate else 0)
+        self._queued: tuple[socket.socket, socket.socket] | None = None
         self.notifier = systemd.Notifier()
         self.procs: dict[int, asyncio.subprocess.Process] = {}  # worker index: process
         self.ready: set[int] = set()  # pids that said READY=1
@@ -62,6 +67,8 @@ class Supervisor:
         shutil.rmtree(self.metrics_dir, ignore_errors=True)  # counts of an earlier life
         self.metrics_dir.mkdir(parents=True, exist_ok=True)
         self._sock = self._notify_socket()
+        if self.separate:
+            self._queued = queued.channel()
         loop.add_reader(self._sock, self._on_notify)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -81,6 +88,8 @@ class Supervisor:
         codes = [p.returncode for p in self.procs.values()]
         loop.remove_reader(self._sock)
         self._sock.close()
+        for end in self._queued or ():
+            end.close()
         if self.failed is not None:
             return self.failed
         return 0 if all(c == 0 for c in codes) else 1
@@ -90,8 +99,10 @@ class Supervisor:
     async def _keep(self, index: int) -> None:
         """Run worker *index*; start it again if it dies, unless we are stopping."""
         while not self.stopping.is_set():
+            fds = self._fds(index)
             proc = await asyncio.create_subprocess_exec(*self._command(index),
-                                                        env=self._environment())
+                                                        env=self._environment(fds),
+                                                        pass_fds=fds)
             self.procs[index] = proc
             self.fed[proc.pid] = time.monotonic()  # its start-up counts as one interval
             if self.stopping.is_set():  # asked to stop while this one was starting
@@ -121,12 +132,26 @@ class Supervisor:
             _log.error("worker_died", worker=index, exit_code=code, restart_in=_RESTART_DELAY)
             await asyncio.sleep(_RESTART_DELAY)
 
+    def _role(self, index: int) -> str:
+        if not self.separate:
+            return "all"
+        return "delivery" if index == self.smtp_workers else "smtp"
+
     def _command(self, index: int) -> list[str]:
         return [sys.executable, "-m", "relay", "serve", "--config", str(self.config.source),
-                "--worker", str(index), "--of", str(self.count)]
+                "--worker", str(index), "--of", str(self.count), "--role", self._role(index)]
 
-    def _environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "WATCHDOG_PID"}
+    def _fds(self, index: int) -> tuple[int, ...]:
+        """The end of the queued channel (relay.queued) worker *index* gets, if any."""
+        if self._queued is None:
+            return ()
+        send, receive = self._queued
+        return (receive.fileno(),) if self._role(index) == "delivery" else (send.fileno(),)
+
+    def _environment(self, fds: tuple[int, ...] = ()) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_PID", queued.ENV)}
+        if fds:
+            env[queued.ENV] = str(fds[0])
         env["NOTIFY_SOCKET"] = self.notify_name
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         env[_PARENT] = str(os.getpid())

@@ -176,3 +176,52 @@ def test_every_queue_id_has_exactly_one_owner_and_drafts_are_their_makers(
             draft = spool.draft()
             assert [s.share.owns(draft.queue_id) for s in spools] == [j == i for j in range(3)]
             draft.abort()
+
+
+def test_a_separate_delivery_process_delivers_what_the_smtp_process_took(
+        make_setup, start_process) -> None:
+    """delivery.process: separate: the SMTP process never delivers; its word reaches the
+    delivery process at once (no wait for the queue scan), and queue tools reach it."""
+    with FakeSES() as ses:
+        setup: Setup = make_setup("sesv2", region="us-east-1", endpoint_url=ses.url,
+                                  max_send_rate=200)
+        setup.doc["delivery"]["process"] = "separate"
+        setup.doc["metrics"] = {"address": "127.0.0.1", "port": 0}
+        setup.write()
+        relay = start_process(setup)
+        relay.wait_event("workers_ready")
+        roles = {e["role"]: e for e in relay.events() if e["event"] == "started"}
+        assert set(roles) == {"smtp", "delivery"}
+        assert roles["smtp"]["listeners"] and not roles["smtp"]["http"]
+        assert roles["delivery"]["http"]["metrics"] and not roles["delivery"]["listeners"]
+        setup.ports = {**roles["smtp"]["listeners"], **roles["delivery"]["http"]}
+        send(setup, 10)
+        wait_until(lambda: len(ses.accepted) >= 10, timeout=20)
+        events = relay.events()
+        assert {e.get("role") for e in events if e["event"] == "queued"} == {"smtp"}
+        assert {e.get("role") for e in events if e["event"] == "delivered"} == {"delivery"}
+        # Each message was sent within the queue scan's period of its 250: by word.
+        wait_until(lambda: not list((setup.queue_dir / "active").iterdir()), timeout=10)
+        assert "ses_relay_messages_queued_total 10.0" in scrape(roles["delivery"]["http"][
+            "metrics"])
+        # A queue command reaches the one process that delivers.
+        assert run("pause", "--reason", "test", "--config", str(setup.path)).returncode == 0
+        relay.wait_event("delivery_paused", role="delivery")
+        workers = children(relay.proc.pid)
+        relay.proc.send_signal(signal.SIGTERM)
+        assert relay.proc.wait(30) == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def test_the_smtp_process_advertises_each_transports_own_size_limit() -> None:
+    """An SMTP-only process takes the limit from a table (it does not import the
+    transport): the table must say what each transport says."""
+    from relay.transports.base import MAX_MESSAGE_SIZE
+    from relay.transports.outbox import OutboxTransport
+    from relay.transports.sesv1 import SESv1Transport
+    from relay.transports.sesv2 import SESv2Transport
+    from relay.transports.smtp import SMTPTransport
+
+    classes = {"sesv2": SESv2Transport, "sesv1": SESv1Transport, "smtp": SMTPTransport,
+               "outbox": OutboxTransport}
+    assert {name: cls.max_message_size for name, cls in classes.items()} == MAX_MESSAGE_SIZE

@@ -7,15 +7,18 @@ from typing import Literal, cast
 
 from relay.config.model import (
     AWS_TRANSPORTS,
+    DELIVERY_PROCESSES,
     SUPPRESSION_ACTIONS,
     TRANSPORTS,
     DeliveryConfig,
+    DeliveryProcess,
     FeedbackConfig,
     FeedbackHttp,
     QueueConfig,
     SmtpUpstream,
     SuppressionAction,
     SuppressionConfig,
+    auto_delivery_process,
 )
 from relay.config.reader import BaseReader, Invalid
 
@@ -43,7 +46,7 @@ class DeliverySections(BaseReader):
                                      "outbox_dir", "concurrency", "timeout", "role_arn",
                                      "external_id", "role_session_name", "from_arn",
                                      "source_arn", "return_path_arn", "max_send_rate",
-                                     "smtp", "bounce_notices", "bounce_from"})
+                                     "smtp", "bounce_notices", "bounce_from", "process"})
         if d is None:
             return DeliveryConfig()
         dc = DeliveryConfig(
@@ -54,6 +57,8 @@ class DeliverySections(BaseReader):
             profile=self.get(d, "profile", path, self.string, None),
             outbox_dir=self.get(d, "outbox_dir", path, self.path, DeliveryConfig.outbox_dir),
             concurrency=self.get(d, "concurrency", path, self.positive_int, 10),
+            process=self.delivery_process(self.get(d, "process", path,
+                                                   self.choice(DELIVERY_PROCESSES), "shared")),
             timeout=self.get(d, "timeout", path, self.duration, DeliveryConfig.timeout),
             role_arn=self.get(d, "role_arn", path, self.arn, None),
             external_id=self.get(d, "external_id", path, self.string, None),
@@ -73,6 +78,11 @@ class DeliverySections(BaseReader):
             self.problem("delivery.bounce_from", "required with bounce_notices: true (an "
                                                  "address SES lets you send from)")
         return dc
+
+    def delivery_process(self, value: str) -> DeliveryProcess:
+        if value == "auto":
+            return auto_delivery_process()
+        return cast(DeliveryProcess, value)
 
     def smtp_upstream(self, raw: object) -> SmtpUpstream:
         path = "delivery.smtp"

@@ -8,6 +8,7 @@ operator fixes a file in one pass instead of one error per restart.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,9 @@ LineEndings = Literal["strict", "normalize"]
 SuppressionAction = Literal["reject", "drop"]
 LINE_ENDINGS: tuple[str, ...] = ("strict", "normalize")
 SUPPRESSION_ACTIONS: tuple[str, ...] = ("reject", "drop")
+
+DeliveryProcess = Literal["separate", "shared"]
+DELIVERY_PROCESSES: tuple[str, ...] = ("auto", "separate", "shared")
 
 TRANSPORTS: tuple[str, ...] = ("sesv2", "sesv1", "smtp", "outbox")
 # Transports that talk to AWS and therefore need a region.
@@ -86,6 +90,12 @@ class DeliveryConfig:
     profile: str | None = None
     outbox_dir: Path = Path("/var/lib/ses-relay/outbox")
     concurrency: int = 10
+    # Where delivery runs: "separate", a process of its own beside the SMTP process(es),
+    # as Postfix's qmgr and smtp are apart from smtpd, so that sending never takes the
+    # event loop from a session; or "shared" (the default), in each SMTP process (one
+    # process in all, with workers: 1). "auto" in the file: separate when there is a
+    # second CPU to run it. (Not yet the default: see bench/RESULTS.md, issue 16.)
+    process: DeliveryProcess = "shared"
     timeout: float = 30.0
     # Assume this role (refreshed before expiry) instead of using the chain's identity.
     role_arn: str | None = None
@@ -263,6 +273,20 @@ class Config:
     # "auto" in the file means one per CPU.
     workers: int = 1
     source: Path | None = None
+
+    @property
+    def supervised(self) -> bool:
+        """Whether ``serve`` runs several processes under relay.supervisor."""
+        return self.workers > 1 or self.delivery.process == "separate"
+
+    @property
+    def deliverers(self) -> int:
+        """How many processes deliver (each with its own trigger folder in the queue)."""
+        return 1 if self.delivery.process == "separate" else self.workers
+
+
+def auto_delivery_process() -> DeliveryProcess:
+    return "separate" if len(os.sched_getaffinity(0)) > 1 else "shared"
 
 
 DEFAULT_LISTENERS: tuple[Listener, ...] = (

@@ -100,3 +100,10 @@ def build(config: DeliveryConfig) -> Transport:
     from relay.transports.sesv2 import SESv2Transport
 
     return SESv2Transport(config)
+
+
+# Each transport's max_message_size, for a process that takes mail without delivering it
+# (delivery.process: separate): it advertises the limit in EHLO SIZE without importing
+# the transport (the AWS SDK, for the API ones). tests/test_workers.py ties the two.
+MAX_MESSAGE_SIZE = {"sesv2": 30_000_000, "sesv1": 7_500_000, "smtp": 30_000_000,
+                    "outbox": 30_000_000}

@@ -1,0 +1,73 @@
+"""A relay process's life: its event loop, signals (SIGTERM, SIGINT, SIGHUP) and what it
+tells systemd (READY, RELOADING, the watchdog)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from relay import memory, systemd
+from relay.app import Relay
+from relay.config import Config
+from relay.spool import ALONE, Share
+
+
+def run(config: Config, share: Share = ALONE) -> int:
+    """The process's event loop. (uvloop was measured twice, under bench/compare.py and
+    bench/loadprofile.py, and gained nothing, see bench/RESULTS.md; asyncio's loop it is.)"""
+    return asyncio.run(serve(config, share))
+
+
+async def serve(config: Config, share: Share = ALONE) -> int:
+    """Run until SIGTERM or SIGINT; return the process exit code."""
+    memory.tune_malloc()
+    notifier = systemd.Notifier()
+    relay = Relay(config, share)
+    loop = asyncio.get_running_loop()
+    # A SIGHUP while starting (the listeners are open before start() returns) would kill
+    # the process with the signal's default action: remember it, reload once started.
+    # (A worker gets SIGHUP from its supervisor only once READY; this is for a relay that
+    # runs alone.)
+    early_hup = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, early_hup.set)
+    await relay.start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.create_task(_reload(relay, notifier))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if early_hup.is_set():
+        on_hup()
+    memory.freeze_startup_heap()
+    if notifier.watchdog_interval:
+        tasks.add(asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval)))
+    notifier.ready(f"accepting mail on {len(relay.servers)} listeners")
+    try:
+        await stop.wait()
+    finally:
+        notifier.stopping()
+        for task in tasks:
+            task.cancel()
+        await relay.stop()
+    return 0
+
+
+async def _reload(relay: Relay, notifier: systemd.Notifier) -> None:
+    notifier.reloading()
+    try:
+        await relay.reload()
+    finally:  # whatever happened, the relay runs on: systemd must not wait on "reloading"
+        notifier.ready("reloaded")
+
+
+async def _watchdog(notifier: systemd.Notifier, interval: float) -> None:
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval)
