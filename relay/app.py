@@ -32,6 +32,8 @@ from relay.smtp.tlscontext import ServerTLS
 from relay.spool import ALONE, Envelope, Share, Spool
 from relay.suppression import SuppressionList
 from relay.transports import Transport, build
+from relay.userlimits import DB_NAME as USER_LIMITS_DB
+from relay.userlimits import Ledger, UserLimits
 from relay.web.server import WebServer
 from relay.web.sites import Site, SiteError, Sites
 
@@ -62,6 +64,7 @@ class Relay:
     auth_guard: AuthGuard = field(init=False)
     auth_cache: SuccessCache = field(default_factory=SuccessCache)  # one for every listener
     policy: Policy | None = None
+    user_limits: UserLimits | None = None  # max_rate, max_per_day: shared counts
     handlers: list[Handler] = field(default_factory=list)
     tls: ServerTLS | None = None
     # The HTTP listeners (metrics, the feedback webhook...), rebuilt by reload: _sites.
@@ -152,12 +155,15 @@ class Relay:
                 cfg.delivery, self.suppression, cfg.suppression.sync_interval),
                 name="suppression-sync"))
         await self.scheduler.start()
+        self.user_limits = await asyncio.to_thread(  # may wait on the schema lock
+            UserLimits, cfg.queue.directory / USER_LIMITS_DB)
+        ledger = Ledger(self.user_limits)
         for listener in cfg.listeners:
             handler = Handler(listener=listener, users=self._current_users, spool=self.spool,
                               policy=policy, limits=cfg.limits, hostname=cfg.hostname,
                               on_queued=self.scheduler.enqueue,
                               connections=self.connections, auth_guard=self.auth_guard,
-                              auth_cache=self.auth_cache)
+                              auth_cache=self.auth_cache, ledger=ledger)
             self.handlers.append(handler)
             server, sessions = await listeners.start(
                 listener, handler, hostname=cfg.hostname,
@@ -402,6 +408,8 @@ class Relay:
             await self.transport.aclose()
         if self.suppression is not None:
             self.suppression.close()
+        if self.user_limits is not None:  # after the sessions: their refunds first
+            await asyncio.to_thread(self.user_limits.close)
         if self.spool is not None:
             await asyncio.to_thread(self.spool.close)
         if self.events is not None:
