@@ -201,11 +201,11 @@ def _charges(session: Any) -> list[Charge]:
 
 def sent_24h(queue_dir: Path, names: Iterable[str]) -> dict[str, int]:
     """For `user list`: each name's recipients in the last 24 hours, read without creating
-    or changing anything ({} when the relay has counted nothing yet, or cannot be read)."""
+    or changing anything (0 before the relay has counted any; {} if it cannot be read)."""
     names = list(names)
     path = queue_dir / DB_NAME
-    if not names or not path.exists():
-        return {}
+    if not path.exists():
+        return dict.fromkeys(names, 0)
     try:
         db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error:
