@@ -25,6 +25,7 @@ from relay.feedback.service import FeedbackService
 from relay.limits import AuthGuard, Connections
 from relay.metrics import CachedCheck, MetricsRoutes
 from relay.policy import Policy
+from relay.queuespace import QueueSpace
 from relay.reputation import ReputationGuard
 from relay.smtp import listeners, tlscontext
 from relay.smtp.handler import Handler
@@ -65,6 +66,7 @@ class Relay:
     auth_cache: SuccessCache = field(default_factory=SuccessCache)  # one for every listener
     policy: Policy | None = None
     user_limits: UserLimits | None = None  # max_rate, max_per_day: shared counts
+    queue_space: QueueSpace | None = None  # queue.min_free, checked at MAIL
     handlers: list[Handler] = field(default_factory=list)
     tls: ServerTLS | None = None
     # The HTTP listeners (metrics, the feedback webhook...), rebuilt by reload: _sites.
@@ -89,6 +91,10 @@ class Relay:
         """The limit advertised in EHLO SIZE: ours, capped by what the transport accepts."""
         assert self.transport is not None
         return min(self.config.limits.max_message_size, self.transport.max_message_size)
+
+    def _min_free(self) -> int:
+        """queue.min_free, or two maximal messages (relay.queuespace says why)."""
+        return 2 * self.message_size_limit
 
     def bound_ports(self) -> dict[str, int]:
         """The port each SMTP listener got, by listener name: with port 0 configured the
@@ -158,12 +164,14 @@ class Relay:
         self.user_limits = await asyncio.to_thread(  # may wait on the schema lock
             UserLimits, cfg.queue.directory / USER_LIMITS_DB)
         ledger = Ledger(self.user_limits)
+        self.queue_space = QueueSpace(cfg.queue.directory, self._min_free())
         for listener in cfg.listeners:
             handler = Handler(listener=listener, users=self._current_users, spool=self.spool,
                               policy=policy, limits=cfg.limits, hostname=cfg.hostname,
                               on_queued=self.scheduler.enqueue,
                               connections=self.connections, auth_guard=self.auth_guard,
-                              auth_cache=self.auth_cache, ledger=ledger)
+                              auth_cache=self.auth_cache, ledger=ledger,
+                              space=self.queue_space)
             self.handlers.append(handler)
             server, sessions = await listeners.start(
                 listener, handler, hostname=cfg.hostname,
@@ -380,6 +388,8 @@ class Relay:
             handler.reconfigure(limits, cfg.hostname)
         if self.scheduler is not None:
             self.scheduler.set_max_send_rate(cfg.delivery.max_send_rate)
+        if self.queue_space is not None:  # the default follows limits.max_message_size
+            self.queue_space.min_free = self._min_free()
         tls = self.tls.context if self.tls is not None else None
         for sessions in self.sessions:
             sessions.rebuild(hostname=cfg.hostname, tls=tls,

@@ -23,6 +23,7 @@ from relay.errors import SpoolError
 from relay.limits import LOCKED_OUT, TOO_MANY_CONNECTIONS, AuthGuard, Connections
 from relay.message import HeaderError, rewrite
 from relay.policy import NULL_SENDER_REFUSED, Policy
+from relay.queuespace import QueueSpace, declared_size
 from relay.smtp import proxy, replies
 from relay.smtp.auth import Authenticator
 from relay.smtp.server import DataProblem, RelayEnvelope, RelaySMTP
@@ -44,7 +45,7 @@ class Handler:
                  policy: Policy, limits: Limits, hostname: str,
                  on_queued: Callable[[str], None], connections: Connections,
                  auth_guard: AuthGuard, auth_cache: SuccessCache,
-                 ledger: Ledger | None = None) -> None:
+                 ledger: Ledger | None = None, space: QueueSpace | None = None) -> None:
         self.listener = listener
         self.live: set[RelaySMTP] = set()  # sessions open now, for a clean shutdown
         self._connections = connections
@@ -56,6 +57,7 @@ class Handler:
         self._hostname = hostname
         self._on_queued = on_queued
         self._ledger = ledger or Ledger(None)
+        self._space = space
         # Whether a client address is in trusted_networks (fixed for the listener's
         # life), remembered: parsing the address for every MAIL was 1% of the event loop's
         # samples (py-spy under bench/loadprofile.py, bench/RESULTS.md).
@@ -206,6 +208,8 @@ class Handler:
         except AddressError as e:
             return self._bad_address(session, "MAIL", e)
         verdict = self._policy.sender(self._user(session), address)
+        if verdict.accepted and self._space is not None:  # queue.min_free
+            verdict = self._space.check(declared_size(mail_options))
         if not verdict.accepted:
             assert verdict.reply is not None
             return self._refuse(session, "MAIL", verdict.reply, verdict.reason, sender=address)
