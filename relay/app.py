@@ -94,7 +94,7 @@ class Relay:
 
     def _min_free(self) -> int:
         """queue.min_free, or two maximal messages (relay.queuespace says why)."""
-        return 2 * self.message_size_limit
+        return self.config.queue.min_free or 2 * self.message_size_limit
 
     def bound_ports(self) -> dict[str, int]:
         """The port each SMTP listener got, by listener name: with port 0 configured the

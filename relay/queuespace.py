@@ -12,8 +12,8 @@ queue's own records (envelope, state, the limits and running files beside them).
 Free space is ``f_bavail`` (what an unprivileged process may use, not the root reserve),
 asked of os.statvfs at most once per ``cache_seconds``: a MAIL pays a clock read, not a
 system call (``.venv/bin/python bench/userlimits.py``: p50 0.22 us cached against 2.2 us
-for statvfs on ext4 here; more on a network file system). The answer follows the disk by itself: space
-freed is seen within a second, with no restart.
+for statvfs on ext4 here; more on a network file system). The answer follows the disk
+by itself: space freed is seen within a second, with no restart.
 """
 
 from __future__ import annotations
