@@ -32,6 +32,7 @@ counted: the count may be too high for a day, never too low.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import sqlite3
 import time
@@ -41,13 +42,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from relay import sqlitedb
+from relay import log, sqlitedb
 from relay.policy import ACCEPT, Verdict
 from relay.users import User
 
 DB_NAME = "user-limits.sqlite3"
 OVER_RATE = "451 4.7.1 Sending rate limit reached, try again in {seconds} seconds"
 OVER_DAY = "452 4.5.3 Daily recipient limit reached, try again later"
+# The counts cannot be read or written (a locked or broken file): refused for now, not let
+# through uncounted; the log says why.
+UNCOUNTED = "451 4.3.0 Temporary failure, please try again later"
+_log = log.get("limits")
 _HOUR = 3600
 _WINDOW_HOURS = 24  # the buckets before the current one that still count
 
@@ -130,9 +135,14 @@ class UserLimits:
         return None
 
     def refund(self, charges: Iterable[Charge]) -> None:
-        with self._db:
-            self._db.executemany("UPDATE day SET n = max(0, n - 1) WHERE user = ? AND hour = ?",
-                                 [(c.user, c.hour) for c in charges])
+        rows = [(c.user, c.hour) for c in charges]
+        try:
+            with self._db:
+                self._db.executemany(
+                    "UPDATE day SET n = max(0, n - 1) WHERE user = ? AND hour = ?", rows)
+        except sqlite3.Error as e:  # on its thread, with no one to tell but the log
+            _log.warning("limits_refund_failed", error=str(e), recipients=len(rows),
+                         hint="they stay counted against the user's day")
 
     def sent(self, name: str) -> int:
         """Recipients counted for *name* in the last 24 hours."""
@@ -143,7 +153,9 @@ class UserLimits:
 
     def submit(self, call: Callable[..., Any], *args: Any) -> None:
         """Run *call* on this object's thread, not waiting for it (a refund at a close)."""
-        self._thread.submit(call, *args)
+        # Closed (RuntimeError): a session that outlived the shutdown keeps its count.
+        with contextlib.suppress(RuntimeError):
+            self._thread.submit(call, *args)
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)  # the refunds still queued first
@@ -169,7 +181,10 @@ class Ledger:
     async def recipient(self, session: Any, user: User | None) -> Verdict:
         if user is None or not user.limited or self._limits is None:
             return ACCEPT
-        result = await self._limits.run(self._limits.charge, user)
+        try:
+            result = await self._limits.run(self._limits.charge, user)
+        except sqlite3.Error as e:
+            return Verdict(UNCOUNTED, f"user limits not counted: {e}")
         if isinstance(result, Verdict):
             return result
         if result is not None:
@@ -206,8 +221,13 @@ def sent_24h(queue_dir: Path, names: Iterable[str]) -> dict[str, int]:
     path = queue_dir / DB_NAME
     if not path.exists():
         return dict.fromkeys(names, 0)
+    # A relay running has the WAL files open: read through them. Without them, read the
+    # file as it is (immutable): even read-only, SQLite would make a -wal and -shm here,
+    # owned by whoever runs the command (root), which the relay could then not write.
+    wal = path.with_name(path.name + "-wal").exists()
     try:
-        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro{'' if wal else '&immutable=1'}",
+                             uri=True, timeout=5)
     except sqlite3.Error:
         return {}
     try:

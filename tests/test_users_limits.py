@@ -3,6 +3,7 @@ RCPT over real SMTP sessions, counted across restarts and across relay processes
 
 from __future__ import annotations
 
+import smtplib
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,37 @@ def test_processes_sharing_the_queue_directory_share_the_day_limit(tmp_path: Pat
     results = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), results
     assert sum(int(out) for out, _ in results) == 150
+
+
+def test_user_list_reads_the_counts_without_leaving_files_in_the_queue(
+        setup: Setup, tmp_path: Path, start_relay) -> None:
+    """Run as root while the relay is stopped, a read-only open would still leave a -wal
+    and -shm owned by root, which the relay's own user could not write."""
+    limited(setup, tmp_path, max_per_day=5)
+    relay = start_relay(setup)
+    send(setup, "a@example.net", "b@example.net")
+    relay.stop()
+    before = sorted(p.name for p in setup.queue_dir.iterdir())
+    assert "max_per_day=5  sent_24h=2" in run("user", "list", "--config", str(setup.path)).stdout
+    assert sorted(p.name for p in setup.queue_dir.iterdir()) == before
+
+
+def test_two_workers_share_one_day_limit(make_setup, tmp_path: Path, start_process,
+                                         hold) -> None:
+    from test_workers import two_workers
+
+    setup: Setup = make_setup()
+    limited(setup, tmp_path, max_per_day=5)
+    two_workers(setup, hold)
+    relay = start_process(setup)
+    relay.wait_event("workers_ready")
+    sent = 0
+    for i in range(20):  # a session each: the kernel spreads them over both workers
+        try:
+            send(setup, f"to{i}@example.net")
+            sent += 1
+        except smtplib.SMTPRecipientsRefused as e:
+            assert e.recipients[f"to{i}@example.net"][0] == 452
+    assert sent == 5
+    seen = {e["worker"] for e in relay.events() if e["event"] in ("queued", "rejected")}
+    assert seen == {0, 1}  # (all 20 on one worker: one chance in half a million)
