@@ -32,7 +32,7 @@ from relay.smtp.handler import Handler
 from relay.smtp.tlscontext import ServerTLS
 from relay.spool import ALONE, Envelope, Share, Spool
 from relay.suppression import SuppressionList
-from relay.transports import Transport, build
+from relay.transports import Transport, build, probe
 from relay.userlimits import DB_NAME as USER_LIMITS_DB
 from relay.userlimits import Ledger, UserLimits
 from relay.web.server import WebServer
@@ -313,7 +313,7 @@ class Relay:
         except OSError as e:
             return False, f"queue not writable: {e.strerror}"
         try:
-            await self.transport.quota()
+            await probe(self.transport)  # its own probe (smtp, outbox), or its quota call
         except DeliveryError as e:
             if e.code not in _READY_ANYWAY:
                 return False, f"upstream: {e.code}: {e.hint}"
