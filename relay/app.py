@@ -34,14 +34,17 @@ from relay.feedback.service import FeedbackService
 from relay.limits import AuthGuard, Connections
 from relay.metrics import CachedCheck, MetricsRoutes
 from relay.policy import Policy
+from relay.queuespace import QueueSpace
 from relay.reputation import ReputationGuard
 from relay.smtp import listeners, tlscontext
 from relay.smtp.handler import Handler
 from relay.smtp.tlscontext import ServerTLS
 from relay.spool import ALONE, Envelope, Share, Spool
 from relay.suppression import SuppressionList
-from relay.transports import Transport, build
-from relay.transports.base import MAX_MESSAGE_SIZE, probe
+from relay.transports import Transport, build, probe
+from relay.transports.base import MAX_MESSAGE_SIZE
+from relay.userlimits import DB_NAME as USER_LIMITS_DB
+from relay.userlimits import Ledger, UserLimits
 from relay.web.server import WebServer
 from relay.web.sites import Site, SiteError, Sites
 
@@ -72,6 +75,8 @@ class Relay:
     auth_guard: AuthGuard = field(init=False)
     auth_cache: SuccessCache = field(default_factory=SuccessCache)  # one for every listener
     policy: Policy | None = None
+    user_limits: UserLimits | None = None  # max_rate, max_per_day: shared counts
+    queue_space: QueueSpace | None = None  # queue.min_free, checked at MAIL
     handlers: list[Handler] = field(default_factory=list)
     tls: ServerTLS | None = None
     # The HTTP listeners (metrics, the feedback webhook...), rebuilt by reload: _sites.
@@ -99,6 +104,10 @@ class Relay:
         most = (self.transport.max_message_size if self.transport is not None
                 else MAX_MESSAGE_SIZE[cfg.delivery.transport])
         return min(cfg.limits.max_message_size, most)
+
+    def _min_free(self) -> int:
+        """queue.min_free, or two maximal messages (relay.queuespace says why)."""
+        return self.config.queue.min_free or 2 * self.message_size_limit
 
     def bound_ports(self) -> dict[str, int]:
         """The port each SMTP listener got, by listener name: with port 0 configured the
@@ -205,12 +214,17 @@ class Relay:
         else:  # delivery is another process's
             sock = queued.inherited()
             on_queued = queued.Sender(sock) if sock is not None else _nobody
+        self.user_limits = await asyncio.to_thread(  # may wait on the schema lock
+            UserLimits, cfg.queue.directory / USER_LIMITS_DB)
+        ledger = Ledger(self.user_limits)
+        self.queue_space = QueueSpace(cfg.queue.directory, self._min_free())
         for listener in cfg.listeners:
             handler = Handler(listener=listener, users=self._current_users, spool=self.spool,
                               policy=self.policy, limits=cfg.limits, hostname=cfg.hostname,
                               on_queued=on_queued,
                               connections=self.connections, auth_guard=self.auth_guard,
-                              auth_cache=self.auth_cache)
+                              auth_cache=self.auth_cache, ledger=ledger,
+                              space=self.queue_space)
             self.handlers.append(handler)
             server, sessions = await listeners.start(
                 listener, handler, hostname=cfg.hostname,
@@ -399,6 +413,8 @@ class Relay:
             handler.reconfigure(limits, cfg.hostname)
         if self.scheduler is not None:
             self.scheduler.set_max_send_rate(cfg.delivery.max_send_rate)
+        if self.queue_space is not None:  # the default follows limits.max_message_size
+            self.queue_space.min_free = self._min_free()
         tls = self.tls.context if self.tls is not None else None
         for sessions in self.sessions:
             sessions.rebuild(hostname=cfg.hostname, tls=tls,
@@ -429,6 +445,8 @@ class Relay:
             await self.transport.aclose()
         if self.suppression is not None:
             self.suppression.close()
+        if self.user_limits is not None:  # after the sessions: their refunds first
+            await asyncio.to_thread(self.user_limits.close)
         if self.spool is not None:
             await asyncio.to_thread(self.spool.close)
         if self.events is not None:

@@ -165,3 +165,10 @@ def headers_adjusted(peer: Any, user: str | None, *, from_added: str | None,
     if ses_headers_ignored:
         # Why an X-SES-CONFIGURATION-SET had no effect: policy.ses_headers / the user's.
         _log.info("ses_headers_ignored", **_who(peer), user=user)
+
+
+def user_limited(user: str, limit: str) -> None:
+    """A recipient refused by *user*'s max_rate ("rate") or max_per_day ("day"); the
+    ``rejected`` line that follows says the rest. (The user label: only names from the
+    users file, which a limit needs, so the series stay few.)"""
+    metrics.USER_LIMIT_REFUSALS.labels(user, limit).inc()

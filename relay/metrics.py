@@ -54,6 +54,9 @@ SES_ERRORS = Counter("ses_relay_ses_errors", "Errors from the upstream by code",
                      registry=REGISTRY)
 QUARANTINED = Counter("ses_relay_queue_quarantined", "Corrupt queue entries moved aside",
                       registry=REGISTRY)
+USER_LIMIT_REFUSALS = Counter("ses_relay_user_limit_refusals", "Recipients refused by a "
+                              "user's max_rate (reason=rate) or max_per_day (reason=day)",
+                              ["user", "reason"], registry=REGISTRY)
 # multiprocess_mode: how the gauges of several relay processes (workers > 1) combine.
 QUEUE_DEPTH = Gauge("ses_relay_queue_depth", "Messages waiting or being delivered",
                     registry=REGISTRY, multiprocess_mode="livesum")

@@ -33,6 +33,7 @@ class Verdict:
     reply: str | None = None  # None: accept
     reason: str = ""
     drop: bool = False  # accept the RCPT, leave the address out of the envelope
+    limit: str = ""  # over a user's limit (relay.userlimits): "rate" or "day"
 
     @property
     def accepted(self) -> bool:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import os
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import yaml
 
@@ -45,6 +46,60 @@ class User:
     ses_headers: SesHeaders | None = None
     # May log in to the web console (relay.web.console); SMTP does not look at it.
     admin: bool = False
+    # Recipients this user may give at RCPT: per second (or minute, hour), and in any 24
+    # hours; None: no limit (relay.userlimits counts them).
+    max_rate: Rate | None = None
+    max_per_day: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.max_rate is not None or self.max_per_day is not None
+
+
+_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class Rate:
+    """N recipients per second, minute or hour ("10/s", "100/h"): a token bucket that
+    holds N, refilled at N per period (relay.userlimits)."""
+
+    count: float
+    per: Literal["s", "m", "h"]
+
+    @property
+    def per_second(self) -> float:
+        return self.count / _PER[self.per]
+
+    def __str__(self) -> str:
+        return f"{self.count:g}/{self.per}"
+
+
+def parse_rate(text: str) -> Rate:
+    """"10/s", "30/m", "100/h" (also "/sec", "/min", "/hour"); ValueError if not."""
+    count, slash, unit = str(text).strip().partition("/")
+    per = {"s": "s", "sec": "s", "m": "m", "min": "m", "h": "h", "hour": "h"}.get(
+        unit.strip().lower())
+    try:
+        n = float(count)
+    except ValueError:
+        n = math.nan
+    if not slash or per is None or not math.isfinite(n) or n <= 0 or n > 1e6:
+        raise ValueError(f"{text!r}: a number above 0 per s, m or h (e.g. 10/s, 100/h)")
+    return Rate(n, cast(Literal["s", "m", "h"], per))
+
+
+def parse_per_day(value: object) -> int:
+    """A positive whole number of recipients; ValueError if not."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{value!r}: a whole number above 0")
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r}: a whole number above 0") from None
+    if n <= 0:
+        raise ValueError(f"{value!r}: a whole number above 0")
+    return n
 
 
 def hash_password(password: str, *, n: int = _N, r: int = _R, p: int = _P) -> str:
@@ -142,7 +197,7 @@ def load(path: Path, *, must_exist: bool = False) -> UserDB:
 # A key misspelt (allowed_sender) would silently lift a restriction: refused instead.
 # (ses_headers: the per-user switch of issue 15 item 11, read where the User is built.)
 _USER_KEYS = frozenset({"password_hash", "allowed_senders", "configuration_set", "tags",
-                        "ses_headers", "admin"})
+                        "ses_headers", "admin", "max_rate", "max_per_day"})
 
 
 def _user(path: Path, name: str, entry: object) -> User:
@@ -179,9 +234,24 @@ def _user(path: Path, name: str, entry: object) -> User:
     admin = entry.get("admin", False)
     if not isinstance(admin, bool):
         raise UsersFileError(f"{path}: users.{name}.admin: true or false")
+    max_rate, max_per_day = _limits(path, name, entry)
     return User(name, entry["password_hash"], tuple(senders), config_set,
                 tuple((str(k), str(v)) for k, v in tags.items()),
-                cast(SesHeaders | None, ses_headers), admin)
+                cast(SesHeaders | None, ses_headers), admin, max_rate, max_per_day)
+
+
+def _limits(path: Path, name: str, entry: dict[object, object]
+            ) -> tuple[Rate | None, int | None]:
+    rate, per_day = entry.get("max_rate"), entry.get("max_per_day")
+    try:
+        max_rate = None if rate is None else parse_rate(str(rate))
+    except ValueError as e:
+        raise UsersFileError(f"{path}: users.{name}.max_rate: {e}") from None
+    try:
+        max_per_day = None if per_day is None else parse_per_day(per_day)
+    except ValueError as e:
+        raise UsersFileError(f"{path}: users.{name}.max_per_day: {e}") from None
+    return max_rate, max_per_day
 
 
 def valid_hash(encoded: object) -> bool:
@@ -218,6 +288,10 @@ def save(path: Path, db: UserDB) -> None:
             entry["ses_headers"] = user.ses_headers
         if user.admin:
             entry["admin"] = True
+        if user.max_rate is not None:
+            entry["max_rate"] = str(user.max_rate)
+        if user.max_per_day is not None:
+            entry["max_per_day"] = user.max_per_day
         entries[name] = entry
     text = ("# ses-relay users: managed with `ses-relay user add|remove`.\n"
             + yaml.safe_dump({"users": entries}, sort_keys=True))

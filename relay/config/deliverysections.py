@@ -25,7 +25,8 @@ from relay.config.reader import BaseReader, Invalid
 
 class DeliverySections(BaseReader):
     def queue(self, raw: object) -> QueueConfig:
-        d = self.section(raw, "queue", {"directory", "max_age", "min_backoff", "max_backoff"})
+        d = self.section(raw, "queue", {"directory", "max_age", "min_backoff", "max_backoff",
+                                        "min_free"})
         if d is None:
             return QueueConfig()
         q = QueueConfig(
@@ -35,6 +36,7 @@ class DeliverySections(BaseReader):
                                  QueueConfig.min_backoff),
             max_backoff=self.get(d, "max_backoff", "queue", self.duration,
                                  QueueConfig.max_backoff),
+            min_free=self.get(d, "min_free", "queue", self.size, QueueConfig.min_free),
         )
         if q.min_backoff > q.max_backoff:
             self.problem("queue.min_backoff", "must not be larger than queue.max_backoff")

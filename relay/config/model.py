@@ -60,6 +60,9 @@ class QueueConfig:
     # SES's SMTP guidance starts at 5 s). Short first retries suit SES throttling.
     min_backoff: float = 5.0
     max_backoff: float = 1200.0
+    # Free space the queue's file system must keep: below it MAIL FROM gets 452 4.3.1
+    # (Postfix's queue_minfree). None: two maximal messages (relay.queuespace).
+    min_free: int | None = None
 
 
 @dataclass(frozen=True)

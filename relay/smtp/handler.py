@@ -23,10 +23,12 @@ from relay.errors import SpoolError
 from relay.limits import LOCKED_OUT, TOO_MANY_CONNECTIONS, AuthGuard, Connections
 from relay.message import HeaderError, rewrite
 from relay.policy import NULL_SENDER_REFUSED, Policy
+from relay.queuespace import QueueSpace, declared_size
 from relay.smtp import proxy, replies
 from relay.smtp.auth import Authenticator
 from relay.smtp.server import DataProblem, RelayEnvelope, RelaySMTP
 from relay.spool import Draft, Envelope, Spool
+from relay.userlimits import Ledger
 from relay.users import User, UserDB
 
 _log = log.get("smtp")
@@ -42,7 +44,8 @@ class Handler:
     def __init__(self, *, listener: Listener, users: Callable[[], UserDB], spool: Spool,
                  policy: Policy, limits: Limits, hostname: str,
                  on_queued: Callable[[str], None], connections: Connections,
-                 auth_guard: AuthGuard, auth_cache: SuccessCache) -> None:
+                 auth_guard: AuthGuard, auth_cache: SuccessCache,
+                 ledger: Ledger | None = None, space: QueueSpace | None = None) -> None:
         self.listener = listener
         self.live: set[RelaySMTP] = set()  # sessions open now, for a clean shutdown
         self._connections = connections
@@ -53,6 +56,8 @@ class Handler:
         self._policy = policy
         self._hostname = hostname
         self._on_queued = on_queued
+        self._ledger = ledger or Ledger(None)
+        self._space = space
         # Whether a client address is in trusted_networks (fixed for the listener's
         # life), remembered: parsing the address for every MAIL was 1% of the event loop's
         # samples (py-spy under bench/loadprofile.py, bench/RESULTS.md).
@@ -96,6 +101,7 @@ class Handler:
 
     def connection_closed(self, session: Any, server: RelaySMTP) -> None:
         self.live.discard(server)
+        self._ledger.abandon(session)
         self._connections.closed(session.client_ip)
 
     def proxied(self, session: Any, header: proxy.Header, reply: str | None) -> str | None:
@@ -192,6 +198,7 @@ class Handler:
 
     async def handle_MAIL(self, server: RelaySMTP, session: Any, envelope: Any,
                           address: str, mail_options: list[str]) -> str:
+        self._ledger.abandon(session)  # a transaction before this one ended unqueued
         if not self._may_submit(session):
             return self._refuse(session, "MAIL", replies.AUTH_REQUIRED, "not authenticated")
         if "SMTPUTF8" in mail_options:
@@ -201,6 +208,8 @@ class Handler:
         except AddressError as e:
             return self._bad_address(session, "MAIL", e)
         verdict = self._policy.sender(self._user(session), address)
+        if verdict.accepted and self._space is not None:  # queue.min_free
+            verdict = self._space.check(declared_size(mail_options))
         if not verdict.accepted:
             assert verdict.reply is not None
             return self._refuse(session, "MAIL", verdict.reply, verdict.reason, sender=address)
@@ -222,6 +231,8 @@ class Handler:
         if key in envelope.rcpt_keys:
             return replies.RCPT_OK
         verdict = await self._policy.recipient(address, len(envelope.rcpt_tos))
+        if verdict.accepted and not verdict.drop:  # only what will be sent is counted
+            verdict = await self._ledger.recipient(session, self._user(session))
         if verdict.drop:
             maillog.dropped(session.peer, address, verdict.reason)
             envelope.rcpt_keys.add(key)
@@ -229,6 +240,8 @@ class Handler:
             return replies.RCPT_OK
         if not verdict.accepted:
             assert verdict.reply is not None
+            if verdict.limit:
+                maillog.user_limited(session.auth_data, verdict.limit)
             return self._refuse(session, "RCPT", verdict.reply, verdict.reason, rcpt=address)
         envelope.rcpt_keys.add(key)
         envelope.rcpt_tos.append(address)
@@ -279,6 +292,16 @@ class Handler:
 
     async def close_draft(self, server: RelaySMTP, session: Any, envelope: RelayEnvelope,
                           draft: Draft, problem: DataProblem | str | None) -> str:
+        # Taken before the commit: one cut short (the client gone) may have queued the
+        # message, and then its recipients stay counted.
+        charges = self._ledger.take(session)
+        reply = await self._commit(server, session, envelope, draft, problem)
+        if not reply.startswith("250"):
+            self._ledger.give_back(charges)
+        return reply
+
+    async def _commit(self, server: RelaySMTP, session: Any, envelope: RelayEnvelope,
+                      draft: Draft, problem: DataProblem | str | None) -> str:
         if isinstance(problem, DataProblem):
             return self._refuse(session, "DATA", problem.value, problem.name.lower())
         if problem is not None:
