@@ -144,13 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", metavar="QUEUE_ID|SES_MESSAGE_ID|ADDRESS")
     _add_config(p)
     p = sub.add_parser("events", help="SES events with the relay's context")
-    esub = p.add_subparsers(dest="events_command", required=True, metavar="ACTION")
-    e = esub.add_parser("export", help="export events, incrementally with --cursor")
-    e.add_argument("--since", metavar="TIME", help="ISO date/time, or a duration ago (7d)")
-    e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    e.add_argument("--cursor", type=Path, metavar="FILE",
-                   help="read the last exported position from FILE, write the new one")
-    _add_config(e)
+    from relay import clievents  # export, import-insights
+
+    clievents.add_subcommands(p, _add_config)
     p = sub.add_parser("resume", help="resume delivery paused by the reputation guard")
     _add_config(p)
     p = sub.add_parser("pause", help="pause delivery (mail stays queued) until resume")
@@ -503,9 +499,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from relay import cliqueue
+    from relay import clievents
 
-    return cliqueue.events(_load(args), args)
+    return clievents.events(_load(args), args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
