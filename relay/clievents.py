@@ -12,6 +12,7 @@ import asyncio
 import csv
 import datetime
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -112,9 +113,18 @@ def import_insights(cfg: config.Config, args: argparse.Namespace) -> int:
         print(f"ses-relay: --range must be at least {insights.MIN_SPAN:.0f} s", file=sys.stderr)
         return EXIT_USAGE
     log.configure("console" if sys.stderr.isatty() else "json", "warning", stream=sys.stderr)
-    store = EventStore(cfg.feedback.database)
+    try:
+        store = EventStore(cfg.feedback.database)
+    except (OSError, sqlite3.Error) as e:
+        print(f"ses-relay: cannot open the event store {cfg.feedback.database}: {e}",
+              file=sys.stderr)
+        return EXIT_FAIL
     try:
         return _import(cfg, store, since, step, lookback)
+    except sqlite3.Error as e:
+        print(f"ses-relay: import failed: the event store {cfg.feedback.database}: {e}",
+              file=sys.stderr)
+        return EXIT_FAIL
     finally:
         store.close()
 

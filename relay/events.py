@@ -141,13 +141,18 @@ class EventStore:
         with self._lock:
             before = self._count_insights()
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT INTO insights (ses_message_id, recipient, at, imported_at, record) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (ses_message_id, recipient) DO UPDATE "
-                "SET at = excluded.at, imported_at = excluded.imported_at, "
-                "record = excluded.record",
-                [(mid, rcpt, at, now, json.dumps(record)) for mid, rcpt, at, record in rows])
-            self._db.execute("COMMIT")
+            try:  # all of a range or none of it: the cursor moves only past stored ones
+                self._db.executemany(
+                    "INSERT INTO insights (ses_message_id, recipient, at, imported_at, "
+                    "record) VALUES (?, ?, ?, ?, ?) ON CONFLICT (ses_message_id, recipient) "
+                    "DO UPDATE SET at = excluded.at, imported_at = excluded.imported_at, "
+                    "record = excluded.record",
+                    [(mid, rcpt, at, now, json.dumps(record)) for mid, rcpt, at, record in rows])
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
             return self._count_insights() - before
 
     def _count_insights(self) -> int:

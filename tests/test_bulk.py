@@ -167,3 +167,15 @@ def test_template_sends_use_the_default_configuration_set_tags_and_from_arn(
         options = [(s["configuration_set"], s["tags"], s["from_arn"]) for s in ses.templated]
     tags = {"app": "crm", "env": "prod"}
     assert options == [("marketing", tags, arn)] * 4 + [("other", tags, arn)]
+
+
+def test_a_template_send_over_the_quota_left_is_not_sent(make_setup) -> None:
+    with FakeSES() as ses:
+        setup = setup_for(make_setup, ses)
+        ses.account = {"SendQuota": {"Max24HourSend": 200.0, "MaxSendRate": 14.0,
+                                     "SentLast24Hours": 199.0}}
+        result = run("send", "--config", str(setup.path), "--from", SENDER, "--template",
+                     "welcome", "--to", "a@example.net", "--to", "b@example.net")
+        assert result.returncode == 1
+        assert "2 recipients, 1 left in the account's 24-hour sending quota" in result.stderr
+        assert ses.calls == 0

@@ -56,10 +56,11 @@ def test_a_range_over_the_10000_record_limit_is_split_and_every_record_stored_on
                      "--config", str(setup.path))
         assert result.returncode == 0, result.stderr
         # 1 h: full; its halves (12,500 each): full; the quarters (6,250) fit; then the
-        # two later hours, one export each.
+        # later hours up to now, one export each.
         spans = sorted(j.end - j.start for j in fake.jobs[:7])
         assert spans == [900.0] * 4 + [1800.0] * 2 + [3600.0]
-        assert len(fake.jobs) == 9
+        assert [j.end - j.start <= 3600.0 for j in fake.jobs[7:]] == [True] * (
+            len(fake.jobs) - 7)
         assert {j.max_results for j in fake.jobs} == {10_000}
     assert "(25000 new)" in result.stdout
     assert "processing" in result.stderr  # progress while SES works on the first job
@@ -80,7 +81,7 @@ def test_an_import_goes_on_from_where_the_last_stopped_and_stores_each_record_on
         assert first.returncode == 0, first.stderr
         assert "(30 new)" in first.stdout
         cursor = cursor_of(setup)
-        assert cursor is not None and cursor >= now
+        assert cursor is not None and cursor >= now - 1  # where it stopped: its start time
 
         # SES knows of more since, some of it from before where the import stopped.
         fake.add(5, cursor - 600, 10, prefix="late")
@@ -94,7 +95,7 @@ def test_an_import_goes_on_from_where_the_last_stopped_and_stores_each_record_on
         again = run("events", "import-insights", "--since", "4h", "--config",
                     str(setup.path))
         assert again.returncode == 0, again.stderr
-        assert "imported 35 insights records (0 new)" in again.stdout
+        assert "(0 new)" in again.stdout
     assert stored(setup) == 35
 
 
