@@ -59,8 +59,7 @@ def test_a_range_over_the_10000_record_limit_is_split_and_every_record_stored_on
         # later hours up to now, one export each.
         spans = sorted(j.end - j.start for j in fake.jobs[:7])
         assert spans == [900.0] * 4 + [1800.0] * 2 + [3600.0]
-        assert [j.end - j.start <= 3600.0 for j in fake.jobs[7:]] == [True] * (
-            len(fake.jobs) - 7)
+        assert all(j.end - j.start <= 3600.0 for j in fake.jobs[7:])
         assert {j.max_results for j in fake.jobs} == {10_000}
     assert "(25000 new)" in result.stdout
     assert "processing" in result.stderr  # progress while SES works on the first job
