@@ -31,6 +31,7 @@ from relay.config import DeliveryConfig
 from relay.errors import DeliveryError, RelayError
 from relay.ratelimit import TokenBucket
 from relay.suppression import SuppressionList
+from relay.transports.base import Quota
 from relay.transports.errors import classify
 
 BATCH = 50  # SendBulkEmail takes at most 50 entries
@@ -125,14 +126,17 @@ class TemplateSender:
         quota. Without an answer (permissions, emulators) both are unknown: no limit of
         ours, and SES's own throttling and quota answers still stop us."""
         try:
-            quota = (await self._client.get_account()).get("SendQuota", {})
+            fields = dict((await self._client.get_account()).get("SendQuota", {}))
         except Exception:  # foreign errors: only "no answer" matters here
             return
-        if self.config.max_send_rate is None and "MaxSendRate" in quota:
-            self.limiter.set_rate(float(quota["MaxSendRate"]))
-        daily = quota.get("Max24HourSend")
-        if daily is not None and float(daily) >= 0:  # -1: unlimited
-            self.quota_left = max(0, int(float(daily) - float(quota.get("SentLast24Hours", 0))))
+        quota = Quota.from_ses(fields)
+        if quota is None:
+            return
+        if self.config.max_send_rate is None:
+            self.limiter.set_rate(quota.max_send_rate)
+        # -1: unlimited. An answer without the field is no reason to send nothing.
+        if "Max24HourSend" in fields and quota.max_24_hour_send >= 0:
+            self.quota_left = max(0, int(quota.max_24_hour_send - quota.sent_last_24_hours))
 
     def _common(self) -> dict[str, Any]:
         """The parameters the relay's own SESv2 delivery passes (relay.transports.sesv2)."""
