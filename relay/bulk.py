@@ -268,8 +268,8 @@ def already_sent(path: Path, rows: Sequence[Row]) -> list[Result]:
     sent = []
     with f:
         for record in csv.DictReader(f):
-            row = by_line.get(int(record.get("line") or 0)) if (
-                record.get("line") or "").isdigit() else None
+            line = record.get("line") or ""
+            row = by_line.get(int(line)) if line.isdigit() else None
             if row is not None and record.get("status") == "sent" and \
                     record.get("email") == row.address:
                 sent.append(Result(row, "sent", record.get("detail") or ""))

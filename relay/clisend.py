@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import sys
 from pathlib import Path
@@ -44,6 +45,9 @@ def send(cfg: config.Config, args: argparse.Namespace) -> int:
         print(f"ses-relay: send failed: {e.code}: {e}", file=sys.stderr)
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
+        return EXIT_FAIL
+    except (OSError, UnicodeError, csv.Error) as e:  # the results file (SES's are mapped)
+        print(f"ses-relay: the results file: {e}", file=sys.stderr)
         return EXIT_FAIL
     finally:
         suppression.close()

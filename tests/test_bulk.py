@@ -179,3 +179,17 @@ def test_a_template_send_over_the_quota_left_is_not_sent(make_setup) -> None:
         assert result.returncode == 1
         assert "2 recipients, 1 left in the account's 24-hour sending quota" in result.stderr
         assert ses.calls == 0
+
+
+def test_a_results_file_that_cannot_be_used_stops_the_run_before_it_sends(
+        make_setup, tmp_path: Path) -> None:
+    rows = write_list(tmp_path / "list.csv", 3)
+    (tmp_path / "a-folder").mkdir()
+    with FakeSES() as ses:
+        setup = setup_for(make_setup, ses)
+        result = run("send", "--config", str(setup.path), "--from", SENDER, "--template",
+                     "news", "--bulk", str(rows), "--results", str(tmp_path / "a-folder"))
+        assert result.returncode == 1
+        assert "ses-relay: the results file:" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert ses.calls == 0
