@@ -109,6 +109,10 @@ def import_insights(cfg: config.Config, args: argparse.Namespace) -> int:
         print(f"ses-relay: {e} (durations such as 30m, 1h; --since also takes an ISO time)",
               file=sys.stderr)
         return EXIT_USAGE
+    if not cfg.delivery.region:
+        print("ses-relay: import-insights needs delivery.region (the SES region whose "
+              "Message Insights to import)", file=sys.stderr)
+        return EXIT_USAGE
     if step < insights.MIN_SPAN:
         print(f"ses-relay: --range must be at least {insights.MIN_SPAN:.0f} s", file=sys.stderr)
         return EXIT_USAGE

@@ -91,9 +91,12 @@ class InsightsExporter:
 
     async def __aenter__(self) -> InsightsExporter:
         session = await aws.session(self.config)
-        self._client = await self._stack.enter_async_context(session.client(
-            "sesv2", region_name=self.config.region, endpoint_url=self.config.endpoint_url,
-            config=aws.client_config(self.config)))
+        try:
+            self._client = await self._stack.enter_async_context(session.client(
+                "sesv2", region_name=self.config.region,
+                endpoint_url=self.config.endpoint_url, config=aws.client_config(self.config)))
+        except Exception as e:  # botocore's (no region, a bad endpoint): ours, mapped once
+            raise classify(e, region=self.config.region) from e
         # The pre-signed URL needs no signing; trust_env: the proxy settings botocore uses.
         self._http = await self._stack.enter_async_context(aiohttp.ClientSession(
             trust_env=True, timeout=aiohttp.ClientTimeout(

@@ -160,3 +160,11 @@ def test_export_files_are_read_in_each_shape_ses_may_give() -> None:
                    ("c", "c@example.net")]
     [(_, _, at, _)] = list(insight_rows(json.loads(array)))
     assert at == 1790000000.0
+
+
+def test_an_import_without_a_region_is_refused(make_setup) -> None:
+    setup = make_setup("outbox")  # no delivery.region: nothing says which SES to ask
+    result = run("events", "import-insights", "--config", str(setup.path))
+    assert result.returncode == 2
+    assert "needs delivery.region" in result.stderr
+    assert cursor_of(setup) is None
