@@ -12,7 +12,6 @@ import contextlib
 import datetime
 import errno
 import getpass
-import json
 import os
 import re
 import sys
@@ -21,7 +20,6 @@ from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
@@ -129,13 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", metavar="QUEUE_ID|SES_MESSAGE_ID|ADDRESS")
     _add_config(p)
     p = sub.add_parser("events", help="SES events with the relay's context")
-    esub = p.add_subparsers(dest="events_command", required=True, metavar="ACTION")
-    e = esub.add_parser("export", help="export events, incrementally with --cursor")
-    e.add_argument("--since", metavar="TIME", help="ISO date/time, or a duration ago (7d)")
-    e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    e.add_argument("--cursor", type=Path, metavar="FILE",
-                   help="read the last exported position from FILE, write the new one")
-    _add_config(e)
+    from relay import clievents  # export, import-insights
+
+    clievents.add_subcommands(p, _add_config)
     p = sub.add_parser("resume", help="resume delivery paused by the reputation guard")
     _add_config(p)
     p = sub.add_parser("pause", help="pause delivery (mail stays queued) until resume")
@@ -376,9 +370,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from relay import cliqueue
+    from relay import clievents
 
-    return cliqueue.events(_load(args), args)
+    return clievents.events(_load(args), args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -435,72 +429,9 @@ async def _send_once(cfg: config.Config, envelope: Envelope, data: bytes) -> str
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from relay import bulk
+    from relay import clisend
 
-    cfg = _load(args)
-    log.configure("console" if sys.stderr.isatty() else "json", "warning", stream=sys.stderr)
-    try:
-        sender = normalize(args.sender)
-        rows = (bulk.read_rows(args.bulk.open(newline="", encoding="utf-8")) if args.bulk
-                else None)
-        to = [normalize(a) for a in args.to] if args.to else []
-        data = json.loads(args.data)
-        if not isinstance(data, dict):
-            raise ValueError("--data must be a JSON object")
-    except (AddressError, bulk.BulkFileError, OSError, ValueError) as e:
-        print(f"ses-relay: {getattr(e, 'reason', e)}", file=sys.stderr)
-        return EXIT_USAGE
-    suppression = SuppressionList(cfg.suppression.database)
-    try:
-        if rows is not None:
-            return asyncio.run(_send_bulk(cfg, args, sender, rows, suppression))
-        return asyncio.run(_send_template(cfg, args, sender, to, json.dumps(data),
-                                          suppression))
-    except DeliveryError as e:
-        print(f"ses-relay: send failed: {e.code}: {e}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return EXIT_FAIL
-    finally:
-        suppression.close()
-
-
-async def _send_template(cfg: config.Config, args: argparse.Namespace, sender: str,
-                         to: list[str], data: str, suppression: SuppressionList) -> int:
-    from relay import bulk
-
-    allowed = []
-    for address in to:
-        entry = suppression.lookup(address)
-        if entry is not None:
-            print(f"ses-relay: skipping {address}: suppressed ({entry.reason})",
-                  file=sys.stderr)
-        else:
-            allowed.append(address)
-    if not allowed:
-        return EXIT_FAIL
-    async with bulk.TemplateSender(cfg.delivery, sender=sender, template=args.template,
-                                   configuration_set=args.configuration_set) as ses:
-        print(await ses.send_one(allowed, data))
-    return EXIT_OK
-
-
-async def _send_bulk(cfg: config.Config, args: argparse.Namespace, sender: str,
-                     rows: list[Any], suppression: SuppressionList) -> int:
-    from relay import bulk
-
-    out = args.results or args.bulk.with_suffix(".results.csv")
-    async with bulk.TemplateSender(cfg.delivery, sender=sender, template=args.template,
-                                   configuration_set=args.configuration_set) as ses:
-        with tqdm(total=len(rows), unit="row", file=sys.stderr, desc="sending",
-                  disable=None) as bar:
-            results = await bulk.send_bulk(ses, rows, suppression, progress=bar.update)
-    with out.open("w", newline="", encoding="utf-8") as f:
-        bulk.write_results(f, results)
-    counts = {s: sum(r.status == s for r in results) for s in ("sent", "suppressed", "failed")}
-    print(f"{counts['sent']} sent, {counts['suppressed']} suppressed, {counts['failed']} "
-          f"failed; results in {out}")
-    return EXIT_OK if not counts["failed"] else EXIT_FAIL
+    return clisend.send(_load(args), args)
 
 
 def cmd_smtp_password(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""``ses-relay queue | trace | events | resume``: the queue and the history of its messages.
+"""``ses-relay queue | trace | resume | pause``: the queue and the history of its messages.
 
 Imported by relay.cli only when one of these commands runs.
 """
@@ -6,10 +6,7 @@ Imported by relay.cli only when one of these commands runs.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
-import time
 
 from relay import config, queueadmin
 from relay.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, iso_time
@@ -78,43 +75,6 @@ def trace(cfg: config.Config, args: argparse.Namespace) -> int:
         return EXIT_FAIL
     for when, what, details in story_lines(story):
         print(f"{iso_time(when)}  {what:<12} {details}")
-    return EXIT_OK
-
-
-def events(cfg: config.Config, args: argparse.Namespace) -> int:
-    import csv as csv_mod
-
-    from relay.events import EventStore
-
-    since = 0.0
-    if args.since:
-        try:
-            since = time.time() - config.parse_duration(args.since)
-        except ValueError:
-            try:
-                since = datetime.datetime.fromisoformat(args.since).timestamp()
-            except ValueError:
-                print("ses-relay: --since takes an ISO time or a duration (7d)",
-                      file=sys.stderr)
-                return EXIT_USAGE
-    after = int(args.cursor.read_text().strip() or 0) if args.cursor and \
-        args.cursor.exists() else 0
-    store = EventStore(cfg.feedback.database)
-    try:
-        rows = list(store.export(after_seq=after, since=since))
-    finally:
-        store.close()
-    fields = ["seq", "at", "ses_message_id", "queue_id", "kind", "recipient", "sender",
-              "user", "bounce_type", "bounce_subtype", "feedback_id", "diagnostic"]
-    if args.format == "csv":
-        w = csv_mod.DictWriter(sys.stdout, fields, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    else:
-        for row in rows:
-            print(json.dumps(row, sort_keys=True))
-    if args.cursor and rows:
-        args.cursor.write_text(f"{rows[-1]['seq']}\n")
     return EXIT_OK
 
 

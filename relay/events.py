@@ -54,6 +54,22 @@ CREATE INDEX IF NOT EXISTS events_message ON events (ses_message_id);
 CREATE INDEX IF NOT EXISTS events_recipient ON events (recipient);
 CREATE INDEX IF NOT EXISTS events_at ON events (at);
 CREATE INDEX IF NOT EXISTS steps_at ON steps (at);
+-- SES's Message Insights, imported (relay.insights): one record per message and recipient,
+-- replaced by a later import of the same message.
+CREATE TABLE IF NOT EXISTS insights (
+    ses_message_id TEXT NOT NULL,
+    recipient      TEXT NOT NULL,
+    at             REAL NOT NULL,
+    imported_at    REAL NOT NULL,
+    record         TEXT NOT NULL,    -- JSON object, as SES exported it
+    PRIMARY KEY (ses_message_id, recipient)
+);
+CREATE INDEX IF NOT EXISTS insights_recipient ON insights (recipient);
+-- Where the last import stopped (one row).
+CREATE TABLE IF NOT EXISTS insights_cursor (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    until REAL NOT NULL
+);
 """
 
 _log = log.get("events")
@@ -117,6 +133,41 @@ class EventStore:
         with self._lock:
             self._db.executemany("INSERT INTO events (at, received_at, ses_message_id, kind, "
                                  "recipient, detail) VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def put_insights(self, rows: Sequence[tuple[str, str, float, dict[str, Any]]]) -> int:
+        """Store Message Insights records (MessageId, recipient, when, record); one per
+        message and recipient, the newest import winning. Returns how many were new."""
+        now = time.time()
+        with self._lock:
+            before = self._count_insights()
+            self._db.execute("BEGIN")
+            try:  # all of a range or none of it: the cursor moves only past stored ones
+                self._db.executemany(
+                    "INSERT INTO insights (ses_message_id, recipient, at, imported_at, "
+                    "record) VALUES (?, ?, ?, ?, ?) ON CONFLICT (ses_message_id, recipient) "
+                    "DO UPDATE SET at = excluded.at, imported_at = excluded.imported_at, "
+                    "record = excluded.record",
+                    [(mid, rcpt, at, now, json.dumps(record)) for mid, rcpt, at, record in rows])
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+            return self._count_insights() - before
+
+    def _count_insights(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM insights").fetchone()[0])
+
+    def insights_cursor(self) -> float | None:
+        """Where the last Message Insights import stopped (None: never ran)."""
+        with self._lock:
+            row = self._db.execute("SELECT until FROM insights_cursor").fetchone()
+        return float(row[0]) if row else None
+
+    def set_insights_cursor(self, until: float) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO insights_cursor (id, until) VALUES (1, ?) ON "
+                             "CONFLICT (id) DO UPDATE SET until = excluded.until", (until,))
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything handed to ``step`` is written (readers, tests)."""
@@ -214,10 +265,13 @@ class EventStore:
                     "SELECT at, queue_id, step, ses_message_id, sender, user, rcpts, detail "
                     "FROM steps WHERE queue_id = ? ORDER BY seq", (qid,))]
             message_ids = {s["ses_message_id"] for s in story if s.get("ses_message_id")}
+            if "@" not in key:
+                message_ids.add(key)  # an SES MessageId the relay did not send: insights
             for mid in sorted(message_ids):
                 story += [self._event_row(r) for r in self._db.execute(
                     "SELECT seq, at, ses_message_id, kind, recipient, detail FROM events "
                     "WHERE ses_message_id = ? ORDER BY at, seq", (mid,))]
+            story += self._insights_rows(key, message_ids)
             if "@" in key:
                 story = [s for s in story if s.get("kind") is None
                          or s.get("recipient") in ("", key.lower())]
@@ -268,6 +322,15 @@ class EventStore:
                    "recipient": rcpt, "queue_id": qid, "sender": sender, "user": user,
                    **(json.loads(detail) if detail else {})}
 
+    def _insights_rows(self, key: str, message_ids: set[str]) -> list[dict[str, Any]]:
+        marks = ", ".join("?" * len(message_ids))  # placeholders only: the values are bound
+        rows = self._db.execute(
+            "SELECT at, ses_message_id, recipient, record FROM insights WHERE "  # noqa: S608
+            f"ses_message_id IN ({marks}) OR recipient = ? ORDER BY at",
+            (*message_ids, key.lower())).fetchall()
+        return [{"at": at, "kind": "insights", "ses_message_id": mid, "recipient": rcpt,
+                 **insights_summary(json.loads(record))} for at, mid, rcpt, record in rows]
+
     @staticmethod
     def _step_row(r: tuple[Any, ...]) -> dict[str, Any]:
         at, qid, step, mid, sender, user, rcpts, detail = r
@@ -280,6 +343,22 @@ class EventStore:
         seq, at, mid, kind, rcpt, detail = r
         return {"at": at, "seq": seq, "ses_message_id": mid, "kind": kind, "recipient": rcpt,
                 **(json.loads(detail) if detail else {})}
+
+
+_SUMMARY = {"isp": "isp", "lastdeliveryevent": "last_delivery",
+            "lastengagementevent": "last_engagement"}
+
+
+def insights_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What ``trace`` shows of a Message Insights record: the ISP, the last delivery and
+    engagement events, and the events SES lists (GetMessageInsights' shape)."""
+    fields = {k.replace("_", "").lower(): v for k, v in record.items()}
+    out = {name: fields[k] for k, name in _SUMMARY.items() if fields.get(k)}
+    events = [str(e.get("Type")) for i in fields.get("insights") or [] if isinstance(i, dict)
+              for e in i.get("Events") or [] if isinstance(e, dict) and e.get("Type")]
+    if events:
+        out["events"] = ",".join(events)
+    return out
 
 
 def story_lines(story: list[dict[str, Any]]) -> list[tuple[float, str, str]]:

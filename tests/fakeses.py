@@ -120,9 +120,17 @@ class FakeSES:
                 self.templated.append({"id": message_id, "from": request["FromEmailAddress"],
                                        "to": to, "TemplateName": request["DefaultContent"][
                                            "Template"]["TemplateName"],
-                                       "TemplateData": data, "bulk": True})
+                                       "TemplateData": data, "bulk": True,
+                                       **self._ses_options(request, "DefaultEmailTags")})
             results.append({"Status": "SUCCESS", "MessageId": message_id})
         return json.dumps({"BulkEmailEntryResults": results}).encode()
+
+    @staticmethod
+    def _ses_options(request: dict[str, Any], tags: str) -> dict[str, Any]:
+        """A template send's configuration set, tags and sending authorisation ARN."""
+        return {"configuration_set": request.get("ConfigurationSetName"),
+                "tags": {t["Name"]: t["Value"] for t in request.get(tags, [])},
+                "from_arn": request.get("FromEmailAddressIdentityArn")}
 
     def fail_next(self, *failures: Failure) -> None:
         with self._lock:
@@ -147,7 +155,8 @@ class FakeSES:
             with self._lock:
                 self.templated.append({"id": message_id, "from": request["FromEmailAddress"],
                                        "to": request["Destination"]["ToAddresses"],
-                                       **request["Content"]["Template"]})
+                                       **request["Content"]["Template"],
+                                       **self._ses_options(request, "EmailTags")})
             payload = json.dumps({"MessageId": message_id}).encode()
             req.send_response(200)
         else:
