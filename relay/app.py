@@ -144,7 +144,7 @@ class Relay:
             self.feedback = FeedbackService(
                 cfg.feedback, self.events, self.suppression,
                 ReputationGuard(self.events, cfg.feedback, pause),
-                region=cfg.delivery.region,
+                region=cfg.delivery.region, identity=cfg.delivery,
                 share=self._share_suppression if cfg.suppression.backend == "ses" else None)
             await self.feedback.start()
         if cfg.suppression.backend == "ses" and first:
