@@ -36,6 +36,7 @@ from relay.web.server import WebServer
 from relay.web.sites import Site, SiteError, Sites
 
 if TYPE_CHECKING:
+    from relay.ratelimit_redis import SharedBucket
     from relay.web.console import Console
 
 _log = log.get("app")
@@ -54,6 +55,7 @@ class Relay:
     transport: Transport | None = None
     spool: Spool | None = None
     scheduler: Scheduler | None = None
+    limiter: SharedBucket | None = None  # delivery.rate_limiter's
     servers: list[asyncio.Server] = field(default_factory=list)
     sessions: list[listeners.Sessions] = field(default_factory=list)  # one per listener
     suppression: SuppressionList | None = None
@@ -122,12 +124,18 @@ class Relay:
         backlog = await asyncio.to_thread(self.spool.open)
         self.transport = build(cfg.delivery)
         await self.transport.start()
+        if cfg.delivery.rate_limiter:
+            # Imported here: the Redis client is loaded only by a relay that uses it.
+            from relay.ratelimit_redis import fleet_limiter
+            self.limiter = fleet_limiter(
+                cfg.delivery.rate_limiter, region=cfg.delivery.region,
+                max_send_rate=cfg.delivery.max_send_rate, share=1 / share.count)
         self.scheduler = Scheduler(self.spool, self.transport, cfg.queue,
                                    concurrency=cfg.delivery.concurrency,
                                    max_inflight_bytes=64 * 2**20 // share.count,
                                    max_send_rate=cfg.delivery.max_send_rate,
                                    rate_share=1 / share.count,
-                                   on_failed=self._notify_sender)
+                                   on_failed=self._notify_sender, limiter=self.limiter)
         self.scheduler.load_backlog(backlog)
         # Opening may wait on the schema lock while other workers start: not on the loop.
         self.events = await asyncio.to_thread(EventStore, cfg.feedback.database)
@@ -398,6 +406,8 @@ class Relay:
             await self.feedback.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.limiter is not None:
+            await self.limiter.aclose()
         if self.transport is not None:
             await self.transport.aclose()
         if self.suppression is not None:

@@ -19,7 +19,7 @@ class _RecordingSQS(BaseHTTPRequestHandler):
 
     signers: list[str]
 
-    def do_POST(self) -> None:  # noqa: N802  # http.server's name
+    def do_POST(self) -> None:  # http.server's name for it
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
         auth = self.headers.get("Authorization", "")
         # "AWS4-HMAC-SHA256 Credential=AKID/date/region/sqs/aws4_request, ..."

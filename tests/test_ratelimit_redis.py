@@ -1,0 +1,219 @@
+"""The fleet's shared send rate against a real redis-server: several limiters (as several
+relays) draw from one bucket; Redis going away never stops delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import events
+from peers.redis import RedisServer
+
+from relay.ratelimit import TokenBucket
+from relay.ratelimit_redis import SharedBucket, redact
+
+SECRET = "s3cret-Redis-pw"  # test credential
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    # A short folder of its own: a unix socket's path must fit in 108 bytes.
+    with tempfile.TemporaryDirectory(prefix="redis-") as directory:
+        server = RedisServer(Path(directory), password=SECRET)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.kill()
+
+
+class Clock:
+    """Simulated time for one task: a sleep moves the clock on by its length."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+class SharedClock(Clock):
+    """Simulated time for several tasks: it moves on only when every task is asleep (the
+    others may be waiting on Redis), to the earliest wake-up. So the grants counted below
+    are the bucket's doing, whatever the machine's speed."""
+
+    def __init__(self, tasks: int) -> None:
+        super().__init__()
+        self.tasks = tasks
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def sleep(self, seconds: float) -> None:
+        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), wake))
+        await wake
+
+    def done(self) -> None:
+        """A task ended: stop waiting for it to sleep."""
+        self.tasks -= 1
+
+    async def drive(self, until: Callable[[], bool]) -> None:
+        for _ in range(100_000):  # bounded: far more steps than any test needs
+            if until():
+                return
+            if self._sleepers and len(self._sleepers) >= self.tasks:
+                at, _, wake = heapq.heappop(self._sleepers)
+                self.now = max(self.now, at)
+                wake.set_result(None)
+            await asyncio.sleep(0.001)  # let the others reach Redis and back
+        raise AssertionError("the simulation did not end")
+
+
+def limiter(server: RedisServer, clock: Clock, rate: float = 10.0, *, key: str = "k",
+            url: str | None = None) -> SharedBucket:
+    local = TokenBucket(rate, clock=clock, sleep=clock.sleep)
+    return SharedBucket(url or server.url, local, key=key, clock=clock, sleep=clock.sleep)
+
+
+def run(main: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(main())
+
+
+def test_two_relays_sharing_redis_keep_together_to_the_rate(
+        redis_server: RedisServer) -> None:
+    clock = SharedClock(tasks=2)
+    grants: list[tuple[float, int]] = []
+
+    async def main() -> None:
+        relays = [limiter(redis_server, clock), limiter(redis_server, clock)]
+
+        async def worker(relay: int) -> None:
+            try:
+                while len(grants) < 200:
+                    await relays[relay].acquire(1)
+                    grants.append((clock.now, relay))
+            finally:
+                clock.done()
+
+        tasks = [asyncio.create_task(worker(i)) for i in range(2)]
+        await clock.drive(lambda: all(t.done() for t in tasks))
+        await asyncio.gather(*tasks)
+        for relay in relays:
+            await relay.aclose()
+
+    run(main)
+    times = [t for t, _ in grants]
+    # One second of tokens at once, then 10 a second, for both relays together (alone,
+    # each would have taken 10 a second).
+    for start in times:
+        in_window = sum(1 for t in times if start <= t < start + 1.0)
+        assert in_window <= 10 + 10  # (a full bucket, plus a second's worth)
+    span = max(times)
+    assert len(times) <= 10 + 10 * span + 2  # 2: grants in flight when the count ended
+    assert len(times) >= 10 * span  # and not much below it: the bucket is not idle
+    assert {relay for _, relay in grants} == {0, 1}
+
+
+def test_a_call_for_50_recipients_borrows_and_the_next_one_waits(
+        redis_server: RedisServer) -> None:
+    clock = Clock()
+
+    async def main() -> None:
+        one, other = limiter(redis_server, clock), limiter(redis_server, clock)
+        await one.acquire(50)  # 50 at 10/s: goes at once, owes 4 seconds
+        assert clock.now == 0.0
+        await other.acquire(1)  # on another relay, it waits for the debt to be paid
+        await one.aclose()
+        await other.aclose()
+
+    run(main)
+    assert clock.now == pytest.approx(4.1, abs=1e-3)
+
+
+def test_throttling_seen_by_one_relay_slows_every_relay(redis_server: RedisServer) -> None:
+    clock = Clock()
+
+    async def main() -> float | None:
+        one, other = limiter(redis_server, clock), limiter(redis_server, clock)
+        await other.acquire(1)
+        one.throttled()
+        await asyncio.gather(*one._tasks)  # the word sent to Redis
+        started = clock.now
+        await other.acquire(9)  # the shared bucket was emptied: a bucketful takes 1 s
+        waited = clock.now - started
+        await one.aclose()
+        await other.aclose()
+        assert waited == pytest.approx(1.0, abs=1e-3)
+        return other.rate
+
+    # Every relay's rate lowered by 10% (then 1% of 10/s climbed back in that second).
+    assert run(main) == pytest.approx(9.1, abs=0.01)
+
+
+def test_a_redis_lost_mid_run_falls_back_to_the_local_bucket_and_is_used_again_once_back(
+        redis_server: RedisServer, logs: list[dict[str, Any]]) -> None:
+    clock = Clock()
+
+    async def main() -> list[bool]:
+        relay = limiter(redis_server, clock)
+        seen = []
+        await relay.acquire(1)
+        seen.append(relay.shared)
+        redis_server.kill()
+        for _ in range(30):  # delivery goes on, at the local bucket's pace
+            await relay.acquire(1)
+        seen.append(relay.shared)
+        redis_server.start()
+        clock.now += 60  # past the retry back-off
+        await relay.acquire(1)
+        seen.append(relay.shared)
+        await relay.aclose()
+        return seen
+
+    assert run(main) == [True, False, True]
+    [fallback] = events(logs, "rate_limiter_fallback")  # once, not at every call
+    assert fallback["reason"].startswith("ConnectionError")
+    assert len(events(logs, "rate_limiter_recovered")) == 1
+
+
+def test_the_url_password_never_appears_in_the_logs(
+        redis_server: RedisServer, logs: list[dict[str, Any]],
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    wrong = f"unix://:{SECRET}-wrong@{redis_server.socket}"
+
+    async def main() -> None:
+        refused = limiter(redis_server, clock, url=wrong)
+        await refused.acquire(1)  # AUTH refused: local bucket
+        relay = limiter(redis_server, clock)
+        await relay.acquire(1)
+        redis_server.kill()
+        await relay.acquire(1)
+        for r in (refused, relay):
+            await r.aclose()
+
+    run(main)
+    reasons = [e["reason"] for e in events(logs, "rate_limiter_fallback")]
+    assert len(reasons) == 2 and "AuthenticationError" in reasons[0]
+    text = json.dumps(logs) + caplog.text
+    assert SECRET not in text
+    assert f"unix://:***@{redis_server.socket}" in text
+
+
+def test_redact_hides_the_password_wherever_the_url_carries_it() -> None:
+    assert redact("redis://user:pw@cache:6379/2") == "redis://user:***@cache:6379/2"
+    assert redact("rediss://:pw@cache:6380/0") == "rediss://:***@cache:6380/0"
+    assert redact("unix:///run/redis.sock?db=1&password=pw") == \
+        "unix:///run/redis.sock?db=1&password=***"
+    assert redact("redis://cache:6379/0") == "redis://cache:6379/0"
