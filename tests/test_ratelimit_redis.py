@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import events
+import redis
+from clients import implicit
+from conftest import PASSWORD, SENDER, USER, Setup, events, wait_until
 from peers.redis import RedisServer
 
+from relay.errors import ConfigError
 from relay.ratelimit import TokenBucket
 from relay.ratelimit_redis import SharedBucket, redact
 
 SECRET = "s3cret-Redis-pw"  # test credential
+MESSAGE = b"Subject: shared rate\r\n\r\nhello\r\n"
 
 
 @pytest.fixture
@@ -217,3 +221,38 @@ def test_redact_hides_the_password_wherever_the_url_carries_it() -> None:
     assert redact("unix:///run/redis.sock?db=1&password=pw") == \
         "unix:///run/redis.sock?db=1&password=***"
     assert redact("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+def send(setup: Setup, logs: list[dict[str, Any]], rcpts: list[str]) -> None:
+    before = len(events(logs, "delivered"))
+    with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
+        s.sendmail(SENDER, rcpts, MESSAGE)
+    wait_until(lambda: len(events(logs, "delivered")) > before)
+
+
+def test_a_relay_with_rate_limiter_draws_from_redis_and_delivers_on_without_it(
+        setup: Setup, start_relay: Any, redis_server: RedisServer,
+        logs: list[dict[str, Any]]) -> None:
+    setup.doc["delivery"].update({"rate_limiter": redis_server.url, "max_send_rate": 50})
+    setup.write()
+    start_relay(setup)
+    send(setup, logs, ["a@example.net", "b@example.net"])
+    with redis.Redis.from_url(redis_server.url) as client:
+        bucket = client.hgetall("ses-relay:send-rate:default")
+    assert float(bucket[b"rate"]) == 50.0  # sized by the rate, charged by the relay
+    redis_server.kill()
+    send(setup, logs, ["c@example.net"])  # Redis gone: delivered all the same
+    [fallback] = events(logs, "rate_limiter_fallback")
+    assert fallback["limiter"] == f"unix://:***@{redis_server.socket}"
+    assert SECRET not in json.dumps(logs)
+    assert SECRET not in (setup.queue_dir / "running-config.json").read_text()
+
+
+@pytest.mark.parametrize("url", ["http://cache:6379", "redis://", "cache:6379", "unix://"])
+def test_a_rate_limiter_that_is_not_a_redis_url_is_refused(setup: Setup, url: str) -> None:
+    setup.doc["delivery"]["rate_limiter"] = url
+    setup.write()
+    with pytest.raises(ConfigError) as e:
+        setup.load()
+    [problem] = e.value.problems
+    assert problem.startswith("delivery.rate_limiter: must be a redis://")
