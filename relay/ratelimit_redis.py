@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as aioredis
@@ -43,6 +42,8 @@ _SCRIPT = """
 local mode, ceiling, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = tonumber(ARGV[4])
 if not now then
+  -- (TIME before a write needs effects replication: the default since Redis 5.)
+  if redis.replicate_commands then redis.replicate_commands() end
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
@@ -121,7 +122,7 @@ class SharedBucket:
         self._now = clock or time.monotonic
         self._sleep = sleep
         # Our own retries (the back-off below), not the client's: a call fails fast.
-        self._redis: Any = aioredis.Redis.from_url(
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT,
             retry=Retry(NoBackoff(), 0))
         self._script = self._redis.register_script(_SCRIPT)

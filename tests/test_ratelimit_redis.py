@@ -191,6 +191,23 @@ def test_a_redis_lost_mid_run_falls_back_to_the_local_bucket_and_is_used_again_o
     assert len(events(logs, "rate_limiter_recovered")) == 1
 
 
+def test_a_redis_that_forgot_the_script_is_given_it_again(
+        redis_server: RedisServer, logs: list[dict[str, Any]]) -> None:
+    clock = Clock()
+
+    async def main() -> bool:
+        relay = limiter(redis_server, clock)
+        await relay.acquire(1)  # the script is loaded (EVALSHA, then SCRIPT LOAD)
+        with redis.Redis.from_url(redis_server.url) as client:
+            client.script_flush()  # as a restarted or failed-over Redis would have it
+        await relay.acquire(1)  # NOSCRIPT: loaded again, not a fallback
+        await relay.aclose()
+        return relay.shared
+
+    assert run(main) is True
+    assert events(logs, "rate_limiter_fallback") == []
+
+
 def test_the_url_password_never_appears_in_the_logs(
         redis_server: RedisServer, logs: list[dict[str, Any]],
         caplog: pytest.LogCaptureFixture) -> None:
