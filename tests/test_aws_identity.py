@@ -67,3 +67,15 @@ def test_the_sqs_poller_signs_with_the_configured_profile(
     start_relay(setup)
     wait_until(lambda: signers, timeout=20)
     assert set(signers) == {"AKIAFLEETPROFILE"}
+
+
+def test_aws_sessions_are_made_in_relay_aws_only() -> None:
+    # Each AWS client gets its session from relay.aws.session (profile, role); a module
+    # that builds one of its own ignores them, as the SQS poller did.
+    relay_dir = Path(__file__).resolve().parent.parent / "relay"
+    makers = ("import aioboto3", "from aioboto3", "AioSession", "import boto3",
+              "get_session(")
+    offenders = [f"{path.relative_to(relay_dir)}: {maker}"
+                 for path in relay_dir.rglob("*.py") if path != relay_dir / "aws.py"
+                 for maker in makers if maker in path.read_text()]
+    assert offenders == []
