@@ -6,7 +6,10 @@ and waits until every recipient has been accepted. Reports the sustained rate as
 of the limit, and the share of calls that were throttled.
 
     .venv/bin/python bench/rate.py [--rate 100] [--messages 300] [--rcpts 5] [--relays 1]
-        [--workers 1]
+        [--workers 1] [--redis]
+
+With --redis the relays share one send rate through a private redis-server (on a unix
+socket; ``delivery.rate_limiter``) instead of each keeping to it on its own.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def main() -> None:
     ap.add_argument("--rcpts", type=int, default=5)
     ap.add_argument("--relays", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1, help="workers of each relay")
+    ap.add_argument("--redis", action="store_true", help="share the rate through Redis")
     args = ap.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -67,12 +71,22 @@ def main() -> None:
     try:
         wait_port(port)
         with tempfile.TemporaryDirectory() as d:
+            shared = {}
+            if args.redis:
+                sock = Path(d) / "redis.sock"
+                relays.append(subprocess.Popen(  # stopped with the relays
+                    ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "",
+                     "--dir", d], stdout=subprocess.DEVNULL))
+                while not sock.exists():
+                    time.sleep(0.05)
+                shared = {"rate_limiter": f"unix://{sock}"}
             for n in range(args.relays):
                 home = Path(d) / f"relay{n}"
                 home.mkdir()
                 prefill(home / "queue", args.messages, args.rcpts)
                 config = write_relay_config(home, free_port(), {"transport": "sesv2",
-                                                                "endpoint_url": url},
+                                                                "endpoint_url": url,
+                                                                **shared},
                                             args.workers)
                 relays.append(subprocess.Popen(
                     [BIN / "ses-relay", "serve", "--config", str(config)], env=AWS_ENV,
@@ -89,7 +103,7 @@ def main() -> None:
         fake.terminate()
         fake.wait(10)
     sustained = s["accepted_rcpts"] / s["span"] if s["span"] else 0.0
-    print(f"relays={args.relays} workers={args.workers} limit={args.rate:.0f}/s "
+    print(f"relays={args.relays} workers={args.workers} redis={args.redis} limit={args.rate:.0f}/s "
           f"recipients={int(s['accepted_rcpts'])}/{want} sustained={sustained:.1f}/s "
           f"utilisation={sustained / args.rate:.1%} "
           f"calls={int(s['calls'])} throttled={int(s['throttled'])} "

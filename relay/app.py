@@ -49,6 +49,7 @@ from relay.web.server import WebServer
 from relay.web.sites import Site, SiteError, Sites
 
 if TYPE_CHECKING:
+    from relay.ratelimit_redis import SharedBucket
     from relay.web.console import Console
 
 _log = log.get("app")
@@ -67,6 +68,7 @@ class Relay:
     transport: Transport | None = None
     spool: Spool | None = None
     scheduler: Scheduler | None = None
+    limiter: SharedBucket | None = None  # delivery.rate_limiter's
     servers: list[asyncio.Server] = field(default_factory=list)
     sessions: list[listeners.Sessions] = field(default_factory=list)  # one per listener
     suppression: SuppressionList | None = None
@@ -176,12 +178,18 @@ class Relay:
         self.transport = build(cfg.delivery)
         await self.transport.start()
         assert self.spool is not None
+        if cfg.delivery.rate_limiter:
+            # Imported here: the Redis client is loaded only by a relay that uses it.
+            from relay.ratelimit_redis import fleet_limiter
+            self.limiter = fleet_limiter(
+                cfg.delivery.rate_limiter, region=cfg.delivery.region,
+                max_send_rate=cfg.delivery.max_send_rate, share=1 / deliverers)
         self.scheduler = Scheduler(self.spool, self.transport, cfg.queue,
                                    concurrency=cfg.delivery.concurrency,
                                    max_inflight_bytes=64 * 2**20 // deliverers,
                                    max_send_rate=cfg.delivery.max_send_rate,
                                    rate_share=1 / deliverers,
-                                   on_failed=self._notify_sender)
+                                   on_failed=self._notify_sender, limiter=self.limiter)
         self.scheduler.load_backlog(backlog)
 
     async def _start_feedback(self) -> None:
@@ -198,7 +206,7 @@ class Relay:
         self.feedback = FeedbackService(
             cfg.feedback, self.events, self.suppression,
             ReputationGuard(self.events, cfg.feedback, pause),
-            region=cfg.delivery.region,
+            region=cfg.delivery.region, identity=cfg.delivery,
             share=self._share_suppression if cfg.suppression.backend == "ses" else None)
         await self.feedback.start()
         if cfg.suppression.backend == "ses":
@@ -441,6 +449,8 @@ class Relay:
             await self.feedback.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.limiter is not None:
+            await self.limiter.aclose()
         if self.transport is not None:
             await self.transport.aclose()
         if self.suppression is not None:

@@ -21,7 +21,7 @@ from typing import Any
 from relay import log, maillog, metrics
 from relay.config import QueueConfig
 from relay.errors import Busy, CorruptEntry, DeliveryError, SpoolError
-from relay.ratelimit import TokenBucket
+from relay.ratelimit import Limiter, TokenBucket
 from relay.spool import Claim, DeliveryState, Envelope, Spool, queue_id_time
 from relay.transports.base import Quota, Transport
 
@@ -75,7 +75,7 @@ class Scheduler:
     def __init__(self, spool: Spool, transport: Transport, queue: QueueConfig, *,
                  concurrency: int, max_inflight_bytes: int = 64 * 2**20,
                  max_send_rate: float | None = None, rate_share: float = 1.0,
-                 on_failed: FailureHook | None = None,
+                 on_failed: FailureHook | None = None, limiter: Limiter | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._spool = spool
         self._transport = transport
@@ -100,7 +100,8 @@ class Scheduler:
         # With several relay processes each keeps to its share of the account's rate.
         self._rate_share = rate_share
         self._configured_rate = max_send_rate
-        self._limiter = TokenBucket(max_send_rate * rate_share if max_send_rate else None)
+        self._limiter = limiter or TokenBucket(max_send_rate * rate_share if max_send_rate
+                                               else None)
         self._on_failed = on_failed
         self._down_streak = 0  # consecutive "cannot reach the upstream" failures
         self._running = asyncio.Event()  # cleared while delivery is paused

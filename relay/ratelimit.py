@@ -16,6 +16,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+
+class Limiter(Protocol):
+    """What delivery asks of a rate limiter: this module's bucket, or the fleet's shared
+    one (relay.ratelimit_redis)."""
+
+    @property
+    def rate(self) -> float | None: ...
+    def set_rate(self, rate: float | None) -> None: ...
+    async def acquire(self, n: int) -> None: ...
+    def throttled(self) -> None: ...
+    def pause(self, seconds: float) -> None: ...
+    def unpause(self) -> None: ...
 
 
 class TokenBucket:

@@ -33,7 +33,7 @@ FORMAT = 1
 # A key not named here needs a restart: an unknown new key is never claimed to be live.
 LIVE = ("hostname", "tls", "users_file", "log", "limits", "policy", "metrics",
         "feedback.http", "web", "console", "delivery.max_send_rate")
-SECRETS = frozenset({"password", "external_id"})
+SECRETS = frozenset({"password", "external_id", "rate_limiter"})  # (its URL's password)
 _NOT_CONFIG = frozenset({"source"})
 
 

@@ -3,6 +3,7 @@ and suppression."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal, cast
 
 from relay.config.model import (
@@ -48,7 +49,8 @@ class DeliverySections(BaseReader):
                                      "outbox_dir", "concurrency", "timeout", "role_arn",
                                      "external_id", "role_session_name", "from_arn",
                                      "source_arn", "return_path_arn", "max_send_rate",
-                                     "smtp", "bounce_notices", "bounce_from", "process"})
+                                     "smtp", "bounce_notices", "bounce_from", "process",
+                                     "rate_limiter"})
         if d is None:
             return DeliveryConfig()
         dc = DeliveryConfig(
@@ -73,6 +75,7 @@ class DeliverySections(BaseReader):
             smtp=self.smtp_upstream(d.get("smtp")),
             bounce_notices=self.get(d, "bounce_notices", path, self.boolean, False),
             bounce_from=self.get(d, "bounce_from", path, self.address, None),
+            rate_limiter=self.get(d, "rate_limiter", path, self.redis_url, None),
         )
         if dc.transport in AWS_TRANSPORTS and not dc.region:
             self.problem("delivery.region", f"required for transport {dc.transport}")
@@ -85,6 +88,12 @@ class DeliverySections(BaseReader):
         if value == "auto":
             return auto_delivery_process()
         return cast(DeliveryProcess, value)
+
+    def redis_url(self, v: object, p: str) -> str:
+        s = self.string(v, p)
+        if not re.match(r"^(rediss?://[^/\s]+|unix:///?[^\s]+)", s):
+            raise Invalid("must be a redis://host:port/db, rediss://... or unix:///path URL")
+        return s
 
     def smtp_upstream(self, raw: object) -> SmtpUpstream:
         path = "delivery.smtp"

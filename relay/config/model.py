@@ -115,6 +115,9 @@ class DeliveryConfig:
     # fails after it was accepted, from this (SES-verified) address.
     bounce_notices: bool = False
     bounce_from: str | None = None
+    # redis://, rediss:// or unix:// URL of a Redis every relay draws the send rate from
+    # (relay.ratelimit_redis); None: each relay keeps to the rate on its own.
+    rate_limiter: str | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from relay import log
-from relay.config import FeedbackConfig
+from relay.config import DeliveryConfig, FeedbackConfig
 from relay.events import EventStore
 from relay.feedback import sns
 from relay.feedback.notifications import Event
@@ -31,8 +31,8 @@ class FeedbackService:
     def __init__(self, config: FeedbackConfig, store: EventStore,
                  suppression: SuppressionList, guard: ReputationGuard, *,
                  region: str | None,
-                 share: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None
-                 ) -> None:
+                 share: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None,
+                 identity: DeliveryConfig | None = None) -> None:
         self.config = config
         self._share = share
         self._suppression = suppression
@@ -44,6 +44,7 @@ class FeedbackService:
             counts_path=config.database.with_name("transient-bounces.sqlite3"))
         self._verifier = sns.Verifier(config.topic_arns)
         self._region = region
+        self._identity = identity  # the AWS credentials (delivery.profile / role_arn)
         self._poller: SQSPoller | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -56,7 +57,8 @@ class FeedbackService:
         c = self.config
         if c.sqs_queue_url:
             self._poller = SQSPoller(c.sqs_queue_url, self.handle, region=self._region,
-                                     endpoint_url=c.sqs_endpoint_url)
+                                     endpoint_url=c.sqs_endpoint_url,
+                                     identity=self._identity)
             self._tasks.append(asyncio.create_task(self._poller.run(), name="sqs"))
         await asyncio.to_thread(self._guard.check)
 

@@ -14,10 +14,11 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aioboto3
 from botocore.config import Config as BotoConfig
 
-from relay import log
+from relay import aws, log
+from relay.config import DeliveryConfig
+from relay.errors import DeliveryError
 from relay.feedback.notifications import Event, NotificationError, parse_body
 
 _log = log.get("feedback")
@@ -29,13 +30,15 @@ class SQSPoller:
     """Receives from *queue_url* and passes each event to *handler* until ``stop()``.
 
     *wait_time* is the long-poll WaitTimeSeconds (0-20); *error_backoff* the pause after a
-    failed ReceiveMessage, so an unreachable endpoint is not hammered.
+    failed ReceiveMessage, so an unreachable endpoint is not hammered. *identity* says
+    which AWS credentials to use (``delivery.profile`` / ``role_arn``, read through
+    relay.aws as every other AWS call is); the default is the standard chain.
     """
 
     def __init__(self, queue_url: str, handler: Handler, *, region: str | None = None,
                  endpoint_url: str | None = None, wait_time: int = 20,
                  max_messages: int = 10, error_backoff: float = 5.0,
-                 session: Any = None) -> None:
+                 identity: DeliveryConfig | None = None) -> None:
         self.queue_url = queue_url
         self.wait_time = wait_time
         self.max_messages = max_messages
@@ -43,7 +46,7 @@ class SQSPoller:
         self._handler = handler
         self._region = region
         self._endpoint_url = endpoint_url
-        self._session = session
+        self._identity = identity or DeliveryConfig()
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -52,7 +55,9 @@ class SQSPoller:
         self._stop.set()
 
     async def run(self) -> None:
-        session = self._session or aioboto3.Session()
+        session = await self._session()
+        if session is None:
+            return
         # The read timeout must outlast the long poll, or every empty poll is an error.
         config = BotoConfig(read_timeout=self.wait_time + 10,
                             retries={"mode": "standard", "total_max_attempts": 3})
@@ -65,6 +70,18 @@ class SQSPoller:
                         break  # the rest come back after their visibility timeout
                     await self._handle(client, message)
             _log.info("feedback_poller_stopped", queue=self.queue_url)
+
+    async def _session(self) -> Any:
+        """The AWS session, or None once stopped: credentials that cannot be had yet (a
+        role with no base credentials) are asked again after each backoff, not fatal."""
+        while not self._stop.is_set():
+            try:
+                return await aws.session(self._identity)
+            except DeliveryError as e:
+                _log.warning("feedback_receive_failed", queue=self.queue_url,
+                             error=f"{e.code}: {e}", hint=e.hint)
+                await self._pause()
+        return None
 
     async def _receive(self, client: Any) -> list[dict[str, Any]]:
         call = asyncio.ensure_future(client.receive_message(
