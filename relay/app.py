@@ -127,7 +127,8 @@ class Relay:
                                    max_inflight_bytes=64 * 2**20 // share.count,
                                    max_send_rate=cfg.delivery.max_send_rate,
                                    rate_share=1 / share.count,
-                                   on_failed=self._notify_sender)
+                                   on_failed=self._notify_sender,
+                                   suppression=self.suppression)
         self.scheduler.load_backlog(backlog)
         # Opening may wait on the schema lock while other workers start: not on the loop.
         self.events = await asyncio.to_thread(EventStore, cfg.feedback.database)

@@ -165,3 +165,18 @@ def headers_adjusted(peer: Any, user: str | None, *, from_added: str | None,
     if ses_headers_ignored:
         # Why an X-SES-CONFIGURATION-SET had no effect: policy.ses_headers / the user's.
         _log.info("ses_headers_ignored", **_who(peer), user=user)
+
+
+def suppressed_at_send(queue_id: str, rcpt: str, reason: str, entry: str) -> None:
+    """A recipient suppressed since its message was queued: left out of the send."""
+    metrics.SUPPRESSED_AT_SEND.labels(reason).inc()
+    if _store is not None:
+        _store.step(queue_id, "suppressed", rcpts=[rcpt], reason=reason, entry=entry)
+    _log.info("suppressed_at_send", queue_id=queue_id, rcpt=rcpt, reason=reason, entry=entry)
+
+
+def region_failover(from_region: str, to_region: str, reason: str, code: str) -> None:
+    """Delivery moved to another region (or back to the primary: reason "recovered")."""
+    metrics.REGION_FAILOVERS.labels(from_region, to_region, reason).inc()
+    _log.warning("region_failover", **{"from": from_region, "to": to_region},
+                 reason=reason, code=code)
