@@ -24,6 +24,7 @@ from relay.ratelimit import TokenBucket
 from relay.spool import Claim, DeliveryState, Envelope, Spool, queue_id_time
 from relay.suppression import SuppressionList
 from relay.transports.base import Transport
+from relay.transports.regions import Pinnable
 
 _log = log.get("delivery")
 
@@ -99,9 +100,15 @@ class Attempts:
         if not rcpts:
             return None  # everyone suppressed: nothing to send
         started = time.monotonic()
+        chunk = replace(envelope, rcpt_tos=rcpts)
         try:
-            result = await self._transport.send(replace(envelope, rcpt_tos=rcpts), data)
+            if state.pin and isinstance(self._transport, Pinnable):
+                result = await self._transport.send_pinned(chunk, data, state.pin)
+            else:
+                result = await self._transport.send(chunk, data)
         except DeliveryError as e:
+            if e.pin:
+                state.pin = e.pin  # may have reached SES there: retried there only
             if not e.permanent:
                 return e
             for r in rcpts:
@@ -109,6 +116,7 @@ class Attempts:
             maillog.failed(qid, name, e.code, str(e), e.hint, state.attempts, rcpts)
             return None
         self.down_streak = 0
+        state.pin = ""
         accepted = [r for r in rcpts if r not in result.refused]
         for r in accepted:
             state.done[r] = result.message_id
@@ -146,7 +154,7 @@ class Attempts:
         if age < self._max_age:
             delay = self._after_throttle(e) if e.throttle else self._backoff.delay(age)
             await asyncio.to_thread(self._spool.save_state, qid, state,
-                                    durable=bool(state.done or state.rejected))
+                                    durable=bool(state.done or state.rejected or state.pin))
             if e.throttle:
                 maillog.throttled(qid, name, e.code, e.throttle, delay)
             else:

@@ -175,8 +175,8 @@ def suppressed_at_send(queue_id: str, rcpt: str, reason: str, entry: str) -> Non
     _log.info("suppressed_at_send", queue_id=queue_id, rcpt=rcpt, reason=reason, entry=entry)
 
 
-def region_failover(from_region: str, to_region: str, reason: str, code: str) -> None:
+def region_failover(from_region: str, to_region: str, reason: str) -> None:
     """Delivery moved to another region (or back to the primary: reason "recovered")."""
     metrics.REGION_FAILOVERS.labels(from_region, to_region, reason).inc()
     _log.warning("region_failover", **{"from": from_region, "to": to_region},
-                 reason=reason, code=code)
+                 reason=reason)

@@ -57,6 +57,14 @@ class Transport(Protocol):
 
 
 def build(config: DeliveryConfig) -> Transport:
+    if config.failover and config.transport in ("sesv2", "sesv1"):
+        from relay.transports import regions
+
+        return regions.build(config, _single)
+    return _single(config)
+
+
+def _single(config: DeliveryConfig) -> Transport:
     if config.transport == "outbox":
         from relay.transports.outbox import OutboxTransport
 
