@@ -94,7 +94,11 @@ class Attempts:
         await self._wait_turn(len(rcpts))
         # After the wait (a pause may have lasted hours), right before the send.
         try:
-            rcpts = sendtime.drop_suppressed(qid, rcpts, state, self._suppression)
+            # About 8 us a recipient (SQLite lookups): a few on the loop, a full chunk of 50
+            # (0.4 ms, measured with 100,000 entries) on a thread.
+            rcpts = (sendtime.drop_suppressed(qid, rcpts, state, self._suppression)
+                     if len(rcpts) <= _INLINE_LOOKUPS else await asyncio.to_thread(
+                         sendtime.drop_suppressed, qid, rcpts, state, self._suppression))
         except DeliveryError as e:
             return e
         if not rcpts:
@@ -203,3 +207,4 @@ class Attempts:
 
 
 _UPSTREAM_DOWN = frozenset({"ConnectionError", "Timeout", "TLSError"})
+_INLINE_LOOKUPS = 8  # recipients looked up in the suppression list on the event loop

@@ -96,3 +96,20 @@ def test_a_message_whose_recipients_are_all_suppressed_completes_without_a_send(
     record = json.loads((setup.queue_dir / "failed" / f"{qid}.json").read_text())
     assert {r: v[0] for r, v in record["failed"].items()} == {
         "a@example.net": "Suppressed", "c@example.org": "Suppressed"}
+
+
+def test_a_full_chunk_is_checked_too(make_setup, start_process) -> None:
+    # Over 8 recipients the lookups run on a thread: the same outcome.
+    rcpts = [f"r{i}@example.net" for i in range(12)]
+    with FakeSES() as ses:
+        setup = _setup(make_setup, ses)
+        ses.rule = _suppress_then_defer(Path(setup.doc["suppression"]["database"]),
+                                        "r3@example.net", "r11@example.net")
+        relay = start_process(setup)
+        with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
+            s.sendmail(SENDER, rcpts, MESSAGE)
+        relay.wait_event("delivered")
+        [sent] = ses.accepted
+    assert sent["to"] == [r for r in rcpts if r not in ("r3@example.net", "r11@example.net")]
+    assert {e["rcpt"] for e in relay.events() if e.get("event") == "suppressed_at_send"} == {
+        "r3@example.net", "r11@example.net"}
