@@ -165,8 +165,11 @@ class RegionFailover:
         return True
 
     def _down(self, region: Region, reason: str, code: str) -> None:
+        now = self._clock()
+        if region.down_until > now:
+            return  # already down: concurrent sends that were under way as it went
         region.strikes = 0
-        region.down_until = self._clock() + self._probe
+        region.down_until = now + self._probe
         still = region.down_reason is not None
         region.down_reason = reason
         _log.warning("region_down", region=region.name, reason=reason, code=code,
