@@ -31,7 +31,7 @@ from relay.smtp.handler import Handler
 from relay.smtp.tlscontext import ServerTLS
 from relay.spool import ALONE, Envelope, Share, Spool
 from relay.suppression import SuppressionList
-from relay.transports import Transport, build
+from relay.transports import Transport, build, probe
 from relay.web.server import WebServer
 from relay.web.sites import Site, SiteError, Sites
 
@@ -300,7 +300,7 @@ class Relay:
         except OSError as e:
             return False, f"queue not writable: {e.strerror}"
         try:
-            await self.transport.quota()
+            await probe(self.transport)  # its own probe (smtp, outbox), or its quota call
         except DeliveryError as e:
             if e.code not in _READY_ANYWAY:
                 return False, f"upstream: {e.code}: {e.hint}"

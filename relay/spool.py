@@ -24,27 +24,29 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
-import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from relay import queueentry
+from relay.draft import Draft as Draft
 from relay.errors import Busy, SpoolError
 
 # The entry's records and format live in relay.queueentry; Envelope and DeliveryState
 # are imported from here as before.
 from relay.queueentry import DeliveryState as DeliveryState
 from relay.queueentry import Envelope as Envelope
-from relay.queueentry import parse_entry, read_entry, read_meta
+from relay.queueentry import read_entry, read_meta
+from relay.queueshare import ALONE as ALONE
+from relay.queueshare import Share as Share
+from relay.queueshare import is_queue_id as _is_queue_id
+from relay.queueshare import new_queue_id as new_queue_id
+from relay.queueshare import queue_id_time as queue_id_time
+from relay.spoolclaim import Claim as Claim
+from relay.spoolclaim import size_if_same_file
 
-_WRITE_BUFFER = 64 * 1024
-_SPILL = 256 * 1024
-_READ_WHOLE = 256 * 1024  # entries up to this size are read in one system call
 # fsyncs run in parallel on threads of their own, apart from the default executor the
 # delivery side uses: concurrent fsyncs on one file system are merged by its journal
 # (ext4's jbd2 batches them into one commit), which is group commit for free. Only the
@@ -53,50 +55,8 @@ _READ_WHOLE = 256 * 1024  # entries up to this size are read in one system call
 # device, and cost less on the event loop (microseconds) than a trip to a thread does in
 # GIL hand-offs and context switches (bench/RESULTS.md, "thread hand-offs").
 _COMMIT_THREADS = 32
-_FILE_MODE = 0o666  # what open() gives, less the umask
-
-
-def new_queue_id(now: float | None = None) -> str:
-    """A sortable id: 13 hex digits of microseconds since the epoch, then 5 random ones.
-
-    The arrival time is recoverable from the id alone (``queue_id_time``), so start-up and
-    the scheduler need not open a file to know a message's age.
-    """
-    micros = int((time.time() if now is None else now) * 1_000_000)
-    return f"{micros:013X}{secrets.randbelow(16**5):05X}"
-
-
 _FOLDER_MODE = 0o750  # before the umask; see Spool._make_folders
 
-
-@dataclass(frozen=True)
-class Share:
-    """Which entries of a shared queue this process owns (``workers`` > 1).
-
-    Several relay processes share one queue directory, so the queue tools see one queue.
-    Each entry has exactly one owner, a pure function of its id and the process count:
-    a process delivers, recovers and cleans up only what it owns, and gives itself the
-    ids of what it accepts. After a restart with another count, ownership is simply
-    recomputed; nothing needs moving. (The flock of a claim would keep two processes from
-    delivering one message anyway; ownership keeps them from trying.)
-    """
-
-    index: int = 0
-    count: int = 1
-
-    def owns(self, queue_id: str) -> bool:
-        return self.count == 1 or zlib.crc32(queue_id.encode()) % self.count == self.index
-
-
-ALONE = Share()  # the one relay process (workers: 1)
-
-
-def queue_id_time(queue_id: str) -> float:
-    return int(queue_id[:13], 16) / 1_000_000
-
-
-def _is_queue_id(name: str) -> bool:
-    return len(name) == 18 and all(c in "0123456789ABCDEF" for c in name)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -105,102 +65,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-class Draft:
-    """A message being received. Write to it, then ``Spool.commit`` it or ``abort`` it."""
-
-    def __init__(self, path: str, queue_id: str) -> None:
-        self.queue_id = queue_id
-        self.path = path
-        self.size = 0
-        self.error: OSError | None = None
-        # Most mail is small: it stays in memory until commit, which then creates and
-        # writes the file in one go, and fsyncs it on a worker thread. A message that outgrows
-        # _SPILL goes to its file as it arrives, so memory per upload stays bounded.
-        self._buffer = bytearray()
-        self._file: BinaryIO | None = None
-        self._fd: int | None = None  # the file, written out unbuffered at commit
-        self._spilled = False
-        # Spool.commit has it: it finishes (into active/), or cleans up, itself.
-        self.committing = False
-
-    def write(self, data: bytes) -> None:
-        # A buffered write to the page cache costs microseconds; the expensive part (fsync)
-        # happens once, off the event loop, in commit.
-        #
-        # A failed write (a full disk) is remembered, not raised: the SMTP side must read
-        # the rest of DATA before it answers, or the message's remaining lines would be
-        # read as commands. commit() then fails, and the client gets a 4xx.
-        self.size += len(data)
-        if self.error is not None:
-            return
-        if not self._spilled:
-            self._buffer += data
-            if len(self._buffer) <= _SPILL:
-                return
-            data, self._buffer = bytes(self._buffer), bytearray()
-            self._spilled = True
-            try:
-                self._file = open(self.path, "xb", buffering=_WRITE_BUFFER)  # noqa: SIM115
-            except OSError as e:
-                self.error = e
-                return
-        try:
-            assert self._file is not None
-            self._file.write(data)
-        except OSError as e:
-            self.error = e
-
-    def _write_out(self, envelope: Envelope) -> int:
-        """Write what is left and the envelope trailer; the open descriptor, to fsync."""
-        if self.error is not None:
-            raise self.error
-        trailer = queueentry.trailer(envelope)
-        if self._file is not None:  # spilled: most of it is in the file already
-            self._file.write(trailer)
-            self._file.flush()
-            return self._file.fileno()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                     _FILE_MODE)
-        try:
-            _write_all(fd, self._buffer + trailer)
-        except OSError:
-            os.close(fd)
-            raise
-        self._buffer = bytearray()
-        self._fd = fd
-        return fd
-
-    def _close_file(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def abort(self) -> None:
-        """Throw the draft away; safe to call more than once, and a no-op once a commit
-        has it (the client hanging up mid-commit must not pull the file out from under
-        the fsync)."""
-        if not self.committing:
-            self._discard()
-
-    def _discard(self) -> None:
-        self._buffer = bytearray()
-        with contextlib.suppress(OSError):
-            self._close_file()
-        # Not only FileNotFoundError: when tmp/ itself is broken (gone, not a directory),
-        # there is nothing to remove either, and the commit's own error is what matters.
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
 
 
 class Spool:
@@ -351,7 +215,7 @@ class Spool:
         except BlockingIOError:
             f.close()
             raise Busy(queue_id) from None
-        size = _size_if_same_file(f, path)
+        size = size_if_same_file(f, path)
         if size is None:  # moved away between our open and our lock
             f.close()
             return None
@@ -521,65 +385,3 @@ class Spool:
             yield
 
 
-class Claim:
-    """An active message locked by the worker delivering it."""
-
-    def __init__(self, spool: Spool, queue_id: str, f: BinaryIO, size: int) -> None:
-        self.spool = spool
-        self.queue_id = queue_id
-        self._file = f
-        self.size = size
-
-    @property
-    def small(self) -> bool:
-        """Small enough to read in one system call (on the event loop, when the message
-        was just written and is in the page cache: see Scheduler._deliver)."""
-        return self.size <= _READ_WHOLE
-
-    def read(self) -> tuple[Envelope, bytes, DeliveryState]:
-        """The message, its envelope, and its delivery state."""
-        try:
-            if self.small:
-                envelope, data = parse_entry(os.pread(self._file.fileno(), self.size, 0),
-                                              self.queue_id)
-            else:
-                envelope, data = read_entry(self._file, self.queue_id)
-        except OSError as e:
-            raise SpoolError(f"cannot read {self.queue_id}: {e}") from e
-        return envelope, data, self.spool.read_state(self.queue_id)
-
-    def remove(self) -> None:
-        """Forget a delivered message, and let go of it. Not fsynced: a crash here
-        re-sends, never loses."""
-        s = self.spool
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{s._active}/{self.queue_id}")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{s._state}/{self.queue_id}.json")
-        self.release()
-
-    def fail(self, record: dict[str, Any]) -> None:
-        """Keep a permanently failed message in ``failed/`` with why it failed."""
-        s = self.spool
-        (s.failed / f"{self.queue_id}.json").write_bytes(json.dumps(record, indent=1).encode())
-        s._move(s.active / self.queue_id, s.failed / self.queue_id)
-        (s.state / f"{self.queue_id}.json").unlink(missing_ok=True)
-
-    def quarantine(self) -> None:
-        s = self.spool
-        s._move(s.active / self.queue_id, s.corrupt / self.queue_id)
-        (s.state / f"{self.queue_id}.json").unlink(missing_ok=True)
-
-    def release(self) -> None:
-        """Drop the lock; idempotent."""
-        if not self._file.closed:
-            self._file.close()
-
-
-def _size_if_same_file(f: BinaryIO, path: str | Path) -> int | None:
-    """The open file's size if *path* still names it, else None."""
-    opened = os.fstat(f.fileno())
-    try:
-        return opened.st_size if opened.st_ino == os.stat(path).st_ino else None
-    except FileNotFoundError:
-        return None

@@ -1,26 +1,20 @@
-"""The smtp transport against a scripted SES SMTP endpoint: aiosmtpd on 127.0.0.1, real TLS.
-
-The fake speaks like email-smtp.<region>.amazonaws.com: TLS (STARTTLS or implicit), AUTH
-before MAIL, one reply per RCPT, "250 Ok <message-id>" after DATA, and SES's error texts
-when a test scripts them. It records what it accepted, so a test can tell what reached it.
+"""The smtp transport against a scripted SES SMTP endpoint (tests/fakesmtp.py): aiosmtpd on
+127.0.0.1, real TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from conftest import Certs
+from fakesmtp import PASSWORD, USER, FakeSESSMTP, start_fake
 
 from relay.config import DeliveryConfig, SmtpUpstream
 from relay.errors import ConfigError, DeliveryError
@@ -28,8 +22,6 @@ from relay.spool import Envelope
 from relay.transports.base import SendResult
 from relay.transports.smtp import SMTPTransport
 
-USER = "AKIASMTPUSEREXAMPLE"
-PASSWORD = "BPkCbtTKtLE+ExampleSmtpPassword/0123456789ab"  # test credential
 SENDER = "sender@example.com"
 # A dot-led line (dot-stuffing both ways) and 8-bit text (BODY=8BITMIME) in the body.
 MESSAGE = (b"From: sender@example.com\r\nTo: to@example.net\r\nSubject: via SES SMTP\r\n"
@@ -38,122 +30,6 @@ MESSAGE = (b"From: sender@example.com\r\nTo: to@example.net\r\nSubject: via SES 
            b"Content-Transfer-Encoding: 8bit\r\n\r\n"
            b"Hello SES.\r\n.a line that starts with a dot\r\n..two dots\r\n"
            b"Gr\xc3\xbc\xc3\x9fe\r\n")
-
-
-@dataclass
-class Received:
-    mail_from: str
-    mail_options: list[str]
-    rcpt_tos: list[str]
-    data: bytes
-
-
-@dataclass
-class FakeSESSMTP:
-    """A scripted SES SMTP endpoint; set the reply fields before a test sends."""
-
-    tls: str
-    username: str = USER
-    password: str = PASSWORD
-    port: int = 0  # the port it got, once started
-    # Scripted answers: per recipient address, to MAIL, and to the end of DATA.
-    rcpt_replies: dict[str, str] = field(default_factory=dict)
-    mail_reply: str | None = None
-    data_reply: str | None = None
-    # What it saw.
-    peers: set[tuple[str, int]] = field(default_factory=set)
-    logins: list[tuple[str, str]] = field(default_factory=list)
-    commands: list[str] = field(default_factory=list)
-    messages: list[Received] = field(default_factory=list)
-    message_ids: list[str] = field(default_factory=list)
-
-    @property
-    def sessions(self) -> int:
-        """Connections that got as far as EHLO."""
-        return len(self.peers)
-
-    # -- aiosmtpd hooks (run on the controller's loop)
-
-    async def handle_EHLO(self, server: SMTP, session: Any, envelope: Any, hostname: str,
-                          responses: list[str]) -> list[str]:
-        self.peers.add(session.peer)  # the EHLO after STARTTLS comes from the same peer
-        session.host_name = hostname
-        return responses
-
-    def authenticate(self, server: SMTP, session: Any, envelope: Any, mechanism: str,
-                     auth_data: Any) -> AuthResult:
-        assert isinstance(auth_data, LoginPassword)
-        login, password = auth_data.login.decode(), auth_data.password.decode()
-        self.logins.append((login, password))
-        # SES takes credentials only over TLS, whichever way TLS was started.
-        over_tls = server.transport.get_extra_info("sslcontext") is not None
-        ok = over_tls and (login, password) == (self.username, self.password)
-        return AuthResult(success=ok, handled=False)  # aiosmtpd answers 535 on failure
-
-    async def handle_MAIL(self, server: SMTP, session: Any, envelope: Any, address: str,
-                          mail_options: list[str]) -> str:
-        self.commands.append(f"MAIL {address}")
-        if not session.authenticated:
-            return "530 Authentication required"
-        if self.mail_reply:
-            return self.mail_reply
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 Ok"
-
-    async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str,
-                          rcpt_options: list[str]) -> str:
-        self.commands.append(f"RCPT {address}")
-        reply = self.rcpt_replies.get(address)
-        if reply:
-            return reply
-        envelope.rcpt_tos.append(address)
-        return "250 Ok"
-
-    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
-        self.commands.append("DATA")
-        if self.data_reply:
-            return self.data_reply
-        self.messages.append(Received(envelope.mail_from, list(envelope.mail_options),
-                                      list(envelope.rcpt_tos), envelope.original_content))
-        message_id = f"0100018c{uuid.uuid4().hex}-000000"
-        self.message_ids.append(message_id)
-        return f"250 Ok {message_id}"
-
-
-def server_context(cert: Path, key: Path) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(cert), str(key))
-    return context
-
-
-class PortZeroController(Controller):
-    """aiosmtpd's Controller on port 0: it learns the port the kernel gave as it binds
-    (Controller itself connects to ``self.port`` to check the server is up)."""
-
-    def _create_server(self) -> Any:
-        async def create() -> Any:
-            server = await super(PortZeroController, self)._create_server()
-            self.port = server.sockets[0].getsockname()[1]
-            return server
-        return create()
-
-
-def start_fake(fake: FakeSESSMTP, cert: Path, key: Path) -> Controller:
-    tls = server_context(cert, key)
-    controller = PortZeroController(
-        fake, hostname="127.0.0.1", port=0, server_hostname="fake-ses.test",
-        ssl_context=tls if fake.tls == "implicit" else None,
-        tls_context=tls if fake.tls == "starttls" else None,
-        require_starttls=False,
-        # AUTH is enforced by handle_MAIL and the authenticator (TLS checked there):
-        # aiosmtpd's own auth_required without auth_require_tls warns, and on implicit
-        # TLS it cannot see the TLS layer.
-        auth_required=False, auth_require_tls=False,
-        authenticator=fake.authenticate)
-    controller.start()
-    fake.port = controller.port
-    return controller
 
 
 @pytest.fixture
@@ -484,13 +360,12 @@ def test_a_username_without_a_password_stops_the_start(certs: Certs,
         asyncio.run(SMTPTransport(cfg).start())
 
 
-def test_the_transport_states_its_limits_and_has_no_quota(certs: Certs,
-                                                          refused_url: str) -> None:
+def test_the_transport_states_its_limits(certs: Certs, refused_url: str) -> None:
+    # Its quota is the account's, read over the SES API: tests/test_smtp_account.py.
     transport = SMTPTransport(config(certs, port_of(refused_url)))
     assert (transport.name, transport.max_recipients) == ("smtp", 50)
     assert transport.max_message_size == 30_000_000
     assert transport.host == "localhost"
-    assert asyncio.run(transport.quota()) is None
     default = SMTPTransport(DeliveryConfig(transport="smtp", region="eu-west-1"))
     assert default.host == "email-smtp.eu-west-1.amazonaws.com"
     assert default.config.smtp.port == 587

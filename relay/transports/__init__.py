@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from relay.transports.base import Transport, build
+from relay.transports.base import Transport, build, probe
 
-__all__ = ["Transport", "build"]
+__all__ = ["Transport", "build", "probe"]

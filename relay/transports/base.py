@@ -9,7 +9,7 @@ limits, so policy and the scheduler ask it instead of scattering per-transport i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from relay.config import DeliveryConfig
 from relay.errors import DeliveryError
@@ -30,6 +30,16 @@ class Quota:
     max_send_rate: float
     max_24_hour_send: float
     sent_last_24_hours: float
+
+    @classmethod
+    def from_ses(cls, fields: dict[str, Any]) -> Quota | None:
+        """From SES's MaxSendRate, Max24HourSend, SentLast24Hours (GetAccount's SendQuota,
+        or GetSendQuota); None without a MaxSendRate: no limit but SES's throttling."""
+        if not fields.get("MaxSendRate"):
+            return None
+        return cls(max_send_rate=float(fields["MaxSendRate"]),
+                   max_24_hour_send=float(fields.get("Max24HourSend", 0)),
+                   sent_last_24_hours=float(fields.get("SentLast24Hours", 0)))
 
 
 class Transport(Protocol):
@@ -54,6 +64,24 @@ class Transport(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Probed(Protocol):
+    """A transport with a readiness probe of its own (the smtp endpoint, the outbox)."""
+
+    async def probe(self) -> None:
+        """Raise DeliveryError if the upstream cannot take mail now."""
+        ...
+
+
+async def probe(transport: Transport) -> None:
+    """Readiness: the transport's own probe, else its quota call (an API transport: the
+    endpoint answers with our credentials). Raises DeliveryError."""
+    if isinstance(transport, Probed):
+        await transport.probe()
+    else:
+        await transport.quota()
 
 
 def build(config: DeliveryConfig) -> Transport:

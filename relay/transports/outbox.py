@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -44,6 +45,23 @@ class OutboxTransport:
 
     async def quota(self) -> Quota | None:
         return None
+
+    async def probe(self) -> None:
+        """Readiness: the folder exists and takes a file (a nameless one, gone on close)."""
+        try:
+            await asyncio.to_thread(self._probe)
+        except OSError as e:
+            raise DeliveryError(str(e), permanent=False, code="OutboxNotWritable",
+                                hint=f"check that {self.directory} exists, is a directory, "
+                                     f"is writable and is not full") from e
+
+    def _probe(self) -> None:
+        # TemporaryFile: O_TMPFILE where the file system has it (the file never has a name,
+        # so nothing is left behind even after a crash), else a name unlinked at once.
+        with tempfile.TemporaryFile(dir=self.directory) as f:
+            f.write(b"probe")
+            f.flush()
+            os.fsync(f.fileno())
 
     def _write(self, message_id: str, envelope: Envelope, data: bytes) -> None:
         meta = {"message_id": message_id, "mail_from": envelope.mail_from,

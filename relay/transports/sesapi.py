@@ -71,11 +71,7 @@ class SESAPITransport:
             q = await self._send_quota()
         except Exception as e:
             raise classify(e, region=self.config.region) from e
-        if not q.get("MaxSendRate"):
-            return None  # nothing to go by: no limit but SES's own throttling answers
-        return Quota(max_send_rate=float(q["MaxSendRate"]),
-                     max_24_hour_send=float(q.get("Max24HourSend", 0)),
-                     sent_last_24_hours=float(q.get("SentLast24Hours", 0)))
+        return Quota.from_ses(q)
 
     async def aclose(self) -> None:
         await self._stack.aclose()
