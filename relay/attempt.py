@@ -132,7 +132,7 @@ class Attempts:
                 state.last_deferred[r] = [err.code, str(err), err.hint]
         if accepted:
             maillog.delivered(qid, name, result.message_id, accepted,
-                              time.monotonic() - started, state.attempts)
+                              time.monotonic() - started, state.attempts, result.region)
         return None
 
     async def _settled(self, claim: Claim, envelope: Envelope, state: DeliveryState) -> None:

@@ -108,15 +108,17 @@ def queue_failed(peer: Any, error: str) -> None:
 
 
 def delivered(queue_id: str, transport: str, message_id: str, rcpts: Sequence[str],
-              latency: float, attempt: int) -> None:
+              latency: float, attempt: int, region: str | None = None) -> None:
+    # region: with delivery.failover, the one that took it (its MessageId is that region's).
+    where = {"region": region} if region else {}
     metrics.DELIVERED.labels(transport).inc()
     if _store is not None:
         _store.step(queue_id, "delivered", ses_message_id=message_id, rcpts=rcpts,
-                    transport=transport, attempt=attempt)
+                    transport=transport, attempt=attempt, **where)
     metrics.DELIVERED_RCPTS.labels(transport).inc(len(rcpts))
     metrics.DELIVERY_LATENCY.observe(latency)
     _log.info("delivered", queue_id=queue_id, transport=transport, ses_message_id=message_id,
-              rcpts=list(rcpts), latency=round(latency, 3), attempt=attempt)
+              rcpts=list(rcpts), latency=round(latency, 3), attempt=attempt, **where)
 
 
 def deferred(queue_id: str, transport: str, code: str, error: str, hint: str,

@@ -10,10 +10,14 @@ import threading
 import urllib.request
 from typing import Any
 
+import botocore.exceptions as bex
 import pytest
 from clients import implicit
 from conftest import PASSWORD, SENDER, USER, Moto, Process, Setup, port_of, wait_until
 from fakeses import Failure, FakeSES
+
+from relay.transports import http1
+from relay.transports.errors import classify
 
 PRIMARY, SECONDARY = "us-east-1", "eu-west-1"
 
@@ -121,6 +125,10 @@ def test_sending_paused_in_the_primary_moves_delivery_at_once(
         moved = switch(relay, "paused")
         wait_until(lambda: secondary.accepted)
         assert primary.calls == 1
+        # The delivered line names the region whose MessageId it is.
+        delivered = relay.wait_event("delivered")
+        assert (delivered["region"], delivered["ses_message_id"]) == (
+            SECONDARY, secondary.accepted[0]["id"])
         assert (moved["from"], moved["to"]) == (PRIMARY, SECONDARY)
         assert relay.wait_event("region_down", region=PRIMARY)["code"] == code
         assert ids(primary, secondary) == ["<failover-1@"]
@@ -165,3 +173,23 @@ def test_sesv1_fails_over_to_a_region_served_by_moto(
     moved = switch(relay, "unreachable")
     assert (moved["from"], moved["to"]) == (SECONDARY, PRIMARY)
     assert relay.wait_event("delivered")["ses_message_id"] == sent["id"]
+
+
+@pytest.mark.parametrize(("exc", "unsent"), [
+    # Nothing left, or SES said no: the message may move to another region.
+    (http1.ConnectFailed("cannot connect"), True),
+    (bex.EndpointConnectionError(endpoint_url="https://x"), True),
+    (bex.ConnectTimeoutError(endpoint_url="https://x"), True),
+    (bex.ClientError({"Error": {"Code": "InternalFailure"},
+                      "ResponseMetadata": {"HTTPStatusCode": 500}}, "SendEmail"), True),
+    (bex.NoCredentialsError(), True),
+    # The request may have been read: it stays in its region.
+    (TimeoutError(), False),
+    (bex.ReadTimeoutError(endpoint_url="https://x"), False),
+    (bex.ConnectionClosedError(endpoint_url="https://x"), False),
+    (http1.HTTPError("connection closed before the answer was complete"), False),
+    (ConnectionResetError(), False),
+])
+def test_only_a_send_that_surely_did_not_succeed_may_move(exc: BaseException,
+                                                          unsent: bool) -> None:
+    assert classify(exc, region=PRIMARY).unsent is unsent

@@ -21,6 +21,8 @@ class SendResult:
     message_id: str
     # Recipients the upstream refused while accepting the message for the others.
     refused: dict[str, DeliveryError] = field(default_factory=dict)
+    # The region that took it, with delivery.failover (relay/transports/regions.py).
+    region: str | None = None
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ class RegionFailover:
                 last = e
                 continue  # surely not sent: the next region may take it
             self._succeeded(region)
-            return result
+            return replace(result, region=region.name)
         assert last is not None
         raise last
 
@@ -131,7 +131,7 @@ class RegionFailover:
             e.pin = r.name
             raise
         self._succeeded(r)
-        return result
+        return replace(result, region=r.name)
 
     def _candidates(self) -> list[Region]:
         """The regions that are up, in order; when none is, the one due back first."""
