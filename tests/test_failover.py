@@ -16,6 +16,8 @@ from clients import implicit
 from conftest import PASSWORD, SENDER, USER, Moto, Process, Setup, port_of, wait_until
 from fakeses import Failure, FakeSES
 
+from relay.errors import CorruptEntry
+from relay.queueentry import parse_state
 from relay.transports import http1
 from relay.transports.errors import classify
 
@@ -193,3 +195,11 @@ def test_sesv1_fails_over_to_a_region_served_by_moto(
 def test_only_a_send_that_surely_did_not_succeed_may_move(exc: BaseException,
                                                           unsent: bool) -> None:
     assert classify(exc, region=PRIMARY).unsent is unsent
+
+
+def test_a_state_file_whose_pin_is_not_a_region_name_is_corrupt() -> None:
+    # The pin decides where a message may go: a state file with a wrong one cannot be
+    # trusted (its entry goes to corrupt/, like any other bad state).
+    assert parse_state(b'{"attempts": 1, "pin": "us-east-1"}', "Q").pin == "us-east-1"
+    with pytest.raises(CorruptEntry):
+        parse_state(b'{"attempts": 1, "pin": 5}', "Q")
