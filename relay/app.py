@@ -189,7 +189,8 @@ class Relay:
                                    max_inflight_bytes=64 * 2**20 // deliverers,
                                    max_send_rate=cfg.delivery.max_send_rate,
                                    rate_share=1 / deliverers,
-                                   on_failed=self._notify_sender, limiter=self.limiter)
+                                   on_failed=self._notify_sender, limiter=self.limiter,
+                                   suppression=self.suppression)
         self.scheduler.load_backlog(backlog)
 
     async def _start_feedback(self) -> None:

@@ -14,61 +14,21 @@ import contextlib
 import heapq
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Callable
 
-from relay import log, maillog, metrics
+from relay import log, quotawatch
+from relay.attempt import Attempts, FailureHook
 from relay.config import QueueConfig
-from relay.errors import Busy, CorruptEntry, DeliveryError, SpoolError
+from relay.errors import Busy, SpoolError
+from relay.pacing import Backoff, ByteBudget
 from relay.ratelimit import Limiter, TokenBucket
-from relay.spool import Claim, DeliveryState, Envelope, Spool, queue_id_time
+from relay.spool import Spool, queue_id_time
+from relay.suppression import SuppressionList
 from relay.transports.base import Quota, Transport
 
+__all__ = ["Backoff", "ByteBudget", "FailureHook", "Scheduler"]
+
 _log = log.get("delivery")
-
-
-@dataclass(frozen=True)
-class Backoff:
-    minimum: float
-    maximum: float
-    jitter: float = 0.2
-
-    def delay(self, age: float, rng: Callable[[], float] = random.random) -> float:
-        """Wait about as long as the message has already waited, within [min, max]."""
-        base = min(self.maximum, max(self.minimum, age))
-        return base * (1.0 + self.jitter * rng())
-
-
-FailureHook = Callable[[str, Envelope, dict[str, Any]], Awaitable[None]]
-
-
-class ByteBudget:
-    """Bounds the bytes of messages held in memory by deliveries under way.
-
-    A transport needs the whole message in memory, and an API transport several copies
-    (base64, the request body): ten workers on 10 MB messages would hold hundreds of MB.
-    Each send is charged what its transport says it holds (``memory_per_byte``).
-    A message larger than the whole budget still goes, alone.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._used = 0
-        self._changed = asyncio.Condition()
-
-    @contextlib.asynccontextmanager
-    async def hold(self, size: int) -> AsyncIterator[None]:
-        size = min(size, self._limit)
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._used + size <= self._limit)
-            self._used += size
-        try:
-            yield
-        finally:
-            async with self._changed:
-                self._used -= size
-                self._changed.notify_all()
 
 
 class Scheduler:
@@ -76,10 +36,10 @@ class Scheduler:
                  concurrency: int, max_inflight_bytes: int = 64 * 2**20,
                  max_send_rate: float | None = None, rate_share: float = 1.0,
                  on_failed: FailureHook | None = None, limiter: Limiter | None = None,
+                 suppression: SuppressionList | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._spool = spool
         self._transport = transport
-        self._max_age = queue.max_age
         self._backoff = Backoff(queue.min_backoff, queue.max_backoff)
         self._concurrency = concurrency
         self._clock = clock
@@ -102,8 +62,12 @@ class Scheduler:
         self._configured_rate = max_send_rate
         self._limiter = limiter or TokenBucket(max_send_rate * rate_share if max_send_rate
                                                else None)
-        self._on_failed = on_failed
-        self._down_streak = 0  # consecutive "cannot reach the upstream" failures
+        # Checked again right before each send: a recipient may have bounced elsewhere
+        # while the message waited.
+        self._attempts = Attempts(spool, transport, backoff=self._backoff,
+                                  max_age=queue.max_age, limiter=self._limiter, clock=clock,
+                                  enqueue=self.enqueue, wait_turn=self._wait_turn,
+                                  on_failed=on_failed, suppression=suppression)
         self._running = asyncio.Event()  # cleared while delivery is paused
         self._running.set()
         self.paused_reason: str | None = None
@@ -265,7 +229,7 @@ class Scheduler:
                 elif name == "flush":
                     # Like `postqueue -f`: try now, even an upstream thought down.
                     self._limiter.unpause()
-                    self._down_streak = 0
+                    self._attempts.down_streak = 0
                     for qid in list(self._due):
                         self.enqueue(qid, now)
                 elif name.startswith("retry.") and name[6:] in self._due:
@@ -296,74 +260,9 @@ class Scheduler:
             return  # held or deleted by an operator meanwhile
         try:
             async with self._budget.hold(int(claim.size * self._transport.memory_per_byte)):
-                await self._attempt(claim, fresh)
+                await self._attempts.run(claim, fresh)
         finally:
             claim.release()  # idempotent: deferred, or an error
-
-    async def _attempt(self, claim: Claim, fresh: bool) -> None:
-        qid = claim.queue_id
-        try:
-            envelope, data, state = (claim.read() if fresh and claim.small
-                                     else await asyncio.to_thread(claim.read))
-        except CorruptEntry as e:
-            await asyncio.to_thread(claim.quarantine)
-            maillog.quarantined(qid, str(e))
-            return
-        except SpoolError as e:  # an I/O error: the entry may well be fine, try later
-            _log.error("queue_read_failed", queue_id=qid, error=str(e))
-            self.enqueue(qid, self._clock() + self._backoff.maximum)
-            return
-        state.attempts += 1
-        state.last_attempt = self._clock()
-        state.last_deferred = {}  # this attempt's; every chunk adds its own
-        pending = [r for r in envelope.rcpt_tos if r not in state.done
-                   and r not in state.rejected]
-        chunks = split(tuple(pending), self._transport.max_recipients)
-        for i, rcpts in enumerate(chunks):
-            error = await self._send_chunk(qid, envelope, data, state, rcpts)
-            if error is not None:
-                await self._defer_or_expire(claim, envelope, state, error)
-                return
-            if i < len(chunks) - 1:
-                # Progress must survive a crash, or a restart would send these again.
-                await asyncio.to_thread(self._spool.save_state, qid, state, durable=True)
-        if state.last_deferred:  # recipients the upstream deferred one by one
-            code, error_text, hint = next(iter(state.last_deferred.values()))
-            await self._defer_or_expire(claim, envelope, state, DeliveryError(
-                error_text, permanent=False, code=code, hint=hint))
-            return
-        await self._settled(claim, envelope, state)
-
-    async def _send_chunk(self, qid: str, envelope: Envelope, data: bytes,
-                          state: DeliveryState, rcpts: tuple[str, ...]) -> DeliveryError | None:
-        """Send to one chunk of recipients; record who got it; return an error worth a retry.
-        """
-        name = self._transport.name
-        await self._wait_turn(len(rcpts))
-        started = time.monotonic()
-        try:
-            result = await self._transport.send(replace(envelope, rcpt_tos=rcpts), data)
-        except DeliveryError as e:
-            if not e.permanent:
-                return e
-            for r in rcpts:
-                state.rejected[r] = [e.code, str(e), e.hint]
-            maillog.failed(qid, name, e.code, str(e), e.hint, state.attempts, rcpts)
-            return None
-        self._down_streak = 0
-        accepted = [r for r in rcpts if r not in result.refused]
-        for r in accepted:
-            state.done[r] = result.message_id
-        for r, err in result.refused.items():
-            if err.permanent:
-                state.rejected[r] = [err.code, str(err), err.hint]
-                maillog.failed(qid, name, err.code, str(err), err.hint, state.attempts, [r])
-            else:
-                state.last_deferred[r] = [err.code, str(err), err.hint]
-        if accepted:
-            maillog.delivered(qid, name, result.message_id, accepted,
-                              time.monotonic() - started, state.attempts)
-        return None
 
     async def _wait_turn(self, rcpts: int) -> None:
         """Wait while delivery is paused (reputation guard, operator), for the rate limit,
@@ -379,76 +278,6 @@ class Scheduler:
         finally:
             self._waiting.discard(task)
 
-    async def _settled(self, claim: Claim, envelope: Envelope, state: DeliveryState) -> None:
-        if not state.rejected:
-            # Two unlinks and a close: on the loop for a small message read there; a large
-            # file's blocks are freed on a thread.
-            if claim.small:
-                claim.remove()
-            else:
-                await asyncio.to_thread(claim.remove)
-            return
-        code, error, hint = next(iter(state.rejected.values()))
-        await self._fail(claim, envelope, state, code, error, hint)
-
-    async def _defer_or_expire(self, claim: Claim, envelope: Envelope, state: DeliveryState,
-                               e: DeliveryError) -> None:
-        qid = claim.queue_id
-        name = self._transport.name
-        state.last_error = f"{e.code}: {e}"
-        age = self._clock() - queue_id_time(qid)
-        if e.code in _UPSTREAM_DOWN:
-            self._upstream_down()
-        if age < self._max_age:
-            delay = self._after_throttle(e) if e.throttle else self._backoff.delay(age)
-            await asyncio.to_thread(self._spool.save_state, qid, state,
-                                    durable=bool(state.done or state.rejected))
-            if e.throttle:
-                maillog.throttled(qid, name, e.code, e.throttle, delay)
-            else:
-                maillog.deferred(qid, name, e.code, str(e), e.hint, state.attempts, delay)
-            self.enqueue(qid, self._clock() + delay)
-            return
-        hint = f"gave up after {age / 3600:.1f} h in the queue; {e.hint}"
-        left = [r for r in envelope.rcpt_tos if r not in state.done and r not in state.rejected]
-        for r in left:
-            state.rejected[r] = [e.code, str(e), hint]
-        maillog.failed(qid, name, e.code, str(e), hint, state.attempts, left)
-        await self._fail(claim, envelope, state, e.code, str(e), hint)
-
-    def _upstream_down(self) -> None:
-        """The upstream cannot be reached: stop trying every queued message against it.
-
-        Like Postfix marking a destination dead, the next attempts wait (1, 2, 4... up to
-        60 seconds) instead of each message failing in turn; with a large backlog that
-        would burn the CPU the SMTP side needs. Mail stays queued, nothing is lost.
-        """
-        self._down_streak += 1
-        pause = min(60.0, 2.0 ** (self._down_streak - 1))
-        self._limiter.pause(pause)
-        _log.warning("upstream_down", pause=pause, streak=self._down_streak)
-
-    def _after_throttle(self, e: DeliveryError) -> float:
-        """Slow down for everyone; retry this message soon, not at its next backoff step."""
-        if e.throttle == "daily":
-            self._limiter.pause(_DAILY_QUOTA_PAUSE)
-            return _DAILY_QUOTA_PAUSE * (1 + 0.1 * random.random())  # noqa: S311
-        self._limiter.throttled()
-        return 1.0 + random.random()  # noqa: S311  # jitter, not crypto
-
-    async def _fail(self, claim: Claim, envelope: Envelope, state: DeliveryState, code: str,
-                    error: str, hint: str) -> None:
-        qid = claim.queue_id
-        record = {
-            "queue_id": qid, "transport": self._transport.name, "code": code, "error": error,
-            "hint": hint, "attempts": state.attempts, "failed_at": self._clock(),
-            "failed": dict(state.rejected),  # recipient: [code, error, hint]
-            "delivered": dict(state.done),  # recipient: upstream message id
-        }
-        await asyncio.to_thread(claim.fail, record)
-        if self._on_failed is not None:
-            await self._on_failed(qid, envelope, record)
-
     # -- the account's quota
 
     async def _watch_quota(self) -> None:
@@ -457,39 +286,14 @@ class Scheduler:
             await self._refresh_quota()
 
     async def _refresh_quota(self) -> None:
-        """Follow SES's MaxSendRate (unless configured), and stop short of the daily quota."""
-        try:
-            quota = await self._transport.quota()
-        except Exception as e:  # a quota we cannot read must not stop delivery
-            _log.warning("quota_unavailable", error=str(e),
-                         hint="set delivery.max_send_rate, or allow ses:GetAccount "
-                              "(SESv2) / ses:GetSendQuota (SESv1)")
-            return
-        if quota is None:
-            return
-        self.quota = quota
-        if self._configured_rate is None:
-            self._limiter.set_rate(quota.max_send_rate * self._rate_share)
-        metrics.QUOTA_MAX_24H.set(quota.max_24_hour_send)
-        metrics.QUOTA_SENT_24H.set(quota.sent_last_24_hours)
-        if quota.max_24_hour_send > 0 and quota.sent_last_24_hours >= quota.max_24_hour_send:
-            _log.warning("daily_quota_reached", max_24_hour_send=quota.max_24_hour_send,
-                         sent_last_24_hours=quota.sent_last_24_hours,
-                         hint="mail stays queued until SES's 24-hour window frees up; "
-                              "ask AWS for a higher sending quota")
-            self._limiter.pause(_DAILY_QUOTA_PAUSE)
-        _log.info("quota", max_send_rate=quota.max_send_rate,
-                  max_24_hour_send=quota.max_24_hour_send,
-                  sent_last_24_hours=quota.sent_last_24_hours, rate_in_force=self._limiter.rate)
+        quota = await quotawatch.refresh(self._transport, self._limiter,
+                                         configured_rate=self._configured_rate,
+                                         rate_share=self._rate_share)
+        if quota is not None:
+            self.quota = quota
 
 
-_DAILY_QUOTA_PAUSE = 900.0
-_UPSTREAM_DOWN = frozenset({"ConnectionError", "Timeout", "TLSError"})
 _QUEUE_WATCH = 2.0
 _QUOTA_REFRESH = 300.0
 _FRESH = 5.0  # seconds since a message was written for it to be read on the event loop
 
-
-def split(rcpts: tuple[str, ...], size: int) -> list[tuple[str, ...]]:
-    """Recipients in chunks of at most *size*, the same way every time (progress keys)."""
-    return [rcpts[i:i + size] for i in range(0, len(rcpts), size)]

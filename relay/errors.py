@@ -42,7 +42,7 @@ class DeliveryError(RelayError):
     """
 
     def __init__(self, message: str, *, permanent: bool, code: str, hint: str = "",
-                 throttle: str | None = None) -> None:
+                 throttle: str | None = None, unsent: bool = False, status: int = 0) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.code = code
@@ -50,3 +50,10 @@ class DeliveryError(RelayError):
         # "rate" when SES refused for the send rate, "daily" for the 24-hour quota: the
         # scheduler slows down or pauses instead of stepping up the message's backoff.
         self.throttle = throttle
+        # The request surely did not succeed (no connection was made, or SES answered with
+        # an error): only such a failure may move the message to another region.
+        self.unsent = unsent
+        self.status = status  # the HTTP status SES answered with; 0 when it did not answer
+        # The region a send went to when it may have reached SES: its retries stay there
+        # (relay/transports/regions.py), so a region switch never sends it twice.
+        self.pin: str | None = None

@@ -108,15 +108,17 @@ def queue_failed(peer: Any, error: str) -> None:
 
 
 def delivered(queue_id: str, transport: str, message_id: str, rcpts: Sequence[str],
-              latency: float, attempt: int) -> None:
+              latency: float, attempt: int, region: str | None = None) -> None:
+    # region: with delivery.failover, the one that took it (its MessageId is that region's).
+    where = {"region": region} if region else {}
     metrics.DELIVERED.labels(transport).inc()
     if _store is not None:
         _store.step(queue_id, "delivered", ses_message_id=message_id, rcpts=rcpts,
-                    transport=transport, attempt=attempt)
+                    transport=transport, attempt=attempt, **where)
     metrics.DELIVERED_RCPTS.labels(transport).inc(len(rcpts))
     metrics.DELIVERY_LATENCY.observe(latency)
     _log.info("delivered", queue_id=queue_id, transport=transport, ses_message_id=message_id,
-              rcpts=list(rcpts), latency=round(latency, 3), attempt=attempt)
+              rcpts=list(rcpts), latency=round(latency, 3), attempt=attempt, **where)
 
 
 def deferred(queue_id: str, transport: str, code: str, error: str, hint: str,
@@ -172,3 +174,18 @@ def user_limited(user: str, limit: str) -> None:
     ``rejected`` line that follows says the rest. (The user label: only names from the
     users file, which a limit needs, so the series stay few.)"""
     metrics.USER_LIMIT_REFUSALS.labels(user, limit).inc()
+
+
+def suppressed_at_send(queue_id: str, rcpt: str, reason: str, entry: str) -> None:
+    """A recipient suppressed since its message was queued: left out of the send."""
+    metrics.SUPPRESSED_AT_SEND.labels(reason).inc()
+    if _store is not None:
+        _store.step(queue_id, "suppressed", rcpts=[rcpt], reason=reason, entry=entry)
+    _log.info("suppressed_at_send", queue_id=queue_id, rcpt=rcpt, reason=reason, entry=entry)
+
+
+def region_failover(from_region: str, to_region: str, reason: str) -> None:
+    """Delivery moved to another region (or back to the primary: reason "recovered")."""
+    metrics.REGION_FAILOVERS.labels(from_region, to_region, reason).inc()
+    _log.warning("region_failover", **{"from": from_region, "to": to_region},
+                 reason=reason)

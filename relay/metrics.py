@@ -78,6 +78,12 @@ ACCEPT_LATENCY = Histogram("ses_relay_accept_seconds", "From connect to the 250 
 DELIVERY_LATENCY = Histogram("ses_relay_delivery_seconds", "One upstream call",
                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
                              registry=REGISTRY)
+SUPPRESSED_AT_SEND = Counter("ses_relay_recipients_suppressed_at_send", "Recipients dropped "
+                             "right before a send: suppressed since the message was queued",
+                             ["reason"], registry=REGISTRY)
+REGION_FAILOVERS = Counter("ses_relay_region_failovers", "Delivery moved away from a region "
+                           "(from_region) to another (to_region)",
+                           ["from_region", "to_region", "reason"], registry=REGISTRY)
 
 Check = Callable[[], Awaitable[tuple[bool, str]]]
 

@@ -71,6 +71,9 @@ class DeliveryState:
     rejected: dict[str, list[str]] = field(default_factory=dict)
     # Recipients the upstream deferred one by one in the last attempt (SMTP 4xx to RCPT).
     last_deferred: dict[str, list[str]] = field(default_factory=dict)
+    # The region (delivery.failover) of a send that may have reached SES: the message is
+    # retried there only, never in another region, so that it is not sent twice.
+    pin: str = ""
 
 
 def trailer(envelope: Envelope) -> bytes:
@@ -210,6 +213,10 @@ def _state_fields(raw: bytes) -> dict[str, Any]:
                 raise ValueError(f"{key} is not a mapping of recipients to [code, error, "
                                  "hint]")
             fields[key] = value
+    if "pin" in d:
+        if not isinstance(d["pin"], str):
+            raise ValueError("pin is not a region name")
+        fields["pin"] = d["pin"]
     return fields
 
 

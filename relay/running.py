@@ -72,6 +72,8 @@ def _flatten(value: object, path: str, out: dict[str, Any]) -> None:
 def _json(value: object) -> Any:
     if isinstance(value, tuple | list):
         return [_json(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # failover regions
+        return {f.name: _json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Path | ipaddress.IPv4Network | ipaddress.IPv6Network):
         return str(value)
     return value

@@ -162,3 +162,41 @@ def test_policy_ses_headers_takes_auto_allow_or_ignore(tmp_path: Path) -> None:
     assert any(p.startswith("policy.ses_headers: ") for p in e.value.problems), \
         e.value.problems
 
+
+
+def test_failover_regions_load_in_order_with_their_endpoints(setup) -> None:
+    setup.doc["delivery"].update(transport="sesv1", region="us-east-1", failover=[
+        {"region": "eu-west-1"}, {"region": "us-west-2", "endpoint_url": "http://127.0.0.1:9"}],
+        failover_after=5, failover_probe="2m")
+    setup.write()
+    delivery = setup.load().delivery
+    assert delivery.failover == (config.FailoverRegion("eu-west-1"),
+                                 config.FailoverRegion("us-west-2", "http://127.0.0.1:9"))
+    assert (delivery.failover_after, delivery.failover_probe) == (5, 120.0)
+    assert check(setup.path).returncode == 0
+
+
+@pytest.mark.parametrize(("delivery", "problem"), [
+    ({"transport": "smtp", "failover": [{"region": "eu-west-1"}]},
+     "delivery.failover: not supported with transport smtp"),
+    ({"failover": [{"region": "eu-west-1"}, {"region": "eu-west-1"}]},
+     "delivery.failover[1]: region eu-west-1 (with this endpoint_url) is listed twice"),
+    ({"failover": [{"region": "us-east-1"}]}, "delivery.failover[0]: region us-east-1"),
+    ({"failover": [{"endpoint_url": "http://127.0.0.1:9"}]},
+     "delivery.failover[0].region: required"),
+    ({"failover": [{"region": "Europe"}]},
+     "delivery.failover[0].region: 'Europe' is not an AWS region name"),
+    ({"failover": {"region": "eu-west-1"}}, "delivery.failover: must be a list"),
+    ({"failover": [{"region": "eu-west-1", "weight": 2}]},
+     "delivery.failover[0].weight: unknown key"),
+    ({"failover_after": 0}, "delivery.failover_after: must be at least 1"),
+    ({"region": "us-east"}, "delivery.region: 'us-east' is not an AWS region name"),
+])
+def test_check_config_refuses_a_bad_failover_with_exit_2(
+        setup, delivery: dict[str, object], problem: str) -> None:
+    setup.doc["delivery"].update(transport="sesv2", region="us-east-1")
+    setup.doc["delivery"].update(delivery)
+    setup.write()
+    result = check(setup.path)
+    assert result.returncode == 2
+    assert problem in result.stderr, result.stderr

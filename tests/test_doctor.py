@@ -364,3 +364,27 @@ def test_beside_a_live_relay_its_ports_are_checked_by_asking_it(
     [differs] = rows(report, "WARN", "running config")
     assert "a reload applies limits.max_recipients" in differs
     assert "a restart is needed for queue.max_age" in differs
+
+
+def region_rows(report: str, status: str, check: str) -> list[str]:
+    """rows(), for check names longer than its column (a region appended)."""
+    return [line for line in report.splitlines()
+            if line.startswith(f"{status} ") and line[7:].startswith(check)]
+
+
+def test_with_failover_every_region_is_checked_and_an_identity_missing_in_one_fails(
+        ses_setup: Callable[..., Setup], moto: Moto) -> None:
+    # moto keeps identities per region, as SES does: the sender is verified in us-east-1
+    # (the moto fixture) and not in eu-west-1, the failover region.
+    setup = ses_setup(SENDER)
+    setup.doc["delivery"]["failover"] = [{"region": "eu-west-1", "endpoint_url": moto.url}]
+    setup.write()
+    code, report = run_doctor(setup.load())
+    assert code == 1, report
+    [ok] = region_rows(report, "OK", "sender identity [us-east-1]")
+    assert f"{SENDER}: verified address" in ok
+    [failed] = region_rows(report, "FAIL", "sender identity [eu-west-1]")
+    assert f"{SENDER}: not verified in region eu-west-1" in failed
+    assert "region eu-west-1" in fix_after(report, failed)
+    assert region_rows(report, "OK", "SES quota [eu-west-1]"), report
+    assert len(region_rows(report, "OK", "AWS credentials")) == 1  # the same in every region

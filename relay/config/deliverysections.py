@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Literal, cast
 
+from relay.config.failoversection import FailoverSection
 from relay.config.model import (
     AWS_TRANSPORTS,
     DELIVERY_PROCESSES,
@@ -21,10 +22,10 @@ from relay.config.model import (
     SuppressionConfig,
     auto_delivery_process,
 )
-from relay.config.reader import BaseReader, Invalid
+from relay.config.reader import Invalid
 
 
-class DeliverySections(BaseReader):
+class DeliverySections(FailoverSection):
     def queue(self, raw: object) -> QueueConfig:
         d = self.section(raw, "queue", {"directory", "max_age", "min_backoff", "max_backoff",
                                         "min_free"})
@@ -50,13 +51,14 @@ class DeliverySections(BaseReader):
                                      "external_id", "role_session_name", "from_arn",
                                      "source_arn", "return_path_arn", "max_send_rate",
                                      "smtp", "bounce_notices", "bounce_from", "process",
-                                     "rate_limiter"})
+                                     "rate_limiter", "failover", "failover_after",
+                                     "failover_probe"})
         if d is None:
             return DeliveryConfig()
         dc = DeliveryConfig(
             transport=self.get(d, "transport", path, self.choice(TRANSPORTS),  # type: ignore[arg-type]
                                "sesv2"),
-            region=self.get(d, "region", path, self.string, None),
+            region=self.get(d, "region", path, self.region, None),
             endpoint_url=self.get(d, "endpoint_url", path, self.url, None),
             profile=self.get(d, "profile", path, self.string, None),
             outbox_dir=self.get(d, "outbox_dir", path, self.path, DeliveryConfig.outbox_dir),
@@ -76,7 +78,13 @@ class DeliverySections(BaseReader):
             bounce_notices=self.get(d, "bounce_notices", path, self.boolean, False),
             bounce_from=self.get(d, "bounce_from", path, self.address, None),
             rate_limiter=self.get(d, "rate_limiter", path, self.redis_url, None),
+            failover=self.failover(d.get("failover")),
+            failover_after=self.get(d, "failover_after", path, self.positive_int,
+                                    DeliveryConfig.failover_after),
+            failover_probe=self.get(d, "failover_probe", path, self.duration,
+                                    DeliveryConfig.failover_probe),
         )
+        self.check_failover(dc)
         if dc.transport in AWS_TRANSPORTS and not dc.region:
             self.problem("delivery.region", f"required for transport {dc.transport}")
         if dc.bounce_notices and not dc.bounce_from:

@@ -86,6 +86,14 @@ class SmtpUpstream:
 
 
 @dataclass(frozen=True)
+class FailoverRegion:
+    """A region delivery may move to (``delivery.failover``), with its own endpoint."""
+
+    region: str
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True)
 class DeliveryConfig:
     transport: Transport = "sesv2"
     region: str | None = None
@@ -118,6 +126,12 @@ class DeliveryConfig:
     # redis://, rediss:// or unix:// URL of a Redis every relay draws the send rate from
     # (relay.ratelimit_redis); None: each relay keeps to the rate on its own.
     rate_limiter: str | None = None
+    # Regions to move to, in order, when the primary cannot take mail; failover_after
+    # consecutive 5xx or throttling answers count as that; the primary is tried again
+    # failover_probe seconds after delivery moved away (relay/transports/regions.py).
+    failover: tuple[FailoverRegion, ...] = ()
+    failover_after: int = 3
+    failover_probe: float = 60.0
 
 
 @dataclass(frozen=True)

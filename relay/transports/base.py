@@ -21,6 +21,8 @@ class SendResult:
     message_id: str
     # Recipients the upstream refused while accepting the message for the others.
     refused: dict[str, DeliveryError] = field(default_factory=dict)
+    # The region that took it, with delivery.failover (relay/transports/regions.py).
+    region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,14 @@ async def probe(transport: Transport) -> None:
 
 
 def build(config: DeliveryConfig) -> Transport:
+    if config.failover and config.transport in ("sesv2", "sesv1"):
+        from relay.transports import regions
+
+        return regions.build(config, _single)
+    return _single(config)
+
+
+def _single(config: DeliveryConfig) -> Transport:
     if config.transport == "outbox":
         from relay.transports.outbox import OutboxTransport
 

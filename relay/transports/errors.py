@@ -9,12 +9,14 @@ while a person fixes the cause, instead of being thrown away.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 import aiohttp
 import botocore.exceptions as bex
 
 from relay.errors import DeliveryError
+from relay.transports import http1
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,23 @@ _UNKNOWN = Verdict(False, "unexpected SES error; retrying")
 
 def classify(exc: BaseException, *, region: str | None) -> DeliveryError:
     """Map a botocore, aiohttp or network exception to a DeliveryError."""
+    error = _classify(exc, region)
+    error.unsent = _surely_unsent(exc)
+    return error
+
+
+def _surely_unsent(exc: BaseException) -> bool:
+    """True when the request cannot have succeeded: SES answered with an error, or no
+    connection was made (refused, no route, DNS, connect timeout, TLS handshake). A read
+    timeout or a connection lost after the request went may have delivered the message."""
+    return isinstance(exc, bex.ClientError | bex.NoCredentialsError
+                      | bex.PartialCredentialsError | bex.CredentialRetrievalError
+                      | http1.ConnectFailed | bex.EndpointConnectionError
+                      | bex.ConnectTimeoutError | aiohttp.ClientConnectorError
+                      | ssl.SSLCertVerificationError)  # only ever at the handshake
+
+
+def _classify(exc: BaseException, region: str | None) -> DeliveryError:
     if isinstance(exc, bex.ClientError):
         return _from_client_error(exc, region)
     if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError
@@ -87,7 +106,8 @@ def classify(exc: BaseException, *, region: str | None) -> DeliveryError:
                              hint="no usable AWS credentials: set them in the environment, a "
                                   "profile (delivery.profile) or an instance/container role")
     # Timeouts first: botocore's timeout errors are also connection errors.
-    if isinstance(exc, bex.ReadTimeoutError | bex.ConnectTimeoutError | TimeoutError):
+    if isinstance(exc, bex.ReadTimeoutError | bex.ConnectTimeoutError | TimeoutError) or (
+            isinstance(exc, http1.ConnectFailed) and isinstance(exc.__cause__, TimeoutError)):
         return DeliveryError(str(exc) or "timed out", permanent=False, code="Timeout",
                              hint="SES did not answer in time")
     if isinstance(exc, bex.EndpointConnectionError | bex.ConnectionClosedError
@@ -117,4 +137,4 @@ def _from_client_error(exc: bex.ClientError, region: str | None) -> DeliveryErro
         hint = ("the account's 24-hour sending quota is used up; mail stays queued until "
                 "SES's window frees up (ask AWS for a higher quota)")
     return DeliveryError(message, permanent=verdict.permanent, code=code, hint=hint,
-                         throttle=throttle)
+                         throttle=throttle, status=status)

@@ -39,6 +39,12 @@ class HTTPError(ConnectionError):
     """The answer could not be read as HTTP/1.1, or the connection ended before it did."""
 
 
+class ConnectFailed(HTTPError):
+    """No connection to the endpoint: the request surely did not leave (the error table
+    lets only such failures, and SES's own error answers, move a message to another
+    region)."""
+
+
 class _Unanswered(HTTPError):
     """The connection ended before a single byte of the answer came.
 
@@ -137,13 +143,21 @@ class Pool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         host, port = self._address
-        async with asyncio.timeout(self._connect_timeout):
-            # Happy Eyeballs (RFC 8305), as aiohttp connects: a dual-stack endpoint with a
-            # broken IPv6 route falls back to IPv4 in 0.25 s, not after the whole timeout.
-            _, connection = await loop.create_connection(
-                _Connection, host, port, ssl=self._ssl,
-                server_hostname=host if self._ssl is not None else None,
-                happy_eyeballs_delay=0.25)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                # Happy Eyeballs (RFC 8305), as aiohttp connects: a dual-stack endpoint
+                # with a broken IPv6 route falls back to IPv4 in 0.25 s, not after the
+                # whole timeout.
+                _, connection = await loop.create_connection(
+                    _Connection, host, port, ssl=self._ssl,
+                    server_hostname=host if self._ssl is not None else None,
+                    happy_eyeballs_delay=0.25)
+        except TimeoutError as e:
+            raise ConnectFailed(f"cannot connect to {host}:{port}: timed out") from e
+        except ssl.SSLError:
+            raise  # the handshake's own error says more (a certificate not trusted)
+        except OSError as e:  # refused, no route, DNS
+            raise ConnectFailed(f"cannot connect to {host}:{port}: {e}") from e
         return connection
 
     def close(self) -> None:
