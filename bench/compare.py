@@ -144,8 +144,10 @@ def run_target(name: str, work: Path, args: argparse.Namespace) -> Result:
             fake = FakeSES(idle_timeout=args.ses_idle_timeout, latency=args.ses_latency,
                            close_after=args.ses_close_after)
             stops.append(fake.stop)
-            target, config = start_relay("sesv2", work, {"transport": "sesv2",
-                                                         "endpoint_url": fake.url},
+            delivery = {"transport": "sesv2", "endpoint_url": fake.url,
+                        **({"process": args.delivery_process}
+                           if args.delivery_process else {})}
+            target, config = start_relay("sesv2", work, delivery,
                                          fake.count, args.workers, args.concurrency)
         else:
             sink = Sink(work)
@@ -216,6 +218,8 @@ def main() -> None:
     ap.add_argument("--workers", default=1, type=lambda v: v if v == "auto" else int(v),
                     help="ses-relay's workers setting (default 1, the relay's default; "
                          "auto: one per CPU)")
+    ap.add_argument("--delivery-process", choices=("shared", "separate"), default=None,
+                    help="ses-relay's delivery.process (default: the relay's default)")
     ap.add_argument("--concurrency", type=int, default=None,
                     help="ses-relay's delivery.concurrency (default: the relay's, 10)")
     ap.add_argument("--ses-idle-timeout", type=float, default=4.0,
