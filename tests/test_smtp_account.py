@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,18 +23,11 @@ from conftest import SENDER, Certs, Moto, Setup, events, wait_until
 from conftest import USER as RELAY_USER
 from fakeses import FakeSES
 from fakesmtp import PASSWORD, USER, FakeSESSMTP, start_fake
+from test_metrics import get
 
 MESSAGE = (b"From: sender@example.com\r\nTo: to@example.net\r\nSubject: s\r\n"
            b"Date: Sun, 22 Nov 2026 10:00:00 +0000\r\nMessage-ID: <a@example.com>\r\n\r\n"
            b"body\r\n")
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def gauge(port: int, name: str) -> float:
