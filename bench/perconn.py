@@ -75,7 +75,9 @@ from relay.devsetup import write_self_signed  # noqa: E402
 # --- the servers -----------------------------------------------------------------------
 
 
-def relay_server(work: Path, cert: Path, key: Path, fake: FakeSES) -> tuple[Target, Path]:
+def relay_server(work: Path, cert: Path, key: Path, fake: FakeSES, *,
+                 workers: int | str = 1, delivery_process: str | None = None
+                 ) -> tuple[Target, Path]:
     home = work / "ses-relay"
     home.mkdir()
     ports = {p: free_port() for p in PROFILES}
@@ -100,10 +102,12 @@ def relay_server(work: Path, cert: Path, key: Path, fake: FakeSES) -> tuple[Targ
         # 50 clients from one address, their closing connections still counted as the
         # next ones open: over the default 50 per IP (Postfix's limit is off as well).
         "limits": {"max_connections_per_ip": 10000},
-        "delivery": {"transport": "sesv2", "region": "us-east-1", "endpoint_url": fake.url},
+        "delivery": {"transport": "sesv2", "region": "us-east-1", "endpoint_url": fake.url,
+                     **({"process": delivery_process} if delivery_process else {})},
+        "workers": workers,
         "log": {"format": "json", "level": "info"}}))
     target = relay_target("ses-relay", config, ports["plain"], fake.count, AWS_ENV,
-                          ports=ports)
+                          ports=ports, workers=workers)
     for port in ports.values():
         wait_port(port)
     return target, config
@@ -198,6 +202,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="60 messages per cell")
+    ap.add_argument("--workers", default=1, type=lambda v: v if v == "auto" else int(v),
+                    help="ses-relay's workers (default 1)")
+    ap.add_argument("--delivery-process", choices=("shared", "separate", "auto"),
+                    default=None, help="ses-relay's delivery.process (default: its own)")
     args = ap.parse_args()
     if args.quick:
         args.messages = 60
@@ -220,7 +228,9 @@ def main() -> None:
             if "ses-relay" in names:
                 fake = FakeSES()
                 stops.append(fake.stop)
-                targets["ses-relay"], relay_config = relay_server(work, cert, key, fake)
+                targets["ses-relay"], relay_config = relay_server(
+                    work, cert, key, fake, workers=args.workers,
+                    delivery_process=args.delivery_process)
                 stops.insert(0, targets["ses-relay"].stop)
             if "postfix" in names:
                 sink = Sink(work)

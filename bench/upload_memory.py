@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--preload", type=int, default=0,
                     help="5 KB messages sent (50 sessions, smtp-source) before the uploads")
     ap.add_argument("--transport", choices=("outbox", "sesv2"), default="outbox")
+    ap.add_argument("--delivery-process", choices=("shared", "separate", "auto"),
+                    default=None, help="delivery.process (default: the relay's own)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         dev = Path(d)
@@ -88,13 +90,16 @@ def main() -> None:
                                "endpoint_url": ses_url}
         doc["limits"] = {"max_message_size": int(args.size_mb * 1.1 * 2**20)}
         doc["delivery"]["concurrency"] = args.concurrency
+        if args.delivery_process:
+            doc["delivery"]["process"] = args.delivery_process
         doc["log"] = {"format": "json", "level": "warning"}
         doc["workers"] = args.workers
         (dev / "ses-relay.yaml").write_text(yaml.safe_dump(doc))
         relay = subprocess.Popen([BIN / "ses-relay", "serve", "--config",
                                   str(dev / "ses-relay.yaml")], env=AWS_ENV)
         try:
-            time.sleep(1.5 if args.workers == 1 else 4)
+            time.sleep(1.5 if args.workers == 1 and args.delivery_process in (None, "shared")
+                       else 4)
             if args.preload:
                 preload(dev, plain_port, args.preload, ses_url)
             base = sum(rss_kib(pid, "VmRSS") for pid in tree(relay.pid))
@@ -138,6 +143,11 @@ def main() -> None:
             # With workers, the sum of each process's own peak: an upper bound of the peak
             # of the sum.
             peak = sum(rss_kib(pid, "VmHWM") for pid in tree(relay.pid))
+            for pid in tree(relay.pid):  # which process holds what
+                print(f"  pid {pid}: peak {rss_kib(pid, 'VmHWM') / 1024:.0f} MB, now anon "
+                      f"{rss_kib(pid, 'RssAnon') / 1024:.0f} file "
+                      f"{rss_kib(pid, 'RssFile') / 1024:.0f} shmem "
+                      f"{rss_kib(pid, 'RssShmem') / 1024:.0f} MB")
             sampling.set()
             sampler.join()
             print(f"clients={args.clients} size={args.size_mb} MB processes={args.workers} "

@@ -8,49 +8,38 @@ from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from relay import config as config_mod
-from relay import (
-    dsn,
-    log,
-    maillog,
-    metrics,
-    queued,
-    running,
-    sessuppression,
-    users,
-)
+from relay import log, maillog, metrics, queued, running, users
 from relay.authcache import SuccessCache
 from relay.config import Config
-from relay.delivery import Scheduler
-from relay.errors import ConfigError, DeliveryError, SpoolError, UsersFileError
+from relay.errors import DeliveryError
 from relay.events import EventStore
-from relay.feedback import sns
-from relay.feedback.service import FeedbackService
 from relay.limits import AuthGuard, Connections
-from relay.metrics import CachedCheck, MetricsRoutes
+from relay.metrics import CachedCheck
 from relay.policy import Policy
 from relay.queuespace import QueueSpace
-from relay.reputation import ReputationGuard
-from relay.smtp import listeners, tlscontext
-from relay.smtp.handler import Handler
 from relay.smtp.tlscontext import ServerTLS
 from relay.spool import ALONE, Envelope, Share, Spool
 from relay.suppression import SuppressionList
-from relay.transports import Transport, build, probe
-from relay.transports.base import MAX_MESSAGE_SIZE
-from relay.userlimits import DB_NAME as USER_LIMITS_DB
-from relay.userlimits import Ledger, UserLimits
-from relay.web.server import WebServer
-from relay.web.sites import Site, SiteError, Sites
+from relay.transports.base import MAX_MESSAGE_SIZE, Transport
+from relay.userlimits import UserLimits
 
+# Each role imports its own side where it starts it (relay.queueshare.Share): a process
+# that only takes mail (delivery.process: separate) never loads the AWS SDK or aiohttp, one
+# that only delivers never loads aiosmtpd. Measured: relay.app with every side imported,
+# 64 MB of RSS; the SMTP side alone, 30 MB (bench/RESULTS.md, issue 16).
 if TYPE_CHECKING:
+    from relay.delivery import Scheduler
+    from relay.feedback.service import FeedbackService
     from relay.ratelimit_redis import SharedBucket
-    from relay.web.console import Console
+    from relay.smtp import listeners
+    from relay.smtp.handler import Handler
+    from relay.web.relayweb import RelayWeb
+    from relay.web.server import WebServer
+    from relay.web.sites import Sites
 
 _log = log.get("app")
 # The quota call may be refused while sending works (no ses:GetAccount permission, or an
@@ -82,12 +71,13 @@ class Relay:
     handlers: list[Handler] = field(default_factory=list)
     tls: ServerTLS | None = None
     # The HTTP listeners (metrics, the feedback webhook...), rebuilt by reload: _sites.
-    sites: Sites = field(default_factory=Sites)
+    # The first process's only (relay.queueshare.Share.first); None in the others.
+    sites: Sites | None = None
     events: EventStore | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     feedback: FeedbackService | None = None
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _console: tuple[config_mod.ConsoleConfig, Console] | None = None  # its app, kept
+    web: RelayWeb | None = None  # what the first process serves over HTTP
     # The readiness check, cached: /readyz and the console's overview share one, so the
     # upstream is asked once per period, and a reload does not empty it.
     ready: CachedCheck = field(init=False)
@@ -124,15 +114,15 @@ class Relay:
     def http_ports(self) -> dict[str, int]:
         """The ports the HTTP listeners got (``metrics``, ``feedback``, ``console``), those
         running."""
-        return self.sites.ports()
+        return self.sites.ports() if self.sites is not None else {}
 
     @property
     def console_server(self) -> WebServer | None:
-        return self.sites.server("console")
+        return self.sites.server("console") if self.sites is not None else None
 
     @property
     def console_port(self) -> int | None:
-        return self.sites.port("console")
+        return self.sites.port("console") if self.sites is not None else None
 
     async def start(self) -> None:
         """Start what this process's role asks (relay.queueshare.Share): taking mail,
@@ -165,15 +155,24 @@ class Relay:
         if self.share.several and self.scheduler is not None:
             self._background.append(asyncio.create_task(self._publish_gauges(),
                                                         name="gauges"))
-        await self.sites.start(self._sites(cfg))
-        await self._record_running()
-        self._log_console()
+        if self.share.first:
+            from relay.web.relayweb import RelayWeb  # aiohttp: only where HTTP is served
+            from relay.web.sites import Sites
+
+            self.web, self.sites = RelayWeb(self), Sites()
+            await self.sites.start(self.web.sites(cfg))
+        await self.record_running()
+        if self.web is not None:
+            self.web.log_console()
         _log.info("started", listeners=self.bound_ports(), http=self.http_ports(),
                   transport=cfg.delivery.transport,
                   queued=len(backlog), users=len(list(self._users)),
                   max_message_size=self.message_size_limit)
 
     async def _start_transport(self, backlog: list[str]) -> None:
+        from relay.delivery import Scheduler
+        from relay.transports import build
+
         cfg, deliverers = self.config, self.share.deliverers
         self.transport = build(cfg.delivery)
         await self.transport.start()
@@ -194,6 +193,10 @@ class Relay:
         self.scheduler.load_backlog(backlog)
 
     async def _start_feedback(self) -> None:
+        from relay import sessuppression
+        from relay.feedback.service import FeedbackService
+        from relay.reputation import ReputationGuard
+
         cfg = self.config
         loop, scheduler = asyncio.get_running_loop(), self.scheduler
         assert self.events is not None and self.suppression is not None
@@ -216,6 +219,11 @@ class Relay:
                 name="suppression-sync"))
 
     async def _start_listeners(self) -> None:
+        from relay.smtp import listeners
+        from relay.smtp.handler import Handler
+        from relay.userlimits import DB_NAME as USER_LIMITS_DB
+        from relay.userlimits import Ledger
+
         cfg, tls = self.config, self.tls
         assert self.spool is not None and self.policy is not None
         if self.scheduler is not None:
@@ -228,7 +236,7 @@ class Relay:
         ledger = Ledger(self.user_limits)
         self.queue_space = QueueSpace(cfg.queue.directory, self._min_free())
         for listener in cfg.listeners:
-            handler = Handler(listener=listener, users=self._current_users, spool=self.spool,
+            handler = Handler(listener=listener, users=self.current_users, spool=self.spool,
                               policy=self.policy, limits=cfg.limits, hostname=cfg.hostname,
                               on_queued=on_queued,
                               connections=self.connections, auth_guard=self.auth_guard,
@@ -243,45 +251,7 @@ class Relay:
             self.servers.append(server)
             self.sessions.append(sessions)
 
-    def _sites(self, cfg: Config) -> list[Site]:
-        """The HTTP listeners *cfg* asks for, run by the first process only. (A new one,
-        such as the console, is one more Site here: reload rebuilds it like the others.)"""
-        if not self.share.first:
-            return []
-        sites = []
-        if cfg.metrics is not None:
-            routes = MetricsRoutes(self.ready, self._refresh_gauges)
-            sites.append(Site("metrics", cfg.metrics.address, cfg.metrics.port, cfg.web,
-                              routes=routes.add_to))
-        http, feedback = cfg.feedback.http, self.feedback
-        if http is not None and feedback is not None:
-            sites.append(Site("feedback", http.address, http.port, cfg.web,
-                              tls=(http.cert, http.key) if http.cert and http.key else None,
-                              max_body=sns.MAX_POST_BYTES, extra=(http.path,),
-                              routes=lambda server: feedback.add_routes(server, http.path)))
-        if cfg.console is not None:
-            app = self._console_app(cfg)
-            tls = self.tls.context if cfg.console.tls and self.tls is not None else None
-            # extra: the app holds its section (session_timeout...): a new one, a new server.
-            sites.append(Site("console", cfg.console.address, cfg.console.port, cfg.web,
-                              context=tls, extra=(cfg.console,),
-                              middlewares=(app.access.middleware,), routes=app.add_to))
-        return sites
-
-    def _console_app(self, cfg: Config) -> Console:
-        """The console's application, kept (with its logins) while its section stays."""
-        assert cfg.console is not None
-        if self._console is None or self._console[0] != cfg.console:
-            self._console = (cfg.console, self._build_console(cfg, cfg.console))
-        return self._console[1]
-
-    def _log_console(self) -> None:
-        console, port = self.config.console, self.sites.port("console")
-        if console is not None and port is not None:
-            host = f"[{console.address}]" if ":" in console.address else console.address
-            _log.info("console", url=f"{'https' if console.tls else 'http'}://{host}:{port}/")
-
-    async def _record_running(self) -> None:
+    async def record_running(self) -> None:
         """The running configuration, for `ses-relay check-config --running`."""
         if not self.share.first:
             return
@@ -292,27 +262,11 @@ class Relay:
             _log.warning("running_config_not_recorded", error=str(e),
                          hint="`check-config --running` cannot compare with this relay")
 
-    def _build_console(self, cfg: Config, console: config_mod.ConsoleConfig) -> Console:
-        # Imported here: Jinja2 and the templates are loaded only by a relay that serves it.
-        from relay import queueadmin
-        from relay.smtp.auth import Authenticator
-        from relay.web.console import Console
-        from relay.web.console.data import Sources
-
-        assert self.scheduler is not None and self.events is not None
-        assert self.suppression is not None
-        src = Sources(config=lambda: self.config, users=self._current_users,
-                      spool=queueadmin.open_spool(cfg.queue.directory, cfg.deliverers),
-                      scheduler=self.scheduler, events=self.events,
-                      suppression=self.suppression, readiness=self.ready)
-        # The same guard and cache as SMTP AUTH: failures here count towards the lockout
-        # there, and the other way round.
-        return Console(console, src, Authenticator(self._current_users, self.auth_guard,
-                                                   self.auth_cache), self.auth_guard)
-
     async def _notify_sender(self, queue_id: str, envelope: Envelope,
                              record: dict[str, Any]) -> None:
         """Queue an RFC 3464 notice to the sender of a message that failed after its 250."""
+        from relay import dsn
+
         assert self.spool is not None and self.scheduler is not None
         notice_id = await dsn.queue_notice(self.spool, self.config.delivery,
                                            self.config.hostname, queue_id, envelope, record)
@@ -321,6 +275,8 @@ class Relay:
 
     async def _share_suppression(self, entries: list[tuple[str, str]]) -> None:
         """backend: ses. What feedback suppressed here goes to SES's list at once."""
+        from relay import sessuppression
+
         try:
             async with sessuppression.SESSuppression(self.config.delivery) as ses:
                 await ses.push(entries)
@@ -328,7 +284,7 @@ class Relay:
             _log.warning("suppression_push_failed", code=e.code, hint=e.hint,
                          addresses=len(entries))
 
-    def _refresh_gauges(self) -> None:
+    def refresh_gauges(self) -> None:
         if self.scheduler is not None:
             metrics.QUEUE_DEPTH.set(self.scheduler.pending)
             metrics.QUEUE_OLDEST.set(self.scheduler.oldest_age())
@@ -336,11 +292,13 @@ class Relay:
 
     async def _publish_gauges(self) -> None:
         while True:
-            self._refresh_gauges()
+            self.refresh_gauges()
             await asyncio.sleep(_GAUGES_EVERY)
 
     async def _readiness(self) -> tuple[bool, str]:
         """Ready: the queue takes writes and the upstream answers with our credentials."""
+        from relay.transports import probe
+
         assert self.spool is not None and self.transport is not None
         try:
             await asyncio.to_thread(self.spool.probe)
@@ -353,64 +311,22 @@ class Relay:
                 return False, f"upstream: {e.code}: {e.hint}"
         return True, "ready"
 
-    def _current_users(self) -> users.UserDB:
+    def current_users(self) -> users.UserDB:
         assert self._users is not None
         return self._users
 
+    def use_users(self, db: users.UserDB) -> None:
+        """A reloaded users file: the next AUTH and MAIL FROM read it."""
+        self._users = db
+
     async def reload(self) -> bool:
-        """SIGHUP: apply every setting that can be applied live (users, TLS certificates,
-        policy, hostname, log, limits, the HTTP listeners) without dropping a session. An
-        invalid new configuration, or an HTTP listener that cannot listen, is refused and
-        the running configuration stays whole.
+        """SIGHUP: apply what can be applied live (relay.reloading says what and how)."""
+        from relay import reloading
 
-        SMTP listeners, the queue, the transport, the suppression database, feedback (but
-        its listener) and workers are bound at start: those keys are logged as needing a
-        restart (relay.running.LIVE says which are live), and keep their running values.
-        """
         async with self._reloading:  # one SIGHUP after the other
-            return await self._reload()
+            return await reloading.reload(self)
 
-    async def _reload(self) -> bool:
-        old = self.config
-        try:
-            assert old.source is not None
-            new = await asyncio.to_thread(config_mod.load, old.source)
-            new_users = await asyncio.to_thread(users.load, new.users_file,
-                                                must_exist=users.required_by(new.listeners))
-            new_tls: ssl.SSLContext | None = None
-            if self.tls is not None and new.tls.cert and new.tls.key:
-                # Built aside, never loaded into the live context: a bad key would leave
-                # it without a usable certificate (see relay.smtp.tlscontext).
-                new_tls = await asyncio.to_thread(tlscontext.build, new.tls.cert, new.tls.key)
-            applied = running.applicable(old, new, tls_on=self.tls is not None)
-            swap = await self.sites.prepare(self._sites(applied))
-        except (ConfigError, UsersFileError, OSError, SiteError, SpoolError) as e:
-            # SpoolError: a console turned on opens its view of the queue (queueadmin).
-            problems = e.problems if isinstance(e, ConfigError) else [str(e)]
-            _log.error("reload_refused", problems=problems,
-                       hint="the running configuration stays; fix the file and reload again")
-            return False
-        # Whatever still differs from the file is what only a restart applies.
-        restart = running.differences(running.flatten(applied), running.flatten(new))
-        self.config = applied
-        self._users = new_users
-        if self.tls is not None and new_tls is not None:
-            # New handshakes get the new certificate; sessions already up are untouched.
-            self.tls.replace(new_tls)
-        self._apply_limits()
-        assert self.policy is not None
-        self.policy.reconfigure(self.config)
-        log.configure(new.log.format, new.log.level)
-        restarted = await swap.commit()
-        await self._record_running()
-        if "console" in restarted:
-            self._log_console()
-        _log.info("reloaded", users=len(list(new_users)), http=self.http_ports(),
-                  **({"web_restarted": restarted} if restarted else {}),
-                  **({"restart_needed_for": restart} if restart else {}))
-        return True
-
-    def _apply_limits(self) -> None:
+    def apply_limits(self) -> None:
         """limits.* (and the send rate) from now on; counts so far are kept."""
         cfg = self.config
         limits = cfg.limits
@@ -441,7 +357,8 @@ class Relay:
                 for session in list(handler.live):
                     session.close()  # no 250 was given: the client keeps its message
             await self.connections.wait_idle(5)
-        await self.sites.stop()
+        if self.sites is not None:
+            await self.sites.stop()
         for task in self._background:
             task.cancel()
         if self._queued is not None:

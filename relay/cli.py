@@ -21,8 +21,6 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from tqdm import tqdm
-
 from relay import __version__, config, log, users
 from relay.addresses import AddressError, normalize
 from relay.errors import ConfigError, DeliveryError, SpoolError, UsersFileError
@@ -313,6 +311,8 @@ def _suppress_import(args: argparse.Namespace, db: SuppressionList) -> int:
           else open(args.file, newline="", encoding="utf-8")) as f:
         # Validate every row before writing any: a bad file changes nothing.
         entries = list(db.read_csv(f, reason=args.reason, source=source))
+    from tqdm import tqdm  # the progress bar: only the commands that show one load it
+
     with tqdm(total=len(entries), unit="row", file=sys.stderr, desc="importing",
               disable=None) as bar:
         added = db.import_entries(entries, progress=bar.update)
@@ -336,6 +336,8 @@ def _suppress_sync(args: argparse.Namespace, db: SuppressionList) -> int:
 
     async def run() -> str:
         async with SESSuppression(cfg.delivery) as ses:
+            from tqdm import tqdm
+
             with tqdm(unit="entry", file=sys.stderr, disable=None) as bar:
                 if args.from_ses:
                     added = await ses.pull(db, progress=bar.update)

@@ -12,7 +12,8 @@ import pytest
 from clients import implicit
 from conftest import PASSWORD, SENDER, USER, Setup, wait_until
 
-from relay.metrics import CachedCheck, MetricsRoutes
+from relay.metrics import CachedCheck
+from relay.web.metricsroutes import MetricsRoutes
 
 MESSAGE = (b"From: sender@example.com\r\nSubject: m\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
            b"Message-ID: <m@example.com>\r\n\r\nbody\r\n")
