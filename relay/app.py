@@ -150,6 +150,7 @@ class Relay:
                 self._queued = queued.Receiver(sock, self.scheduler.enqueue)
                 self._queued.start()
         if self.share.role != "delivery":
+            await asyncio.to_thread(users.dummy_hash)  # before a login could pay for it
             await self._start_listeners()
         # Each process that delivers publishes its gauges for the first one to serve.
         if self.share.several and self.scheduler is not None:
