@@ -1,22 +1,47 @@
 """The reputation guard: stop a broken application from getting the SES account suspended.
 
 AWS reviews an account at a 5% bounce rate or a 0.1% complaint rate, and may suspend it
-at 10% / 0.5%. The guard computes both rates over the relay's own recent sends (from the
-event store), warns past the warning thresholds, and past the pause thresholds pauses
-delivery: mail stays queued, nothing is lost, until an operator runs `ses-relay resume`.
-Too few sends say nothing about a rate, so nothing happens below ``min_volume``.
+at 10% / 0.5%, judged over a representative volume. The guard computes both rates over
+the relay's own recent sends (from the event store), warns past the warning thresholds,
+and past the pause thresholds pauses delivery: mail stays queued, nothing is lost, until
+an operator runs `ses-relay resume`.
+
+Our own counts are a small sample, so they decide only with enough of it: at least
+``min_volume`` delivered recipients AND at least ``min_bounces`` / ``min_complaints``
+events. The defaults, from AWS's thresholds: a healthy account at the 0.1% complaint
+review level, over the 200-recipient ``min_volume``, expects 0.2 complaints; it gets one
+about one time in five (a pause on one complaint is mostly noise), three about one time in
+a thousand (Poisson), so ``min_complaints`` is 3. At the 5% bounce review level 200
+recipients give 10 bounces, and an account at the 2.5% warning level gets 10 or more only
+about three times in a hundred, so ``min_bounces`` is 10.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from relay import log, metrics
 from relay.config import FeedbackConfig
 from relay.events import EventStore
 
 _log = log.get("reputation")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One rate from one source, and whether it is enough evidence to act on."""
+
+    source: str  # "own" (the event store) or "cloudwatch" (SES's own Reputation.*)
+    kind: str  # "bounce" or "complaint"
+    rate: float
+    decisive: bool
+    detail: str  # for the log: the counts behind the rate
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}:{self.kind}"
 
 
 class ReputationGuard:
@@ -28,28 +53,51 @@ class ReputationGuard:
         self._clock = clock
         self._warned: set[str] = set()
 
-    def check(self) -> None:
-        """Blocking (SQLite): call from a thread."""
+    def own_readings(self) -> list[Reading]:
         c = self._config
         rates = self._store.rates(self._clock() - c.window)
         metrics.BOUNCE_RATE.set(rates.bounce_rate)
         metrics.COMPLAINT_RATE.set(rates.complaint_rate)
-        if rates.delivered < c.min_volume:
+        enough = rates.delivered >= c.min_volume
+        hours = f"{c.window / 3600:.0f} h"
+        return [
+            Reading("own", "bounce", rates.bounce_rate,
+                    enough and rates.bounces >= c.min_bounces,
+                    f"{rates.bounces} bounces, {rates.delivered} recipients in {hours}"),
+            Reading("own", "complaint", rates.complaint_rate,
+                    enough and rates.complaints >= c.min_complaints,
+                    f"{rates.complaints} complaints, {rates.delivered} recipients in "
+                    f"{hours}"),
+        ]
+
+    def readings(self) -> list[Reading]:
+        return self.own_readings()
+
+    def check(self) -> None:
+        """Blocking (SQLite): call from a thread."""
+        for r in self.readings():
+            self._judge(r)
+
+    def _thresholds(self, kind: str) -> tuple[float, float | None]:
+        c = self._config
+        if kind == "bounce":
+            return c.warn_bounce_rate, c.pause_bounce_rate
+        return c.warn_complaint_rate, c.pause_complaint_rate
+
+    def _judge(self, r: Reading) -> None:
+        warn, pause = self._thresholds(r.kind)
+        if not r.decisive:
             return
-        for kind, rate, warn, pause in (
-                ("bounce", rates.bounce_rate, c.warn_bounce_rate, c.pause_bounce_rate),
-                ("complaint", rates.complaint_rate, c.warn_complaint_rate,
-                 c.pause_complaint_rate)):
-            if pause is not None and rate >= pause:
-                reason = (f"{kind} rate {rate:.2%} over {pause:.2%} in the last "
-                          f"{c.window / 3600:.0f} h ({rates.delivered} recipients)")
-                _log.error("delivery_paused", reason=reason,
-                           hint="find the application sending to bad addresses, then run "
-                                "`ses-relay resume`")
-                self._pause(reason)
-            elif rate >= warn and kind not in self._warned:
-                self._warned.add(kind)
-                _log.warning("reputation_warning", kind=kind, rate=round(rate, 5),
-                             threshold=warn, delivered=rates.delivered)
-            elif rate < warn:
-                self._warned.discard(kind)
+        if pause is not None and r.rate >= pause:
+            reason = f"{r.kind} rate {r.rate:.2%} over {pause:.2%} ({r.source}: {r.detail})"
+            _log.error("delivery_paused", reason=reason, source=r.source, kind=r.kind,
+                       rate=round(r.rate, 5),
+                       hint="find the application sending to bad addresses, then run "
+                            "`ses-relay resume`")
+            self._pause(reason)
+        elif r.rate >= warn and r.key not in self._warned:
+            self._warned.add(r.key)
+            _log.warning("reputation_warning", kind=r.kind, source=r.source,
+                         rate=round(r.rate, 5), threshold=warn, detail=r.detail)
+        elif r.rate < warn:
+            self._warned.discard(r.key)

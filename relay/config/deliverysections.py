@@ -142,7 +142,8 @@ class DeliverySections(FailoverSection):
                                      "sqs_endpoint_url", "transient_bounce_limit",
                                      "transient_window", "window", "min_volume",
                                      "warn_bounce_rate", "warn_complaint_rate",
-                                     "pause_bounce_rate", "pause_complaint_rate"})
+                                     "pause_bounce_rate", "pause_complaint_rate",
+                                     "min_bounces", "min_complaints"})
         if d is None:
             return FeedbackConfig()
         topics = d.get("topic_arns") or []
@@ -175,6 +176,10 @@ class DeliverySections(FailoverSection):
             pause_complaint_rate=self.get(d, "pause_complaint_rate", path, self.fraction,
                                           0.001)
             if d.get("pause_complaint_rate", 0) is not None else None,
+            min_bounces=self.get(d, "min_bounces", path, self.positive_int,
+                                 FeedbackConfig.min_bounces),
+            min_complaints=self.get(d, "min_complaints", path, self.positive_int,
+                                    FeedbackConfig.min_complaints),
         )
         if fc.http is not None and not fc.topic_arns:
             self.problem(f"{path}.topic_arns", "required with feedback.http: only "

@@ -228,6 +228,11 @@ class FeedbackConfig:
     warn_complaint_rate: float = 0.0005
     pause_bounce_rate: float | None = 0.05
     pause_complaint_rate: float | None = 0.001
+    # Our own counts pause only with this many events as well as the rate: one complaint
+    # among 220 recipients is a 0.45% rate but no evidence (a healthy account at AWS's
+    # 0.1% review level gets one there about one time in five). See relay/reputation.py.
+    min_bounces: int = 10
+    min_complaints: int = 3
 
 
 @dataclass(frozen=True)
