@@ -209,7 +209,7 @@ class Relay:
 
         self.feedback = FeedbackService(
             cfg.feedback, self.events, self.suppression,
-            ReputationGuard(self.events, cfg.feedback, pause),
+            ReputationGuard(self.events, cfg.feedback, pause, spool=self.spool),
             region=cfg.delivery.region, identity=cfg.delivery,
             share=self._share_suppression if cfg.suppression.backend == "ses" else None)
         await self.feedback.start()

@@ -21,10 +21,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from relay import log, metrics
+from relay import reputationhold as holds
 from relay.config import FeedbackConfig
 from relay.events import EventStore
+
+if TYPE_CHECKING:
+    from relay.spool import Spool
 
 _log = log.get("reputation")
 
@@ -46,12 +51,18 @@ class Reading:
 
 class ReputationGuard:
     def __init__(self, store: EventStore, config: FeedbackConfig,
-                 pause: Callable[[str], None], clock: Callable[[], float] = time.time) -> None:
+                 pause: Callable[[str], None], clock: Callable[[], float] = time.time,
+                 spool: Spool | None = None) -> None:
         self._store = store
         self._config = config
         self._pause = pause
         self._clock = clock
+        # The queue: whether delivery is paused, and the hold file beside it (no spool,
+        # as in a bare guard: no hold, every check judges the plain thresholds).
+        self._spool = spool
         self._warned: set[str] = set()
+        self._held: set[str] = set()  # keys whose hold has been logged
+        self._last: list[Reading] = []
 
     def own_readings(self) -> list[Reading]:
         c = self._config
@@ -74,9 +85,39 @@ class ReputationGuard:
         return self.own_readings()
 
     def check(self) -> None:
-        """Blocking (SQLite): call from a thread."""
-        for r in self.readings():
-            self._judge(r)
+        """Blocking (SQLite, files): call from a thread."""
+        readings = self._last = self.readings()
+        hold = self._hold(readings)
+        if hold is not None and hold.state == holds.PAUSED:
+            return  # paused by us, and still: nothing to add until a resume
+        for r in readings:
+            if self._judge(r, hold):
+                break
+
+    def _hold(self, readings: list[Reading]) -> holds.Hold | None:
+        """The hold file, brought up to date with *readings*."""
+        if self._spool is None:
+            return None
+        directory, now = self._spool.directory, self._clock()
+        hold = holds.load(directory)
+        if hold is None:
+            return None
+        rates = {r.key: r.rate for r in readings}
+        if hold.state == holds.PAUSED:
+            if self._spool.paused() is not None:
+                # Kept current, so a resume holds at the rate the operator last saw.
+                holds.save(directory, holds.Hold(holds.PAUSED, rates, hold.since))
+                return hold
+            # Resumed by other means than `ses-relay resume` (the file deleted): the same.
+            hold = holds.resumed(directory, now)
+            assert hold is not None
+        if all(r.rate < (self._thresholds(r.kind)[1] or 1.0) for r in readings):
+            holds.clear(directory)
+            self._held.clear()
+            _log.info("reputation_hold_ended", rates={k: round(v, 5) for k, v in
+                                                      rates.items()})
+            return None
+        return hold
 
     def _thresholds(self, kind: str) -> tuple[float, float | None]:
         c = self._config
@@ -84,20 +125,44 @@ class ReputationGuard:
             return c.warn_bounce_rate, c.pause_bounce_rate
         return c.warn_complaint_rate, c.pause_complaint_rate
 
-    def _judge(self, r: Reading) -> None:
+    def _judge(self, r: Reading, hold: holds.Hold | None) -> bool:
+        """Warn or pause for *r*; whether it paused."""
         warn, pause = self._thresholds(r.kind)
         if not r.decisive:
-            return
-        if pause is not None and r.rate >= pause:
-            reason = f"{r.kind} rate {r.rate:.2%} over {pause:.2%} ({r.source}: {r.detail})"
-            _log.error("delivery_paused", reason=reason, source=r.source, kind=r.kind,
-                       rate=round(r.rate, 5),
-                       hint="find the application sending to bad addresses, then run "
-                            "`ses-relay resume`")
-            self._pause(reason)
+            return False
+        again = pause if pause is None or hold is None else hold.pauses_at(
+            r.key, pause, self._config.resume_margin)
+        if again is not None and r.rate >= again:
+            self._pause_for(r, again)
+            return True
+        if pause is not None and r.rate >= pause:  # past it, but held since a resume
+            if hold is not None and again is not None and r.key not in self._held:
+                self._held.add(r.key)
+                _log.warning("reputation_held", source=r.source, kind=r.kind,
+                             rate=round(r.rate, 5),
+                             at_resume=round(hold.rates.get(r.key, 0.0), 5),
+                             pauses_again_at=round(again, 5), detail=r.detail,
+                             hint="delivery was resumed at this level; it pauses again "
+                                  "only if the rate rises further (or `ses-relay pause`)")
         elif r.rate >= warn and r.key not in self._warned:
             self._warned.add(r.key)
             _log.warning("reputation_warning", kind=r.kind, source=r.source,
                          rate=round(r.rate, 5), threshold=warn, detail=r.detail)
         elif r.rate < warn:
             self._warned.discard(r.key)
+        return False
+
+    def _pause_for(self, r: Reading, threshold: float) -> None:
+        reason = f"{r.kind} rate {r.rate:.2%} over {threshold:.2%} ({r.source}: {r.detail})"
+        _log.error("delivery_paused", reason=reason, source=r.source, kind=r.kind,
+                   rate=round(r.rate, 5),
+                   hint="find the application sending to bad addresses, then run "
+                        "`ses-relay resume`")
+        if self._spool is not None:
+            # Both files now, not when the loop gets to the pause: a check in between
+            # would take a hold without a pause file for a resume.
+            holds.save(self._spool.directory, holds.Hold(
+                holds.PAUSED, {x.key: x.rate for x in self._last}, self._clock()))
+            self._spool.set_paused(reason)
+        self._held.clear()
+        self._pause(reason)

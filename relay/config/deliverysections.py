@@ -143,7 +143,7 @@ class DeliverySections(FailoverSection):
                                      "transient_window", "window", "min_volume",
                                      "warn_bounce_rate", "warn_complaint_rate",
                                      "pause_bounce_rate", "pause_complaint_rate",
-                                     "min_bounces", "min_complaints"})
+                                     "min_bounces", "min_complaints", "resume_margin"})
         if d is None:
             return FeedbackConfig()
         topics = d.get("topic_arns") or []
@@ -180,6 +180,8 @@ class DeliverySections(FailoverSection):
                                  FeedbackConfig.min_bounces),
             min_complaints=self.get(d, "min_complaints", path, self.positive_int,
                                     FeedbackConfig.min_complaints),
+            resume_margin=self.get(d, "resume_margin", path, self.fraction,
+                                   FeedbackConfig.resume_margin),
         )
         if fc.http is not None and not fc.topic_arns:
             self.problem(f"{path}.topic_arns", "required with feedback.http: only "

@@ -233,6 +233,9 @@ class FeedbackConfig:
     # 0.1% review level gets one there about one time in five). See relay/reputation.py.
     min_bounces: int = 10
     min_complaints: int = 3
+    # After `ses-relay resume` the guard pauses again only once a rate is this much worse
+    # (relative) than at resume time, not for the level the operator already saw.
+    resume_margin: float = 0.25
 
 
 @dataclass(frozen=True)
