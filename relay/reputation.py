@@ -29,6 +29,7 @@ from relay.config import FeedbackConfig
 from relay.events import EventStore
 
 if TYPE_CHECKING:
+    from relay.reputationcw import CloudWatchReputation, Rate
     from relay.spool import Spool
 
 _log = log.get("reputation")
@@ -52,7 +53,8 @@ class Reading:
 class ReputationGuard:
     def __init__(self, store: EventStore, config: FeedbackConfig,
                  pause: Callable[[str], None], clock: Callable[[], float] = time.time,
-                 spool: Spool | None = None) -> None:
+                 spool: Spool | None = None,
+                 cloudwatch: CloudWatchReputation | None = None) -> None:
         self._store = store
         self._config = config
         self._pause = pause
@@ -63,6 +65,12 @@ class ReputationGuard:
         self._warned: set[str] = set()
         self._held: set[str] = set()  # keys whose hold has been logged
         self._last: list[Reading] = []
+        # SES's own rates (feedback.reputation_source: cloudwatch/both): the last known
+        # ones, kept through an outage (a failure to read is never a reason to pause).
+        self._cloudwatch = cloudwatch
+        self._cw_rates: dict[str, Rate] = {}
+        self._cw_down = False
+        self.refreshes = 0  # CloudWatch reads tried (answered or not)
 
     def own_readings(self) -> list[Reading]:
         c = self._config
@@ -81,8 +89,49 @@ class ReputationGuard:
                     f"{hours}"),
         ]
 
+    async def refresh(self) -> None:
+        """Read SES's rates from CloudWatch (with feedback.reputation_source cloudwatch or
+        both); then check() judges them. A failure is logged once per outage."""
+        from relay.reputationcw import ReputationUnavailable
+
+        if self._cloudwatch is None:
+            return
+        self.refreshes += 1
+        try:
+            rates = await self._cloudwatch.fetch()
+        except ReputationUnavailable as e:
+            if not self._cw_down:
+                self._cw_down = True
+                _log.warning("reputation_cloudwatch_unavailable", error=str(e),
+                             region=self._cloudwatch.region,
+                             kept={k: round(r.rate, 5) for k, r in self._cw_rates.items()},
+                             hint="the guard keeps the last rates it read (or our own "
+                                  "counts) and never pauses for this; needs "
+                                  "cloudwatch:GetMetricData")
+            return
+        if self._cw_down:
+            self._cw_down = False
+            _log.info("reputation_cloudwatch_back", region=self._cloudwatch.region)
+        self._cw_rates.update(rates)
+
+    def cloudwatch_readings(self) -> list[Reading]:
+        # SES computes these over a representative volume of the whole account's mail, as
+        # AWS judges it: the rate alone decides (a minimum count of our own would only
+        # delay what AWS itself acts on, and our counts are one relay's share of it).
+        return [Reading("cloudwatch", r.kind, r.rate, True,
+                        f"SES {r.metric} at {r.at.isoformat(timespec='minutes')}")
+                for r in self._cw_rates.values()]
+
     def readings(self) -> list[Reading]:
-        return self.own_readings()
+        source = self._config.reputation_source
+        if source == "own" or self._cloudwatch is None:
+            return self.own_readings()
+        cloudwatch = self.cloudwatch_readings()
+        if source == "both":
+            return self.own_readings() + cloudwatch
+        # cloudwatch: our own counts stand in for a rate SES has not given us (yet).
+        known = {r.kind for r in cloudwatch}
+        return cloudwatch + [r for r in self.own_readings() if r.kind not in known]
 
     def check(self) -> None:
         """Blocking (SQLite, files): call from a thread."""

@@ -4,10 +4,12 @@ can read the account's own reputation from CloudWatch (moto_server as the endpoi
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
+import boto3
 from clients import implicit
-from conftest import PASSWORD, SENDER, USER, Setup, events, wait_until
+from conftest import PASSWORD, SENDER, USER, Moto, Setup, events, port_of, wait_until
 from test_cli import run
 from test_feedback_e2e import MESSAGE, SIGNER, post, ses_event, start_with_webhook
 
@@ -87,3 +89,88 @@ def test_resume_holds_while_the_rate_stays_and_pauses_when_it_rises(
     assert len(events(logs, "delivery_paused")) == 2
     assert (setup.queue_dir / "paused").exists()
     assert "1.82% over 1.70%" in events(logs, "delivery_paused")[-1]["reason"]
+
+
+# --- SES's own rates from CloudWatch (moto_server as the endpoint) -----------------------
+
+
+def pauses(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The guard's pauses (a relay that starts paused says so too, with no source)."""
+    return [e for e in events(logs, "delivery_paused") if "source" in e]
+
+
+def put_rate(moto: Moto, kind: str, rate: float, minutes_ago: float) -> None:
+    cloudwatch = boto3.client("cloudwatch", region_name="us-east-1", endpoint_url=moto.url)
+    at = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=minutes_ago)
+    cloudwatch.put_metric_data(Namespace="AWS/SES", MetricData=[
+        {"MetricName": f"Reputation.{kind}Rate", "Value": rate, "Timestamp": at}])
+
+
+def start_watching(setup: Setup, start_relay, endpoint: str,
+                   source: str = "cloudwatch") -> tuple[Any, int]:
+    setup.doc["delivery"]["region"] = "us-east-1"
+    return start_with_webhook(setup, start_relay, reputation_source=source,
+                              cloudwatch_endpoint_url=endpoint, reputation_interval="0.05s")
+
+
+def test_ses_complaint_rate_from_cloudwatch_pauses_and_a_resume_holds(
+        setup: Setup, start_relay, logs, moto: Moto) -> None:
+    put_rate(moto, "Complaint", 0.0004, minutes_ago=30)  # SES's fractions: 0.04%
+    put_rate(moto, "Complaint", 0.006, minutes_ago=10)  # 0.6%, the newest: this one counts
+    put_rate(moto, "Bounce", 0.01, minutes_ago=10)
+    relay, _ = start_watching(setup, start_relay, moto.url)
+    # No mail of ours at all: SES's rate, computed over the account's volume, decides.
+    wait_until(lambda: pauses(logs))
+    [paused] = pauses(logs)
+    assert (paused["source"], paused["kind"], paused["rate"]) == ("cloudwatch", "complaint",
+                                                                  0.006)
+    assert paused["reason"].startswith("complaint rate 0.60% over 0.10% (cloudwatch: SES "
+                                       "Reputation.ComplaintRate at ")
+    result = run("resume", "--config", str(setup.path))
+    assert ("hold: complaint rate (cloudwatch) 0.60% at resume: the guard pauses again only "
+            "past 0.75%") in result.stdout
+    wait_until(lambda: events(logs, "reputation_held"))  # the next reads: same rate, held
+    guard = relay.relay.feedback._guard
+    reads = guard.refreshes
+    wait_until(lambda: guard.refreshes >= reads + 3)
+    assert len(pauses(logs)) == 1
+    assert not (setup.queue_dir / "paused").exists()
+    put_rate(moto, "Complaint", 0.008, minutes_ago=0)  # worse than 0.75%: paused again
+    wait_until(lambda: len(pauses(logs)) == 2)
+    assert pauses(logs)[-1]["rate"] == 0.008
+    assert (setup.queue_dir / "paused").exists()
+
+
+def test_cloudwatch_unreachable_never_pauses_and_is_logged_once(
+        setup: Setup, start_relay, logs, hold) -> None:
+    down = hold()  # bound, not listening: every connection is refused
+    relay, _ = start_watching(setup, start_relay, f"http://127.0.0.1:{port_of(down)}")
+    guard = relay.relay.feedback._guard
+    wait_until(lambda: guard.refreshes >= 4)
+    [line] = events(logs, "reputation_cloudwatch_unavailable")
+    assert line["region"] == "us-east-1"
+    assert not pauses(logs)
+    assert not (setup.queue_dir / "paused").exists()
+
+
+def test_both_sources_the_worse_decides(setup: Setup, start_relay, logs, moto: Moto) -> None:
+    put_rate(moto, "Complaint", 0.0002, minutes_ago=5)  # SES: 0.02%, fine
+    _, port = start_watching(setup, start_relay, moto.url, source="both")
+    [first, *_] = deliver_to(setup, logs, 220)
+    for n in range(3):
+        complain(port, first, n)  # ours: 1.36%, with the evidence min_complaints asks
+    [paused] = pauses(logs)
+    assert (paused["source"], paused["kind"]) == ("own", "complaint")
+
+
+def test_bad_reputation_settings_are_clear_errors(setup: Setup) -> None:
+    setup.doc["feedback"].update({"reputation_source": "ses", "min_complaints": 0,
+                                  "resume_margin": 2, "cloudwatch_endpoint_url": "nowhere"})
+    setup.write()
+    result = run("check-config", "--config", str(setup.path))
+    assert result.returncode == 2
+    for problem in ("feedback.reputation_source: must be one of own, cloudwatch, both",
+                    "feedback.min_complaints: must be at least 1",
+                    "feedback.resume_margin: must be a fraction",
+                    "feedback.cloudwatch_endpoint_url: must be an http"):
+        assert problem in result.stderr + result.stdout, problem

@@ -28,6 +28,8 @@ DELIVERY_PROCESSES: tuple[str, ...] = ("auto", "separate", "shared")
 TRANSPORTS: tuple[str, ...] = ("sesv2", "sesv1", "smtp", "outbox")
 # Transports that talk to AWS and therefore need a region.
 AWS_TRANSPORTS: tuple[str, ...] = ("sesv2", "sesv1", "smtp")
+# feedback.reputation_source: the relay's own counts, SES's CloudWatch metrics, or both.
+REPUTATION_SOURCES: tuple[str, ...] = ("own", "cloudwatch", "both")
 
 DEFAULT_CONFIG_PATH = Path("/etc/ses-relay/ses-relay.yaml")
 
@@ -236,6 +238,12 @@ class FeedbackConfig:
     # After `ses-relay resume` the guard pauses again only once a rate is this much worse
     # (relative) than at resume time, not for the level the operator already saw.
     resume_margin: float = 0.25
+    # Where the rates come from: "own" (the event store), "cloudwatch" (SES's own
+    # Reputation.* metrics for the account, every relay's mail; read every
+    # reputation_interval) or "both" (each judged by its own rule: the worse decides).
+    reputation_source: str = "own"
+    reputation_interval: float = 300.0
+    cloudwatch_endpoint_url: str | None = None
 
 
 @dataclass(frozen=True)

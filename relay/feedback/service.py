@@ -60,9 +60,24 @@ class FeedbackService:
                                      endpoint_url=c.sqs_endpoint_url,
                                      identity=self._identity)
             self._tasks.append(asyncio.create_task(self._poller.run(), name="sqs"))
+        await self._guard.refresh()
         await asyncio.to_thread(self._guard.check)
+        if c.reputation_source != "own":
+            self._tasks.append(asyncio.create_task(self._watch_reputation(),
+                                                   name="reputation"))
+
+    async def _watch_reputation(self) -> None:
+        """SES's rates change with no event reaching this relay (the fleet's mail):
+        read them every reputation_interval."""
+        while True:
+            await asyncio.sleep(self.config.reputation_interval)
+            await self._guard.refresh()
+            await asyncio.to_thread(self._guard.check)
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            if task.get_name() == "reputation":
+                task.cancel()
         if self._poller is not None:
             self._poller.stop()
         for task in self._tasks:
