@@ -5,11 +5,13 @@ can read the account's own reputation from CloudWatch (moto_server as the endpoi
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 from typing import Any
 
 import boto3
 from clients import implicit
 from conftest import PASSWORD, SENDER, USER, Moto, Setup, events, port_of, wait_until
+from consolekit import client, with_console
 from test_cli import run
 from test_feedback_e2e import MESSAGE, SIGNER, post, ses_event, start_with_webhook
 
@@ -174,3 +176,22 @@ def test_bad_reputation_settings_are_clear_errors(setup: Setup) -> None:
                     "feedback.resume_margin: must be a fraction",
                     "feedback.cloudwatch_endpoint_url: must be an http"):
         assert problem in result.stderr + result.stdout, problem
+
+
+def test_the_console_resume_holds_and_says_so(setup: Setup, start_relay, logs,
+                                              tmp_path: Path) -> None:
+    with_console(setup, tmp_path)
+    relay, port = start_with_webhook(setup, start_relay)
+    [first, *_] = deliver_to(setup, logs, 220)
+    for n in range(3):
+        complain(port, first, n)
+    c = client(relay)
+    c.login()
+    token = c.csrf("/reputation")
+    assert c.post("/reputation/resume", {"csrf": token}).status_code == 303
+    page = c.get("/reputation").text
+    assert ("resumed, held: complaint rate (own) 1.36% at resume: the guard pauses again "
+            "only past 1.70%") in page
+    transient_bounce(port, first, 10)
+    assert events(logs, "reputation_held")
+    assert len(events(logs, "delivery_paused")) == 1
