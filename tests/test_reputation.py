@@ -176,6 +176,12 @@ def test_bad_reputation_settings_are_clear_errors(setup: Setup) -> None:
                     "feedback.resume_margin: must be a fraction",
                     "feedback.cloudwatch_endpoint_url: must be an http"):
         assert problem in result.stderr + result.stdout, problem
+    setup.doc["feedback"] = {"database": setup.doc["feedback"]["database"],
+                             "reputation_source": "both"}  # the outbox: no region
+    setup.write()
+    result = run("check-config", "--config", str(setup.path))
+    assert result.returncode == 2
+    assert "feedback.reputation_source: both needs delivery.region" in result.stderr
 
 
 def test_the_console_resume_holds_and_says_so(setup: Setup, start_relay, logs,
@@ -195,3 +201,19 @@ def test_the_console_resume_holds_and_says_so(setup: Setup, start_relay, logs,
     transient_bounce(port, first, 10)
     assert events(logs, "reputation_held")
     assert len(events(logs, "delivery_paused")) == 1
+
+
+def test_the_hold_ends_once_the_rate_is_back_under_the_threshold(
+        setup: Setup, start_relay, logs, moto: Moto) -> None:
+    put_rate(moto, "Complaint", 0.006, minutes_ago=20)
+    start_watching(setup, start_relay, moto.url)
+    wait_until(lambda: pauses(logs))
+    run("resume", "--config", str(setup.path))
+    wait_until(lambda: events(logs, "reputation_held"))
+    put_rate(moto, "Complaint", 0.0008, minutes_ago=10)  # the problem fixed: 0.08%
+    wait_until(lambda: events(logs, "reputation_hold_ended"))
+    assert not (setup.queue_dir / "reputation-hold.json").exists()
+    # A new rise past the plain threshold pauses again, though still under 0.75%.
+    put_rate(moto, "Complaint", 0.002, minutes_ago=0)
+    wait_until(lambda: len(pauses(logs)) == 2)
+    assert pauses(logs)[-1]["rate"] == 0.002
