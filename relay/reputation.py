@@ -155,7 +155,8 @@ class ReputationGuard:
         if hold.state == holds.PAUSED:
             if self._spool.paused() is not None:
                 # Kept current, so a resume holds at the rate the operator last saw.
-                holds.save(directory, holds.Hold(holds.PAUSED, rates, hold.since))
+                if rates != hold.rates:
+                    holds.save(directory, holds.Hold(holds.PAUSED, rates, hold.since))
                 return hold
             # Resumed by other means than `ses-relay resume` (the file deleted): the same.
             hold = holds.resumed(directory, now)
@@ -212,6 +213,7 @@ class ReputationGuard:
             # would take a hold without a pause file for a resume.
             holds.save(self._spool.directory, holds.Hold(
                 holds.PAUSED, {x.key: x.rate for x in self._last}, self._clock()))
-            self._spool.set_paused(reason)
+            if self._spool.paused() is None:  # an operator's own pause keeps its reason
+                self._spool.set_paused(reason)
         self._held.clear()
         self._pause(reason)
