@@ -14,10 +14,14 @@ about one time in five (a pause on one complaint is mostly noise), three about o
 a thousand (Poisson), so ``min_complaints`` is 3. At the 5% bounce review level 200
 recipients give 10 bounces, and an account at the 2.5% warning level gets 10 or more only
 about three times in a hundred, so ``min_bounces`` is 10.
+
+With ``reputation_source: cloudwatch`` (or ``both``) it also judges SES's own rates for
+the account (relay.reputationcw), and a resume holds (relay.reputationhold).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +69,9 @@ class ReputationGuard:
         self._warned: set[str] = set()
         self._held: set[str] = set()  # keys whose hold has been logged
         self._last: list[Reading] = []
+        # One check at a time: an event's check and the CloudWatch round's, in threads,
+        # would otherwise both write the hold file and both pause.
+        self._checking = threading.Lock()
         # SES's own rates (feedback.reputation_source: cloudwatch/both): the last known
         # ones, kept through an outage (a failure to read is never a reason to pause).
         self._cloudwatch = cloudwatch
@@ -112,7 +119,8 @@ class ReputationGuard:
         if self._cw_down:
             self._cw_down = False
             _log.info("reputation_cloudwatch_back", region=self._cloudwatch.region)
-        self._cw_rates.update(rates)
+        # A new dict, not an update: check() may be reading the old one in a thread.
+        self._cw_rates = {**self._cw_rates, **rates}
 
     def cloudwatch_readings(self) -> list[Reading]:
         # SES computes these over a representative volume of the whole account's mail, as
@@ -135,13 +143,14 @@ class ReputationGuard:
 
     def check(self) -> None:
         """Blocking (SQLite, files): call from a thread."""
-        readings = self._last = self.readings()
-        hold = self._hold(readings)
-        if hold is not None and hold.state == holds.PAUSED:
-            return  # paused by us, and still: nothing to add until a resume
-        for r in readings:
-            if self._judge(r, hold):
-                break
+        with self._checking:
+            readings = self._last = self.readings()
+            hold = self._hold(readings)
+            if hold is not None and hold.state == holds.PAUSED:
+                return  # paused by us, and still: nothing to add until a resume
+            for r in readings:
+                if self._judge(r, hold):
+                    break
 
     def _hold(self, readings: list[Reading]) -> holds.Hold | None:
         """The hold file, brought up to date with *readings*."""
