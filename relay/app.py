@@ -194,7 +194,7 @@ class Relay:
         self.scheduler.load_backlog(backlog)
 
     async def _start_feedback(self) -> None:
-        from relay import sessuppression
+        from relay import reputationcw, sessuppression
         from relay.feedback.service import FeedbackService
         from relay.reputation import ReputationGuard
 
@@ -210,7 +210,8 @@ class Relay:
 
         self.feedback = FeedbackService(
             cfg.feedback, self.events, self.suppression,
-            ReputationGuard(self.events, cfg.feedback, pause),
+            ReputationGuard(self.events, cfg.feedback, pause, spool=self.spool,
+                            cloudwatch=reputationcw.for_config(cfg.feedback, cfg.delivery)),
             region=cfg.delivery.region, identity=cfg.delivery,
             share=self._share_suppression if cfg.suppression.backend == "ses" else None)
         await self.feedback.start()
