@@ -213,10 +213,6 @@ class ReputationGuard:
 
     def _pause_for(self, r: Reading, threshold: float) -> None:
         reason = f"{r.kind} rate {r.rate:.2%} over {threshold:.2%} ({r.source}: {r.detail})"
-        _log.error("delivery_paused", reason=reason, source=r.source, kind=r.kind,
-                   rate=round(r.rate, 5),
-                   hint="find the application sending to bad addresses, then run "
-                        "`ses-relay resume`")
         if self._spool is not None:
             # Both files now, not when the loop gets to the pause: a check in between
             # would take a hold without a pause file for a resume.
@@ -226,3 +222,8 @@ class ReputationGuard:
                 self._spool.set_paused(reason)
         self._held.clear()
         self._pause(reason)
+        # Logged once the pause is on disk: whoever reads the line finds the pause file.
+        _log.error("delivery_paused", reason=reason, source=r.source, kind=r.kind,
+                   rate=round(r.rate, 5),
+                   hint="find the application sending to bad addresses, then run "
+                        "`ses-relay resume`")
