@@ -77,3 +77,26 @@ def test_an_ses_event_delivered_twice_is_stored_and_counted_once(
     assert relay.relay.events.rates(0).bounces == 1  # what the reputation guard counts
     assert len(events(logs, "feedback")) == 1  # acted on once
     assert len(events(logs, "feedback_duplicate")) == 1
+
+
+def test_an_ses_event_in_two_sqs_messages_is_stored_once_in_the_shared_store(
+        setup: Setup, start_relay, logs: list[dict[str, Any]], moto, pg_dsn: str) -> None:
+    import boto3
+    from test_feedback_sns import TOPIC
+
+    sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=moto.url)
+    url = sqs.create_queue(QueueName="ses-feedback-dup")["QueueUrl"]
+    setup.doc["delivery"]["region"] = "us-east-1"
+    setup.doc["feedback"].update({"database": pg_dsn, "sqs_queue_url": url,
+                                  "sqs_endpoint_url": moto.url})
+    setup.write()
+    relay = start_relay(setup)
+    complaint = ses_event("Complaint", "m-dup", ["angry@example.net"])
+    for sns_id in ("n-1", "n-2"):  # SES published it twice
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps({
+            "Type": "Notification", "MessageId": sns_id, "TopicArn": TOPIC,
+            "Message": complaint}))
+    wait_until(lambda: len(events(logs, "feedback")) + len(events(logs, "feedback_duplicate"))
+               == 2, timeout=20)
+    assert [s["kind"] for s in relay.relay.events.trace("m-dup")] == ["complaint"]
+    assert relay.relay.events.rates(0).complaints == 1

@@ -25,10 +25,12 @@ import psycopg
 
 from relay.eventstore import migrations
 from relay.eventstore.common import EventStoreError, Unreachable
-from relay.eventstore.sqlbase import SqlBackend, Statement
+from relay.eventstore.sqlbase import INSERT_EVENTS, SqlBackend, Statement
 
-# pg_advisory_xact_lock's key for schema migrations: any constant the fleet agrees on.
+# pg_advisory_xact_lock's keys, constants the fleet agrees on: schema migrations, and
+# event inserts (below).
 _MIGRATION_LOCK = 0x5E5_2E1A7
+_EVENTS_LOCK = 0x5E5_2E1A8
 _CONNECT_TIMEOUT = 5  # seconds: an unreachable server costs a writer batch this, not more
 
 
@@ -119,6 +121,12 @@ class PostgresBackend(SqlBackend):
         def run(conn: psycopg.Connection[tuple[Any, ...]]) -> list[int]:
             counts = []
             with conn.transaction(), conn.cursor() as cur:
+                if any(sql is INSERT_EVENTS and rows for sql, rows in statements):
+                    # `events export --cursor` goes on after the last seq it saw. Relays
+                    # inserting at once would commit seqs out of order and a row could
+                    # land behind the cursor: event inserts take turns, fleet-wide, so
+                    # seqs become visible in order. SES events are few; steps need not.
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_EVENTS_LOCK,))
                 for sql, rows in statements:
                     if rows:
                         cur.executemany(_native(sql), rows)

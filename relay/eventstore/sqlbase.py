@@ -28,7 +28,7 @@ _STEP_COLUMNS = 'at, queue_id, step, ses_message_id, sender, "user", rcpts, deta
 _INSERT_STEPS = ('INSERT INTO steps (step_id, at, queue_id, step, ses_message_id, sender, '
                  '"user", rcpts, detail, relay) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) '
                  "ON CONFLICT (step_id) DO NOTHING")
-_INSERT_EVENTS = ("INSERT INTO events (event_key, at, received_at, ses_message_id, kind, "
+INSERT_EVENTS = ("INSERT INTO events (event_key, at, received_at, ses_message_id, kind, "
                   "recipient, detail, relay) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                   "ON CONFLICT (event_key, recipient) DO NOTHING")
 # Old rows: by table, the column that says when and the row's key.
@@ -55,7 +55,7 @@ class SqlBackend:
     def write(self, steps: Sequence[StepRow], events: Sequence[EventRow]) -> int:
         """Store *steps* and *events* in one transaction, each row once however often it
         is written; returns how many event rows were new."""
-        counts = self._write([(_INSERT_STEPS, steps), (_INSERT_EVENTS, events)])
+        counts = self._write([(_INSERT_STEPS, steps), (INSERT_EVENTS, events)])
         return counts[1]
 
     def put_insights(self, rows: Sequence[tuple[str, str, float, dict[str, Any]]]) -> int:
