@@ -16,6 +16,7 @@ them, oldest first, once it is back. The writer also prunes rows past the retent
 
 from __future__ import annotations
 
+import json
 import queue
 import socket
 import threading
@@ -30,11 +31,11 @@ from relay.eventstore.common import (
     EventRow,
     EventStoreError,
     Rates,
+    StepIds,
     StepRow,
     Unreachable,
     event_rows,
     is_url,
-    step_row,
 )
 from relay.eventstore.sqlbase import SqlBackend
 from relay.feedback.notifications import Event
@@ -66,6 +67,7 @@ class EventStore:
         self.database = database
         self.node = node or socket.gethostname()
         self.retention = retention
+        self._ids = StepIds()
         self._backend = open_backend(database)
         # SQLite is local: a disk that refuses it would refuse a buffer too. Without a
         # buffer (the CLI) an unreachable server is an error for the caller.
@@ -98,7 +100,10 @@ class EventStore:
     def step(self, queue_id: str, step: str, *, ses_message_id: str | None = None,
              sender: str | None = None, user: str | None = None,
              rcpts: Sequence[str] = (), **detail: Any) -> None:
-        row = step_row(self.node, queue_id, step, ses_message_id, sender, user, rcpts, detail)
+        # The row built here, inline (one step per mail log line, on the event loop).
+        row: StepRow = (self._ids(), time.time(), queue_id, step, ses_message_id, sender,
+                        user, json.dumps(list(rcpts)), json.dumps(detail) if detail else None,
+                        self.node)
         if self._writer is None:
             self._store([row], [])
         else:
