@@ -111,7 +111,7 @@ class EventStore:
 
     def event(self, event: Event) -> bool:
         """Store one SES event (blocking: from a thread). False when it was stored
-        already (an SNS retry, an SQS redelivery): its consequences were drawn then."""
+        already (an SNS retry, an SQS redelivery, another relay got it too)."""
         return self._store([], event_rows(self.node, event), fail=True) != 0
 
     def put_insights(self, rows: Sequence[tuple[str, str, float, dict[str, Any]]]) -> int:

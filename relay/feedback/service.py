@@ -80,14 +80,15 @@ class FeedbackService:
 
     async def handle(self, event: Event) -> None:
         """One SES event: remember it, act on it, re-check the account's reputation."""
-        if not await asyncio.to_thread(self._store.event, event):
-            # An SNS retry, an SQS redelivery, or the same event by both: acted on once.
-            _log.info("feedback_duplicate", kind=str(event.kind),
-                      ses_message_id=event.ses_message_id)
-            return
+        # Stored once however often it comes (an SNS retry, an SQS redelivery, the same
+        # event by both). Its consequences are drawn again all the same: they are
+        # idempotent (suppression by address, transient bounces counted by feedback id),
+        # and a delivery that failed half-way is completed by the next one.
+        new = await asyncio.to_thread(self._store.event, event)
         actions = await asyncio.to_thread(self._processor.process, event)
-        _log.info("feedback", kind=str(event.kind), ses_message_id=event.ses_message_id,
-                  recipients=list(event.recipients), actions=actions)
+        _log.info("feedback" if new else "feedback_duplicate", kind=str(event.kind),
+                  ses_message_id=event.ses_message_id, recipients=list(event.recipients),
+                  actions=actions)
         if self._share is not None:
             found = [await self._suppression.check(r) for r in event.recipients]
             shared = [(e.address, e.reason) for e in found
