@@ -129,6 +129,40 @@ def test_trace_with_postgres_down_says_so_without_the_password(
     assert "the event store" in done.stderr and "s3cret" not in done.stderr + done.stdout
 
 
+def test_what_a_stopped_relay_left_in_the_buffer_is_sent_by_the_next_even_when_idle(
+        pg_server: Any, pg_dsn: str, tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+    store = buffered_store(pg_dsn, tmp_path)
+    pg_server.stop()
+    store.step("Q1", "queued")
+    store.flush()
+    store.close()  # stopped while the server is down: the row waits on disk
+    assert _buffered(tmp_path) == 1
+    pg_server.start()
+    again = buffered_store(pg_dsn, tmp_path)  # no step of its own
+    try:
+        wait_until(lambda: _buffered(tmp_path) == 0, timeout=30)
+        assert [s["step"] for s in again.trace("Q1")] == ["queued"]
+    finally:
+        again.close()
+
+
+def test_without_a_buffer_the_writer_logs_what_it_could_not_write_and_lives_on(
+        pg_server: Any, pg_dsn: str, logs: list[dict[str, Any]]) -> None:
+    store = EventStore(pg_dsn, node="relay-a")
+    store.start()
+    try:
+        pg_server.stop()
+        store.step("Q1", "queued")
+        store.flush()
+        assert events(logs, "event_store_write_failed")
+        pg_server.start()
+        store.step("Q2", "queued")
+        store.flush()
+        assert [s["step"] for s in store.trace("Q2")] == ["queued"]
+    finally:
+        store.close()
+
+
 def _buffered(tmp_path: Path) -> int:
     with sqlite3.connect(tmp_path / "events-buffer.sqlite3") as db:
         return int(db.execute("SELECT count(*) FROM pending").fetchone()[0])

@@ -74,6 +74,7 @@ class EventStore:
         self._buffer = DiskBuffer(buffer, buffer_max_bytes) \
             if buffer is not None and is_url(database) else None
         self._down_since: float | None = None
+        self._check_buffer = True  # rows a previous run left in the buffer: sent when idle
         self._next_try = 0.0
         self._next_prune = 0.0
         self._pruned = 0
@@ -182,7 +183,8 @@ class EventStore:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        if self._down_since is not None and now >= self._next_try:
+        if self._buffer is not None and (self._down_since is not None or self._check_buffer) \
+                and now >= self._next_try:
             with self._write_lock:
                 self._drain()
         if now >= self._next_prune:
@@ -199,10 +201,10 @@ class EventStore:
                 return self._keep(steps, events)
             try:
                 return self._backend.write(steps, events)
-            except Unreachable as e:
-                self._unreachable(e)
-                return self._keep(steps, events)
             except EventStoreError as e:
+                if isinstance(e, Unreachable) and self._buffer is not None:
+                    self._unreachable(e)
+                    return self._keep(steps, events)
                 if fail:
                     raise
                 _log.error("event_store_write_failed", error=str(e),
@@ -221,11 +223,21 @@ class EventStore:
                 last, steps, events = self._buffer.oldest(_BATCH)
                 if not last:
                     break
-                self._backend.write(steps, events)
-            except Unreachable as e:
-                self._unreachable(e)
-                return False
-            self._buffer.forget(last)
+                try:
+                    self._backend.write(steps, events)
+                except Unreachable as e:
+                    self._unreachable(e)
+                    return False
+                except EventStoreError as e:  # rows the server refuses: never again
+                    _log.error("event_store_write_failed", error=str(e),
+                               rows=len(steps) + len(events), buffer=str(self._buffer.path),
+                               hint="message history (trace, export) misses these rows")
+                self._buffer.forget(last)
+            except Exception as e:  # the buffer's own file (sqlite3, OSError): write past it
+                _log.error("event_store_buffer_failed", error=str(e),
+                           buffer=str(self._buffer.path))
+                break
+        self._check_buffer = False
         if self._down_since is not None:
             _log.info("event_store_recovered", database=self.describe,
                       down_seconds=round(time.monotonic() - self._down_since, 1),
@@ -248,8 +260,7 @@ class EventStore:
         return -1
 
     def _unreachable(self, e: EventStoreError) -> None:
-        if self._buffer is None:  # no buffer to fall back on (never for PostgreSQL)
-            raise e
+        assert self._buffer is not None
         if self._down_since is None:
             self._down_since = time.monotonic()
             _log.error("event_store_unreachable", database=self.describe, error=str(e),
