@@ -150,6 +150,7 @@ class Relay:
                 self._queued = queued.Receiver(sock, self.scheduler.enqueue)
                 self._queued.start()
         if self.share.role != "delivery":
+            await asyncio.to_thread(users.dummy_hash)  # before a login could pay for it
             await self._start_listeners()
         # Each process that delivers publishes its gauges for the first one to serve.
         if self.share.several and self.scheduler is not None:
@@ -193,7 +194,7 @@ class Relay:
         self.scheduler.load_backlog(backlog)
 
     async def _start_feedback(self) -> None:
-        from relay import sessuppression
+        from relay import reputationcw, sessuppression
         from relay.feedback.service import FeedbackService
         from relay.reputation import ReputationGuard
 
@@ -209,7 +210,8 @@ class Relay:
 
         self.feedback = FeedbackService(
             cfg.feedback, self.events, self.suppression,
-            ReputationGuard(self.events, cfg.feedback, pause),
+            ReputationGuard(self.events, cfg.feedback, pause, spool=self.spool,
+                            cloudwatch=reputationcw.for_config(cfg.feedback, cfg.delivery)),
             region=cfg.delivery.region, identity=cfg.delivery,
             state=cfg.queue.directory.parent,
             share=self._share_suppression if cfg.suppression.backend == "ses" else None)

@@ -83,11 +83,16 @@ def trace(cfg: config.Config, args: argparse.Namespace) -> int:
 
 
 def resume(cfg: config.Config) -> int:
+    from relay import reputationhold
+
     reason = queueadmin.resume(queueadmin.open_spool(cfg.queue.directory, cfg.deliverers))
     if reason is None:
         print("delivery is not paused")
-        return EXIT_OK
-    print(f"resumed (was paused: {reason})")
+    else:
+        print(f"resumed (was paused: {reason})")
+    hold = reputationhold.load(cfg.queue.directory)
+    for line in reputationhold.describe(hold, cfg.feedback) if hold else ():
+        print(f"hold: {line}")
     return EXIT_OK
 
 

@@ -12,6 +12,7 @@ from relay.config.failoversection import FailoverSection
 from relay.config.model import (
     AWS_TRANSPORTS,
     DELIVERY_PROCESSES,
+    REPUTATION_SOURCES,
     SUPPRESSION_ACTIONS,
     TRANSPORTS,
     DeliveryConfig,
@@ -145,7 +146,10 @@ class DeliverySections(FailoverSection):
                                      "sqs_endpoint_url", "transient_bounce_limit",
                                      "transient_window", "window", "min_volume",
                                      "warn_bounce_rate", "warn_complaint_rate",
-                                     "pause_bounce_rate", "pause_complaint_rate"})
+                                     "pause_bounce_rate", "pause_complaint_rate",
+                                     "min_bounces", "min_complaints", "resume_margin",
+                                     "reputation_source", "reputation_interval",
+                                     "cloudwatch_endpoint_url"})
         if d is None:
             return FeedbackConfig()
         topics = d.get("topic_arns") or []
@@ -181,6 +185,18 @@ class DeliverySections(FailoverSection):
             pause_complaint_rate=self.get(d, "pause_complaint_rate", path, self.fraction,
                                           0.001)
             if d.get("pause_complaint_rate", 0) is not None else None,
+            min_bounces=self.get(d, "min_bounces", path, self.positive_int,
+                                 FeedbackConfig.min_bounces),
+            min_complaints=self.get(d, "min_complaints", path, self.positive_int,
+                                    FeedbackConfig.min_complaints),
+            resume_margin=self.get(d, "resume_margin", path, self.fraction,
+                                   FeedbackConfig.resume_margin),
+            reputation_source=self.get(d, "reputation_source", path,
+                                       self.choice(REPUTATION_SOURCES), "own"),
+            reputation_interval=self.get(d, "reputation_interval", path, self.duration,
+                                         FeedbackConfig.reputation_interval),
+            cloudwatch_endpoint_url=self.get(d, "cloudwatch_endpoint_url", path, self.url,
+                                             None),
         )
         if fc.http is not None and not fc.topic_arns:
             self.problem(f"{path}.topic_arns", "required with feedback.http: only "

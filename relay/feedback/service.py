@@ -62,8 +62,25 @@ class FeedbackService:
                                      identity=self._identity)
             self._tasks.append(asyncio.create_task(self._poller.run(), name="sqs"))
         await self._check_reputation()
+        if c.reputation_source != "own":  # read in the background: never delays a start
+            self._tasks.append(asyncio.create_task(self._watch_reputation(),
+                                                   name="reputation"))
+
+    async def _watch_reputation(self) -> None:
+        """SES's rates change with no event reaching this relay (the fleet's mail):
+        read them every reputation_interval."""
+        while True:
+            try:
+                await self._guard.refresh()
+                await asyncio.to_thread(self._guard.check)
+            except Exception as e:  # the event store's trouble: the next round may do
+                _log.warning("reputation_check_failed", error=f"{type(e).__name__}: {e}")
+            await asyncio.sleep(self.config.reputation_interval)
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            if task.get_name() == "reputation":
+                task.cancel()
         if self._poller is not None:
             self._poller.stop()
         for task in self._tasks:
