@@ -100,3 +100,33 @@ def test_an_ses_event_in_two_sqs_messages_is_stored_once_in_the_shared_store(
                == 2, timeout=20)
     assert [s["kind"] for s in relay.relay.events.trace("m-dup")] == ["complaint"]
     assert relay.relay.events.rates(0).complaints == 1
+
+
+def test_two_relay_processes_on_one_database_trace_each_others_mail(
+        setup: Setup, start_process, pg_dsn: str, tmp_path: Path) -> None:
+    from clients import implicit
+    from conftest import PASSWORD, SENDER, USER
+    from test_feedback_e2e import MESSAGE
+
+    setup.doc["feedback"].update({"database": pg_dsn, "node": "relay-a"})
+    setup.write()
+    doc = json.loads(json.dumps(setup.doc))
+    for key, section in (("directory", "queue"), ("outbox_dir", "delivery"),
+                         ("database", "suppression")):
+        doc[section][key] = str(tmp_path / "b" / key)
+    doc["feedback"]["node"] = "relay-b"
+    other = Setup(tmp_path / "relay-b.yaml", doc, setup.certs)
+    other.write()
+    relays = {"relay-a": (setup, start_process(setup)), "relay-b": (other, start_process(other))}
+    sent = {}
+    for name, (s, proc) in relays.items():
+        with implicit(s.implicit_port, s.certs.ca, USER, PASSWORD) as client:
+            client.sendmail(SENDER, [f"{name}@example.net"], MESSAGE)
+        sent[name] = proc.wait_event("delivered")["queue_id"]
+    # Each relay's configuration traces the other's message, as that relay wrote it.
+    for reader, writer in (("relay-a", "relay-b"), ("relay-b", "relay-a")):
+        config = relays[reader][0].path
+        wait_until(lambda c=config, q=sent[writer]: run("trace", q, "--config", str(c))
+                   .stdout.count("\n") == 2)
+        assert steps_traced(config, sent[writer]) == [("queued", f"relay={writer}"),
+                                                      ("delivered", f"relay={writer}")]
