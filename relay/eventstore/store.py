@@ -84,10 +84,6 @@ class EventStore:
         self._writer: threading.Thread | None = None
 
     @property
-    def path(self) -> Path | str:
-        return self.database
-
-    @property
     def describe(self) -> str:
         return self._backend.describe
 
