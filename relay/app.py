@@ -16,7 +16,7 @@ from relay import log, maillog, metrics, queued, running, users
 from relay.authcache import SuccessCache
 from relay.config import Config
 from relay.errors import DeliveryError
-from relay.events import EventStore
+from relay.eventstore import EventStore, open_store
 from relay.limits import AuthGuard, Connections
 from relay.metrics import CachedCheck
 from relay.policy import Policy
@@ -139,7 +139,7 @@ class Relay:
         if self.share.role != "smtp":
             await self._start_transport(backlog)
         # Opening may wait on the schema lock while other workers start: not on the loop.
-        self.events = await asyncio.to_thread(EventStore, cfg.feedback.database)
+        self.events = await asyncio.to_thread(open_store, cfg)
         self.events.start()
         maillog.attach(self.events)
         if self.share.first:
@@ -213,6 +213,7 @@ class Relay:
             ReputationGuard(self.events, cfg.feedback, pause, spool=self.spool,
                             cloudwatch=reputationcw.for_config(cfg.feedback, cfg.delivery)),
             region=cfg.delivery.region, identity=cfg.delivery,
+            state=cfg.queue.directory.parent,
             share=self._share_suppression if cfg.suppression.backend == "ses" else None)
         await self.feedback.start()
         if cfg.suppression.backend == "ses":

@@ -4,7 +4,9 @@ and suppression."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal, cast
+from urllib.parse import urlsplit
 
 from relay.config.failoversection import FailoverSection
 from relay.config.model import (
@@ -139,7 +141,8 @@ class DeliverySections(FailoverSection):
 
     def feedback(self, raw: object) -> FeedbackConfig:
         path = "feedback"
-        d = self.section(raw, path, {"database", "topic_arns", "http", "sqs_queue_url",
+        d = self.section(raw, path, {"database", "node", "retention", "topic_arns", "http",
+                                     "sqs_queue_url",
                                      "sqs_endpoint_url", "transient_bounce_limit",
                                      "transient_window", "window", "min_volume",
                                      "warn_bounce_rate", "warn_complaint_rate",
@@ -160,7 +163,10 @@ class DeliverySections(FailoverSection):
             except Invalid as e:
                 self.problem(f"{path}.topic_arns[{i}]", str(e))
         fc = FeedbackConfig(
-            database=self.get(d, "database", path, self.path, FeedbackConfig.database),
+            database=self.get(d, "database", path, self.event_store,
+                              FeedbackConfig.database),
+            node=self.get(d, "node", path, self.string, None),
+            retention=self.get(d, "retention", path, self.duration, FeedbackConfig.retention),
             topic_arns=tuple(arns),
             http=self.feedback_http(d.get("http")),
             sqs_queue_url=self.get(d, "sqs_queue_url", path, self.url, None),
@@ -196,6 +202,18 @@ class DeliverySections(FailoverSection):
             self.problem(f"{path}.topic_arns", "required with feedback.http: only "
                                                "notifications from these topics are accepted")
         return fc
+
+    def event_store(self, v: object, p: str) -> Path | str:
+        """A SQLite file (a path), or a PostgreSQL URL: postgresql://user:pass@host:port/db
+        or postgresql:///db?host=/socket/dir (libpq's URI form)."""
+        s = self.string(v, p)
+        if not s.startswith(("postgresql:", "postgres:")):
+            return self.path(v, p)
+        parts = urlsplit(s)
+        if not s.startswith(("postgresql://", "postgres://")) or not parts.path.strip("/"):
+            raise Invalid("a PostgreSQL URL names its database: postgresql://user:password"
+                          "@host:5432/dbname or postgresql:///dbname?host=/run/postgresql")
+        return s
 
     def feedback_http(self, raw: object) -> FeedbackHttp | None:
         if raw is None:

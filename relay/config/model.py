@@ -215,8 +215,11 @@ class FeedbackHttp:
 
 @dataclass(frozen=True)
 class FeedbackConfig:
-    # The event store (every message's story); also where reputation is computed.
-    database: Path = Path("/var/lib/ses-relay/events.sqlite3")
+    # The event store (every message's story); also where reputation is computed. A
+    # SQLite file, or a PostgreSQL URL (str: postgresql://...) shared by a fleet.
+    database: Path | str = Path("/var/lib/ses-relay/events.sqlite3")
+    node: str | None = None  # the relay's name on the rows it writes; None: the host name
+    retention: float = 30 * 86400.0  # rows older than this are pruned
     topic_arns: tuple[str, ...] = ()
     http: FeedbackHttp | None = None
     sqs_queue_url: str | None = None
