@@ -16,7 +16,7 @@ from relay import log, maillog, metrics, queued, running, users
 from relay.authcache import SuccessCache
 from relay.config import Config
 from relay.errors import DeliveryError
-from relay.events import EventStore
+from relay.eventstore import EventStore, open_store
 from relay.limits import AuthGuard, Connections
 from relay.metrics import CachedCheck
 from relay.policy import Policy
@@ -139,7 +139,7 @@ class Relay:
         if self.share.role != "smtp":
             await self._start_transport(backlog)
         # Opening may wait on the schema lock while other workers start: not on the loop.
-        self.events = await asyncio.to_thread(EventStore, cfg.feedback.database)
+        self.events = await asyncio.to_thread(open_store, cfg)
         self.events.start()
         maillog.attach(self.events)
         if self.share.first:
@@ -150,6 +150,7 @@ class Relay:
                 self._queued = queued.Receiver(sock, self.scheduler.enqueue)
                 self._queued.start()
         if self.share.role != "delivery":
+            await asyncio.to_thread(users.dummy_hash)  # before a login could pay for it
             await self._start_listeners()
         # Each process that delivers publishes its gauges for the first one to serve.
         if self.share.several and self.scheduler is not None:
@@ -193,7 +194,7 @@ class Relay:
         self.scheduler.load_backlog(backlog)
 
     async def _start_feedback(self) -> None:
-        from relay import sessuppression
+        from relay import reputationcw, sessuppression
         from relay.feedback.service import FeedbackService
         from relay.reputation import ReputationGuard
 
@@ -209,8 +210,10 @@ class Relay:
 
         self.feedback = FeedbackService(
             cfg.feedback, self.events, self.suppression,
-            ReputationGuard(self.events, cfg.feedback, pause),
+            ReputationGuard(self.events, cfg.feedback, pause, spool=self.spool,
+                            cloudwatch=reputationcw.for_config(cfg.feedback, cfg.delivery)),
             region=cfg.delivery.region, identity=cfg.delivery,
+            state=cfg.queue.directory.parent,
             share=self._share_suppression if cfg.suppression.backend == "ses" else None)
         await self.feedback.start()
         if cfg.suppression.backend == "ses":

@@ -12,7 +12,6 @@ import asyncio
 import csv
 import datetime
 import json
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from relay.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, iso_time
 from relay.errors import DeliveryError
 
 if TYPE_CHECKING:
-    from relay.events import EventStore
+    from relay.eventstore import EventStore
 
 _FIRST_IMPORT = 86400.0  # without a cursor or --since: the last day
 
@@ -68,7 +67,7 @@ def _since(value: str) -> float:
 
 
 def export(cfg: config.Config, args: argparse.Namespace) -> int:
-    from relay.events import EventStore
+    from relay.eventstore import EventStoreError, open_store
 
     since = 0.0
     if args.since:
@@ -79,11 +78,15 @@ def export(cfg: config.Config, args: argparse.Namespace) -> int:
             return EXIT_USAGE
     after = int(args.cursor.read_text().strip() or 0) if args.cursor and \
         args.cursor.exists() else 0
-    store = EventStore(cfg.feedback.database)
     try:
-        rows = list(store.export(after_seq=after, since=since))
-    finally:
-        store.close()
+        store = open_store(cfg, buffered=False)
+        try:
+            rows = list(store.export(after_seq=after, since=since))
+        finally:
+            store.close()
+    except EventStoreError as e:  # names the store, without a password
+        print(f"ses-relay: the event store: {e}", file=sys.stderr)
+        return EXIT_FAIL
     fields = ["seq", "at", "ses_message_id", "queue_id", "kind", "recipient", "sender",
               "user", "bounce_type", "bounce_subtype", "feedback_id", "diagnostic"]
     if args.format == "csv":
@@ -100,7 +103,7 @@ def export(cfg: config.Config, args: argparse.Namespace) -> int:
 
 def import_insights(cfg: config.Config, args: argparse.Namespace) -> int:
     from relay import insights
-    from relay.events import EventStore
+    from relay.eventstore import EventStoreError, open_store
 
     try:
         step, lookback = config.parse_duration(args.range), config.parse_duration(args.lookback)
@@ -118,16 +121,14 @@ def import_insights(cfg: config.Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     log.configure("console" if sys.stderr.isatty() else "json", "warning", stream=sys.stderr)
     try:
-        store = EventStore(cfg.feedback.database)
-    except (OSError, sqlite3.Error) as e:
-        print(f"ses-relay: cannot open the event store {cfg.feedback.database}: {e}",
-              file=sys.stderr)
+        store = open_store(cfg, buffered=False)
+    except (OSError, EventStoreError) as e:  # names the store, without a password
+        print(f"ses-relay: cannot open the event store: {e}", file=sys.stderr)
         return EXIT_FAIL
     try:
         return _import(cfg, store, since, step, lookback)
-    except sqlite3.Error as e:
-        print(f"ses-relay: import failed: the event store {cfg.feedback.database}: {e}",
-              file=sys.stderr)
+    except EventStoreError as e:
+        print(f"ses-relay: import failed: the event store: {e}", file=sys.stderr)
         return EXIT_FAIL
     finally:
         store.close()

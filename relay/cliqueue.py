@@ -63,13 +63,17 @@ def _queue_one(spool: Spool, command: str, qid: str) -> int:
 
 
 def trace(cfg: config.Config, args: argparse.Namespace) -> int:
-    from relay.events import EventStore, story_lines
+    from relay.eventstore import EventStoreError, open_store, story_lines
 
-    store = EventStore(cfg.feedback.database)
     try:
-        story = store.trace(args.key)
-    finally:
-        store.close()
+        store = open_store(cfg, buffered=False)
+        try:
+            story = store.trace(args.key)
+        finally:
+            store.close()
+    except EventStoreError as e:  # names the store, without a password
+        print(f"ses-relay: the event store: {e}", file=sys.stderr)
+        return EXIT_FAIL
     if not story:
         print(f"ses-relay: nothing known about {args.key}", file=sys.stderr)
         return EXIT_FAIL
@@ -79,11 +83,16 @@ def trace(cfg: config.Config, args: argparse.Namespace) -> int:
 
 
 def resume(cfg: config.Config) -> int:
+    from relay import reputationhold
+
     reason = queueadmin.resume(queueadmin.open_spool(cfg.queue.directory, cfg.deliverers))
     if reason is None:
         print("delivery is not paused")
-        return EXIT_OK
-    print(f"resumed (was paused: {reason})")
+    else:
+        print(f"resumed (was paused: {reason})")
+    hold = reputationhold.load(cfg.queue.directory)
+    for line in reputationhold.describe(hold, cfg.feedback) if hold else ():
+        print(f"hold: {line}")
     return EXIT_OK
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from relay import reputationhold
 from relay.errors import Busy, CorruptEntry, RelayError
 from relay.spool import Share, Spool, queue_id_time
 
@@ -82,6 +83,9 @@ def resume(spool: Spool) -> str | None:
     """Resume paused delivery; return why it was paused (None: it was not)."""
     reason = spool.paused()
     if reason is not None:
+        # The guard's pause becomes a hold first: it must not pause again at its next
+        # check for the level the operator has just seen (relay/reputationhold.py).
+        reputationhold.resumed(spool.directory, time.time())
         spool.set_paused(None)
         spool.trigger("resume")
     return reason

@@ -34,6 +34,8 @@ FORMAT = 1
 LIVE = ("hostname", "tls", "users_file", "log", "limits", "policy", "metrics",
         "feedback.http", "web", "console", "delivery.max_send_rate")
 SECRETS = frozenset({"password", "external_id", "rate_limiter"})  # (its URL's password)
+# A value that may carry a password whatever its key: feedback.database's PostgreSQL URL.
+_SECRET_URLS = ("postgresql://", "postgres://")
 _NOT_CONFIG = frozenset({"source"})
 
 
@@ -112,8 +114,13 @@ def split(running: dict[str, Any], wanted: dict[str, Any],
 _ABSENT: Any = object()
 
 
+def _secret(key: str, value: Any) -> bool:
+    return isinstance(value, str) and (key.rsplit(".", 1)[-1] in SECRETS
+                                       or value.startswith(_SECRET_URLS))
+
+
 def _same(key: str, running: Any, wanted: Any) -> bool:
-    if key.rsplit(".", 1)[-1] in SECRETS and isinstance(running, str) and (
+    if _secret(key, wanted) and isinstance(running, str) and (
             running.startswith("scrypt:")) and isinstance(wanted, str):
         return _digest(wanted, bytes.fromhex(running.split(":")[1])) == running
     return bool(running == wanted)
@@ -138,8 +145,7 @@ def pending(current: Config) -> tuple[list[str], list[str]] | None:
 
 
 def redacted(flat: dict[str, Any]) -> dict[str, Any]:
-    return {k: _digest(v, secrets.token_bytes(16))
-            if k.rsplit(".", 1)[-1] in SECRETS and isinstance(v, str) else v
+    return {k: _digest(v, secrets.token_bytes(16)) if _secret(k, v) else v
             for k, v in flat.items()}
 
 

@@ -8,6 +8,7 @@ The file is rewritten atomically (write, fsync, rename) so a crash never leaves 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import math
@@ -124,9 +125,17 @@ def verify_password(password: str | bytes, encoded: str) -> bool:
     return hmac.compare_digest(got, want)
 
 
-# A hash of a random password: verifying unknown users against it costs the same time as
-# verifying real ones, so response timing does not reveal which user names exist.
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+@functools.cache
+def dummy_hash() -> str:
+    """A hash of a random password: verifying unknown users against it costs the same
+    time as verifying real ones, so response timing does not reveal which user names exist.
+
+    Made on first use, not at import: scrypt's 16 MiB and 50 ms would otherwise be paid
+    by every process that imports this module (the supervisor, the delivery worker, each
+    CLI command; 14 MB of the supervisor's peak RSS). The SMTP side makes it at start
+    (relay.app), so no login pays for it.
+    """
+    return hash_password(secrets.token_urlsafe(16))
 
 
 class UserDB:
@@ -147,7 +156,7 @@ class UserDB:
     def authenticate(self, name: str, password: bytes) -> bool:
         """Blocking: call from a thread."""
         user = self._users.get(name)
-        ok = verify_password(password, user.password_hash if user else _DUMMY_HASH)
+        ok = verify_password(password, user.password_hash if user else dummy_hash())
         return ok and user is not None
 
     def with_user(self, user: User) -> UserDB:

@@ -9,6 +9,7 @@ suite's own outgoing connections (a source port), and the test fails "address in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import selectors
@@ -455,3 +456,30 @@ def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
         monkeypatch.setenv("NOTIFY_SOCKET", str(path))
         monkeypatch.setenv("WATCHDOG_USEC", "1000000")
         yield NotifySocket(sock)
+
+
+# --- PostgreSQL (tests/peers/postgres.py): one server per session, a database per test ----
+_PG_DATABASES = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    import tempfile
+
+    from peers.postgres import postgres_server
+
+    # Not tmp_path_factory: its folders are 0700 root's, and the server runs as postgres.
+    with tempfile.TemporaryDirectory(prefix="pg-") as directory, \
+            postgres_server(Path(directory)) as server:
+        yield server
+
+
+@pytest.fixture
+def pg_dsn(pg_server: Any) -> Iterator[str]:
+    """A fresh, empty database on the session's server, dropped after the test."""
+    pg_server.start()  # a test that stopped it (an outage) may have failed before start()
+    name = f"t{os.getpid()}_{next(_PG_DATABASES)}"
+    pg_server.drop_database(name)
+    yield pg_server.create_database(name)
+    pg_server.start()
+    pg_server.drop_database(name)

@@ -133,7 +133,8 @@ def test_sqs_feedback_suppresses_complainers(setup: Setup, start_relay, moto: Mo
 
 def test_a_high_bounce_rate_pauses_delivery_until_resumed(setup: Setup, start_relay,
                                                           logs) -> None:
-    _, port = start_with_webhook(setup, start_relay, min_volume=2, pause_bounce_rate=0.4)
+    _, port = start_with_webhook(setup, start_relay, min_volume=2, pause_bounce_rate=0.4,
+                                 min_bounces=1)
     first = deliver(setup, logs, "one@example.net")
     deliver(setup, logs, "two@example.net")
     doc = SIGNER.notification(message=ses_event("Bounce", first["ses_message_id"],

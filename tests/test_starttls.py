@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import smtplib
 
-from clients import implicit, tls_context
-from conftest import Setup
+import pytest
+from clients import implicit, starttls, tls_context
+from conftest import PASSWORD, SENDER, USER, Setup, wait_until
 
 
 def test_ehlo_offers_starttls_only_before_tls(setup: Setup, start_relay) -> None:
@@ -24,3 +25,20 @@ def test_ehlo_offers_starttls_only_before_tls(setup: Setup, start_relay) -> None
         assert not s.has_extn("starttls")
         assert s.docmd("STARTTLS") == (554, b"5.5.1 TLS already active")
         assert s.noop()[0] == 250
+
+
+@pytest.mark.parametrize("path", ["starttls", "implicit"])
+def test_a_large_message_over_tls_arrives_byte_for_byte(setup: Setup, start_relay,
+                                                         path: str) -> None:
+    """The TLS layer reads the socket in 32 KiB slices (relay.smtp.tlsstart): a message of
+    many slices, with lines that straddle them, arrives whole and unchanged."""
+    start_relay(setup)
+    lines = [f"{i:07d} ".encode() + bytes([65 + i % 26]) * (i % 900) for i in range(4000)]
+    body = b"Subject: large\r\n\r\n" + b"\r\n".join(lines) + b"\r\n"  # about 1.8 MB
+    connect = starttls if path == "starttls" else implicit
+    port = setup.starttls_port if path == "starttls" else setup.implicit_port
+    with connect(port, setup.certs.ca, USER, PASSWORD) as s:
+        s.sendmail(SENDER, ["rcpt@example.net"], body)
+    wait_until(lambda: list(setup.outbox_dir.glob("*.eml")))
+    (eml,) = setup.outbox_dir.glob("*.eml")
+    assert eml.read_bytes().endswith(body[body.index(b"\r\n\r\n"):])

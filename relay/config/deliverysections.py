@@ -4,12 +4,15 @@ and suppression."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal, cast
+from urllib.parse import urlsplit
 
 from relay.config.failoversection import FailoverSection
 from relay.config.model import (
     AWS_TRANSPORTS,
     DELIVERY_PROCESSES,
+    REPUTATION_SOURCES,
     SUPPRESSION_ACTIONS,
     TRANSPORTS,
     DeliveryConfig,
@@ -138,11 +141,15 @@ class DeliverySections(FailoverSection):
 
     def feedback(self, raw: object) -> FeedbackConfig:
         path = "feedback"
-        d = self.section(raw, path, {"database", "topic_arns", "http", "sqs_queue_url",
+        d = self.section(raw, path, {"database", "node", "retention", "topic_arns", "http",
+                                     "sqs_queue_url",
                                      "sqs_endpoint_url", "transient_bounce_limit",
                                      "transient_window", "window", "min_volume",
                                      "warn_bounce_rate", "warn_complaint_rate",
-                                     "pause_bounce_rate", "pause_complaint_rate"})
+                                     "pause_bounce_rate", "pause_complaint_rate",
+                                     "min_bounces", "min_complaints", "resume_margin",
+                                     "reputation_source", "reputation_interval",
+                                     "cloudwatch_endpoint_url"})
         if d is None:
             return FeedbackConfig()
         topics = d.get("topic_arns") or []
@@ -156,7 +163,10 @@ class DeliverySections(FailoverSection):
             except Invalid as e:
                 self.problem(f"{path}.topic_arns[{i}]", str(e))
         fc = FeedbackConfig(
-            database=self.get(d, "database", path, self.path, FeedbackConfig.database),
+            database=self.get(d, "database", path, self.event_store,
+                              FeedbackConfig.database),
+            node=self.get(d, "node", path, self.string, None),
+            retention=self.get(d, "retention", path, self.duration, FeedbackConfig.retention),
             topic_arns=tuple(arns),
             http=self.feedback_http(d.get("http")),
             sqs_queue_url=self.get(d, "sqs_queue_url", path, self.url, None),
@@ -175,11 +185,35 @@ class DeliverySections(FailoverSection):
             pause_complaint_rate=self.get(d, "pause_complaint_rate", path, self.fraction,
                                           0.001)
             if d.get("pause_complaint_rate", 0) is not None else None,
+            min_bounces=self.get(d, "min_bounces", path, self.positive_int,
+                                 FeedbackConfig.min_bounces),
+            min_complaints=self.get(d, "min_complaints", path, self.positive_int,
+                                    FeedbackConfig.min_complaints),
+            resume_margin=self.get(d, "resume_margin", path, self.fraction,
+                                   FeedbackConfig.resume_margin),
+            reputation_source=self.get(d, "reputation_source", path,
+                                       self.choice(REPUTATION_SOURCES), "own"),
+            reputation_interval=self.get(d, "reputation_interval", path, self.duration,
+                                         FeedbackConfig.reputation_interval),
+            cloudwatch_endpoint_url=self.get(d, "cloudwatch_endpoint_url", path, self.url,
+                                             None),
         )
         if fc.http is not None and not fc.topic_arns:
             self.problem(f"{path}.topic_arns", "required with feedback.http: only "
                                                "notifications from these topics are accepted")
         return fc
+
+    def event_store(self, v: object, p: str) -> Path | str:
+        """A SQLite file (a path), or a PostgreSQL URL: postgresql://user:pass@host:port/db
+        or postgresql:///db?host=/socket/dir (libpq's URI form)."""
+        s = self.string(v, p)
+        if not s.startswith(("postgresql:", "postgres:")):
+            return self.path(v, p)
+        parts = urlsplit(s)
+        if not s.startswith(("postgresql://", "postgres://")) or not parts.path.strip("/"):
+            raise Invalid("a PostgreSQL URL names its database: postgresql://user:password"
+                          "@host:5432/dbname or postgresql:///dbname?host=/run/postgresql")
+        return s
 
     def feedback_http(self, raw: object) -> FeedbackHttp | None:
         if raw is None:

@@ -84,7 +84,7 @@ class Reader(SmtpSections, DeliverySections):
         workers = self.get(top, "workers", "", self.workers, Config.workers)
         if workers > 1:
             self.shared_ports(listeners)
-        return Config(
+        config = Config(
             hostname=hostname,
             listeners=listeners,
             tls=tls,
@@ -101,3 +101,8 @@ class Reader(SmtpSections, DeliverySections):
             console=self.console(top.get("console"), tls),
             workers=workers,
         )
+        if config.feedback.reputation_source != "own" and not config.delivery.region:
+            # SES keeps reputation per region: CloudWatch's is the delivery region's.
+            self.problem("feedback.reputation_source", f"{config.feedback.reputation_source}"
+                                                       " needs delivery.region")
+        return config

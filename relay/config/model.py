@@ -28,6 +28,8 @@ DELIVERY_PROCESSES: tuple[str, ...] = ("auto", "separate", "shared")
 TRANSPORTS: tuple[str, ...] = ("sesv2", "sesv1", "smtp", "outbox")
 # Transports that talk to AWS and therefore need a region.
 AWS_TRANSPORTS: tuple[str, ...] = ("sesv2", "sesv1", "smtp")
+# feedback.reputation_source: the relay's own counts, SES's CloudWatch metrics, or both.
+REPUTATION_SOURCES: tuple[str, ...] = ("own", "cloudwatch", "both")
 
 DEFAULT_CONFIG_PATH = Path("/etc/ses-relay/ses-relay.yaml")
 
@@ -213,8 +215,11 @@ class FeedbackHttp:
 
 @dataclass(frozen=True)
 class FeedbackConfig:
-    # The event store (every message's story); also where reputation is computed.
-    database: Path = Path("/var/lib/ses-relay/events.sqlite3")
+    # The event store (every message's story); also where reputation is computed. A
+    # SQLite file, or a PostgreSQL URL (str: postgresql://...) shared by a fleet.
+    database: Path | str = Path("/var/lib/ses-relay/events.sqlite3")
+    node: str | None = None  # the relay's name on the rows it writes; None: the host name
+    retention: float = 30 * 86400.0  # rows older than this are pruned
     topic_arns: tuple[str, ...] = ()
     http: FeedbackHttp | None = None
     sqs_queue_url: str | None = None
@@ -228,6 +233,20 @@ class FeedbackConfig:
     warn_complaint_rate: float = 0.0005
     pause_bounce_rate: float | None = 0.05
     pause_complaint_rate: float | None = 0.001
+    # Our own counts pause only with this many events as well as the rate: one complaint
+    # among 220 recipients is a 0.45% rate but no evidence (a healthy account at AWS's
+    # 0.1% review level gets one there about one time in five). See relay/reputation.py.
+    min_bounces: int = 10
+    min_complaints: int = 3
+    # After `ses-relay resume` the guard pauses again only once a rate is this much worse
+    # (relative) than at resume time, not for the level the operator already saw.
+    resume_margin: float = 0.25
+    # Where the rates come from: "own" (the event store), "cloudwatch" (SES's own
+    # Reputation.* metrics for the account, every relay's mail; read every
+    # reputation_interval) or "both" (each judged by its own rule: the worse decides).
+    reputation_source: str = "own"
+    reputation_interval: float = 300.0
+    cloudwatch_endpoint_url: str | None = None
 
 
 @dataclass(frozen=True)

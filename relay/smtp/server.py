@@ -31,7 +31,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, _AuthMechAttr, _Missing, synt
 
 from relay.addresses import SIMPLE_ADDRESS
 from relay.message import is_header_line
-from relay.smtp import replies
+from relay.smtp import replies, tlsstart
 from relay.smtp.edge import EdgeSMTP, RelaySession
 from relay.smtp.plainlines import MAX_LINE, plain_prefix
 from relay.spool import Draft
@@ -220,6 +220,8 @@ class RelaySMTP(EdgeSMTP):
             await self.push(replies.TLS_ACTIVE)
             return
         await super().smtp_STARTTLS(arg)
+        if self._tls_protocol is not None:  # the handshake is done: read DATA in slices
+            tlsstart.read_in_small_slices(self._tls_protocol)
 
     async def smtp_AUTH(self, arg: str) -> None:
         if self.check_starttls_needed():

@@ -21,6 +21,31 @@ if TYPE_CHECKING:
     from relay.smtp.edge import EdgeSMTP
 
 
+# What the TLS layer asks the socket for at a time. asyncio's is 256 KiB
+# (SSLProtocol.max_size): a client uploading a large message fills that much ciphertext,
+# which the layer decrypts at once into its 256 KiB incoming buffer and hands on as one
+# more 256 KiB chunk, about 1 MB a connection. 50 clients uploading 10 MB each over TLS
+# after the small-message load (bench/upload_memory.py --preload 3000 --transport sesv2
+# --delivery-process separate): the SMTP process's peak RSS 130 MB at 256 KiB, 98 MB at
+# 64 KiB, 92 MB at 32 KiB (bench/RESULTS.md). Two TLS records; the socket is read no
+# less often than the records arrive.
+_READ_SIZE = 32 * 1024
+
+
+def read_in_small_slices(tls: sslproto.SSLProtocol) -> None:
+    """Make *tls* read the socket _READ_SIZE bytes at a time.
+
+    asyncio has no public setting for it (set_read_buffer_limits bounds the decrypted
+    side only, and did not lower the peak: 128 MB); the class attribute and the buffer
+    it sizes are the one place. Left alone where a Python's SSLProtocol has neither.
+    """
+    if not hasattr(tls, "_ssl_buffer") or getattr(tls, "max_size", 0) <= _READ_SIZE:
+        return
+    tls.max_size = _READ_SIZE  # type: ignore[misc]  # a class attribute, set per instance
+    tls._ssl_buffer = bytearray(_READ_SIZE)
+    tls._ssl_buffer_view = memoryview(tls._ssl_buffer)  # type: ignore[attr-defined]
+
+
 async def start(smtp: EdgeSMTP, context: ssl.SSLContext, seconds: float) -> None:
     """Do the server's side of the TLS handshake on *smtp*'s connection, within
     *seconds*; raise OSError (ssl.SSLError, ConnectionError) if it fails.
@@ -41,6 +66,7 @@ async def start(smtp: EdgeSMTP, context: ssl.SSLContext, seconds: float) -> None
     # As aiosmtpd's smtp_STARTTLS: its connection_made sees _original_transport and
     # takes the TLS transport over when the handshake is done.
     smtp._tls_protocol = tls
+    read_in_small_slices(tls)
     smtp._original_transport = raw
     raw.set_protocol(tls)
     smtp.transport = tls._app_transport

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay import queueadmin, running
+from relay import queueadmin, reputationhold, running
 from relay.config import Config
 from relay.delivery import Scheduler
 from relay.events import EventStore, Rates
@@ -83,11 +83,15 @@ class RateView:
     aws_pause: float
 
 
-def guard_state(rates: Rates, config: Config, paused: str | None) -> tuple[str, str]:
+def guard_state(rates: Rates, config: Config, paused: str | None,
+                hold: reputationhold.Hold | None = None) -> tuple[str, str]:
     """(level, text): the reputation guard's state as the overview says it."""
     fb = config.feedback
     if paused is not None:
         return "bad", f"delivery paused: {paused}"
+    if hold is not None and hold.state == reputationhold.HELD and (
+            held := reputationhold.describe(hold, fb)):
+        return "warn", f"resumed, held: {'; '.join(held)}"
     if rates.delivered < fb.min_volume:
         return "ok", (f"watching: {rates.delivered} recipients in the window, fewer than "
                       f"the {fb.min_volume} needed to judge a rate")
@@ -123,7 +127,8 @@ async def overview(src: Sources, *, now: float | None = None) -> dict[str, Any]:
     counts, rates, hourly, paused, drift = await asyncio.to_thread(read)
     ready, detail = await src.readiness()
     quota = src.scheduler.quota
-    level, state = guard_state(rates, cfg, paused)
+    level, state = guard_state(rates, cfg, paused,
+                               await asyncio.to_thread(reputationhold.load, src.spool.directory))
     return {
         "counts": counts,
         "oldest_age": src.scheduler.oldest_age(),
