@@ -46,7 +46,7 @@ from tests.conftest import Process, read_port, ses_relay_exe  # noqa: E402
 from tests.peers.redis import RedisServer  # noqa: E402
 
 try:  # the shared event store's server; without it each relay keeps its own SQLite store
-    from tests.peers.postgres import postgres_server  # type: ignore[import-not-found]
+    from tests.peers.postgres import postgres_server
 except ImportError:
     postgres_server = None
 
@@ -133,7 +133,7 @@ def event_store(home: Path) -> Iterator[str | None]:
     if postgres_server is None:
         yield None
         return
-    with postgres_server(home / "pg") as pg:
+    with postgres_server(Path(tempfile.mkdtemp(prefix="fleet-pg-"))) as pg:
         pg.create_database("fleet")
         yield str(pg.dsn("fleet"))
 
@@ -289,7 +289,7 @@ def main() -> int:
         for n in range(RELAYS):
             d = home / f"relay{n}"
             d.mkdir(exist_ok=True)
-            feedback = {"database": dsn or str(d / "events.sqlite3")}
+            feedback = {"database": dsn or str(d / "events.sqlite3"), "node": f"relay{n}"}
             queue = {"directory": str(d / "queue"), "min_backoff": "0.5s",
                      "max_backoff": "5s"}
             config = write_relay_config(d, 0, {"transport": "sesv2", "endpoint_url": url,
