@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEV    := .dev
 
-.PHONY: run test lint typecheck unit peers bench bench-peers clean
+.PHONY: run test lint typecheck unit peers bench bench-peers fleet clean
 
 # The virtualenv is rebuilt when the project's dependencies or its C part change.
 $(BIN)/.installed: pyproject.toml setup.py relay/smtp/_plainlines.c
@@ -44,6 +44,10 @@ bench: $(BIN)/.installed peers bench-peers
 	$(BIN)/python bench/compare.py --messages 200 --sessions 20 --size 1048576 --rounds 3
 	$(BIN)/python bench/perconn.py --messages 300 --clients 1,10,50 --rounds 3
 	$(BIN)/python bench/rate.py
+
+## fleet: 3 relays, a shared Redis send rate and PostgreSQL event store, one SIGKILL (bench/fleet.py)
+fleet: $(BIN)/.installed peers
+	$(BIN)/python bench/fleet.py
 
 ## bench-peers: install what the bench needs beyond the test peers (Dovecot), if missing
 bench-peers:

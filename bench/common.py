@@ -35,7 +35,8 @@ def wait_port(port: int, timeout: float = 20) -> None:
 
 
 def write_relay_config(home: Path, port: int, delivery: dict[str, Any],
-                       workers: int | str = 1) -> Path:
+                       workers: int | str = 1, **sections: Any) -> Path:
+    """*sections* replace whole top-level sections (``queue``, ``feedback``...)."""
     path = home / "c.yaml"
     path.write_text(yaml.safe_dump({
         **({"workers": workers} if workers != 1 else {}),  # (older relays lack the key)
@@ -49,7 +50,7 @@ def write_relay_config(home: Path, port: int, delivery: dict[str, Any],
         "delivery": {"region": "us-east-1", **delivery},
         # The level an operator runs with: a line per message received, queued and
         # delivered, as Postfix logs each message in the comparison.
-        "log": {"format": "json", "level": "info"}}))
+        "log": {"format": "json", "level": "info"}, **sections}))
     return path
 
 

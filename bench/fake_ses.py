@@ -15,7 +15,11 @@ connection closed after the answer. --close-after N closes every connection afte
 N-th answer without announcing it (as a server may at any time, RFC 9112 section 9.6): a
 client that sends on it next finds it closed before any answer. --latency adds a fixed
 wait before each SendEmail answer (real SES answers in tens of milliseconds; default 0,
-the fastest upstream).
+the fastest upstream). --count-header NAME decodes each accepted message and counts the
+values of its header NAME (Message-ID, say), served at GET /seen as {value: times}: what
+a crash test needs to find the messages lost or sent twice (this costs the decoding the
+hot path otherwise skips). --port 0 binds a free port and prints it as the first line of
+stdout.
 
 It runs on the same cores as the relay it measures, where real SES costs the relay's
 machine nothing, so it does as little as it can, as smtp-sink does for Postfix in the same
@@ -27,6 +31,7 @@ the whole message.)
 
     python bench/fake_ses.py --port 8999 [--rate 100] [--stats out.json]
                              [--idle-timeout 4] [--latency 0.02] [--close-after 100]
+                             [--count-header Message-ID]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import argparse
 import asyncio
 import base64
 import json
+import re
 import signal
 import time
 import uuid
@@ -43,8 +49,12 @@ from typing import Any
 
 
 class Endpoint:
-    def __init__(self, rate: float | None) -> None:
+    def __init__(self, rate: float | None, count_header: str | None = None) -> None:
         self.rate = rate
+        self.header = (re.compile(rb"^" + re.escape(count_header.encode()) +
+                                  rb":[ \t]*(.*?)\r?$", re.I | re.M)
+                       if count_header else None)
+        self.seen: dict[str, int] = {}
         self.tokens = rate or 0.0
         self.stamp = time.monotonic()
         self.calls = 0
@@ -71,6 +81,8 @@ class Endpoint:
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
         if method == "GET" and path == "/stats":
             return 200, {}, json.dumps(self.stats()).encode()
+        if method == "GET" and path == "/seen":
+            return 200, {}, json.dumps(self.seen).encode()
         self.calls += 1
         if method == "GET" and path.endswith("/account"):
             rate = self.rate or 1000.0
@@ -89,8 +101,17 @@ class Endpoint:
             self.last = now
             self.accepted_rcpts += rcpts
             self.accepted_bytes += size
+            if self.header is not None:
+                self._count(body)
             return 200, {}, json.dumps({"MessageId": f"bench-{uuid.uuid4()}"}).encode()
         return 404, {}, b'{"message": "not here"}'
+
+    def _count(self, body: bytes) -> None:
+        raw = base64.b64decode(json.loads(body)["Content"]["Raw"]["Data"])
+        found = self.header.search(raw.split(b"\r\n\r\n", 1)[0]) if self.header else None
+        if found:
+            value = found.group(1).decode("latin-1")
+            self.seen[value] = self.seen.get(value, 0) + 1
 
     def stats(self) -> dict[str, Any]:
         span = (self.last - self.first) if self.first is not None and self.last else 0.0
@@ -214,7 +235,7 @@ async def close_idle(open_: set[Connection], endpoint: Endpoint, idle: float) ->
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", type=int, required=True, help="0: a free one, printed")
     ap.add_argument("--rate", type=float, default=None, help="recipients per second")
     ap.add_argument("--stats", type=Path, default=None)
     ap.add_argument("--idle-timeout", type=float, default=4.0,
@@ -223,12 +244,16 @@ async def main() -> None:
                     help="seconds before each SendEmail answer")
     ap.add_argument("--close-after", type=int, default=0,
                     help="close each connection after this many answers, unannounced")
+    ap.add_argument("--count-header", default=None,
+                    help="count each accepted message's value of this header (GET /seen)")
     args = ap.parse_args()
-    endpoint = Endpoint(args.rate)
+    endpoint = Endpoint(args.rate, args.count_header)
     open_: set[Connection] = set()
     server = await asyncio.get_running_loop().create_server(
         lambda: Connection(endpoint, open_, args.latency, args.close_after), "127.0.0.1",
         args.port)
+    if args.port == 0:
+        print(server.sockets[0].getsockname()[1], flush=True)
     sweepers = ([asyncio.create_task(close_idle(open_, endpoint, args.idle_timeout))]
                 if args.idle_timeout > 0 else [])  # held here: the loop keeps weak references
     stop = asyncio.Event()
