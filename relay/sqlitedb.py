@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import fcntl
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 
-def connect(path: Path, schema: str) -> sqlite3.Connection:
+def connect(path: Path, schema: str | Callable[[sqlite3.Connection], None]
+            ) -> sqlite3.Connection:
+    """The file, opened and its schema made: *schema* is a script, or a function that
+    brings the schema up to date (relay.eventstore's migrations), run under the lock."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
     try:
@@ -22,7 +26,10 @@ def connect(path: Path, schema: str) -> sqlite3.Connection:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(schema)
+            if isinstance(schema, str):
+                db.executescript(schema)
+            else:
+                schema(db)
     except BaseException:
         db.close()
         raise

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import sqlite3
 import threading
 import time
@@ -11,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from relay import sqlitedb
 from relay.eventstore import migrations
 from relay.eventstore.common import EventStoreError
 from relay.eventstore.sqlbase import SqlBackend, Statement
@@ -54,24 +54,16 @@ class SqliteBackend(SqlBackend):
 
 
 def _open(path: Path) -> sqlite3.Connection:
-    """The file, its schema brought up to date (relay.eventstore.migrations) under the flock
-    that relay.sqlitedb takes for the same reason: workers starting at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+    """The file, its schema brought up to date (relay.eventstore.migrations) under
+    relay.sqlitedb's flock: workers starting at once."""
+    return sqlitedb.connect(path, _migrate)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")
     try:
-        with open(path.with_name(path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                migrations.apply("sqlite", lambda sql, p: db.execute(sql, p).fetchall(),
-                                 time.time())
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        migrations.apply("sqlite", lambda sql, p: db.execute(sql, p).fetchall(), time.time())
+        db.execute("COMMIT")
     except BaseException:
-        db.close()
+        db.execute("ROLLBACK")
         raise
-    return db
