@@ -25,12 +25,11 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from relay import queueentry
+from relay import groupcommit, queueentry
 from relay.draft import Draft as Draft
 from relay.errors import Busy, SpoolError
 
@@ -47,24 +46,11 @@ from relay.queueshare import queue_id_time as queue_id_time
 from relay.spoolclaim import Claim as Claim
 from relay.spoolclaim import size_if_same_file
 
-# fsyncs run in parallel on threads of their own, apart from the default executor the
-# delivery side uses: concurrent fsyncs on one file system are merged by its journal
-# (ext4's jbd2 batches them into one commit), which is group commit for free. Only the
-# fsyncs, and the rename between the file's and the folder's (one trip for the three:
-# Spool._sync_and_rename): creating and writing a file touch the page cache, not the
-# device, and cost less on the event loop (microseconds) than a trip to a thread does in
-# GIL hand-offs and context switches (bench/RESULTS.md, "thread hand-offs").
-_COMMIT_THREADS = 32
 _FOLDER_MODE = 0o750  # before the umask; see Spool._make_folders
 
 
-
 def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    groupcommit.fsync_dir(str(path))
 
 
 class Spool:
@@ -86,7 +72,8 @@ class Spool:
         # With several processes each has its own trigger folder; a command writes to all.
         self._trigger_dirs = ([self.triggers] if share.deliverers == 1 else
                               [self.triggers / str(i) for i in range(share.deliverers)])
-        self._committer = ThreadPoolExecutor(_COMMIT_THREADS, thread_name_prefix="commit")
+        # Writing, fsyncing and renaming a draft's file: one trip to a commit thread.
+        self._committer = groupcommit.GroupCommitter(self._active)
 
     # -- start-up
 
@@ -157,7 +144,7 @@ class Spool:
         """Make the draft durable, then return its queue id.
 
         The file is written and fsynced, renamed into active/, and active/ is fsynced
-        after the rename (``_sync_and_rename``). Shielded: a client that disconnects while we fsync
+        after the rename (relay.groupcommit). Shielded: a client that disconnects while we fsync
         cancels our caller, but the commit still completes (or fails) as a whole. A commit
         that completes for a vanished client may be delivered once more if the client
         resends; that is the at-least-once half of the bargain.
@@ -169,33 +156,22 @@ class Spool:
         return await asyncio.shield(task)
 
     async def _commit(self, draft: Draft, envelope: Envelope) -> str:
-        loop = asyncio.get_running_loop()
         try:
-            fd = draft._write_out(envelope)
-            await loop.run_in_executor(self._committer, self._sync_and_rename, draft, fd)
+            await self._committer.commit(lambda: draft._write_out(envelope),
+                                         lambda: self._rename(draft))
         except OSError as e:
             draft._discard()
             raise SpoolError(f"cannot commit {draft.queue_id}: {e}") from e
         return draft.queue_id
 
-    def _sync_and_rename(self, draft: Draft, fd: int) -> None:
-        """On a commit thread: fsync the file, rename it into active/, fsync active/.
-
-        In one trip to the thread, not one for the file and one for the folder: each trip
-        is a wake-up of the event loop and GIL hand-offs, and the loop is the one core
-        every session shares. bench/commit.py on tmpfs (so the device's flush does not
-        hide it), one writer: p50 0.23-0.25 ms with two trips, 0.15 ms with one.
-        The folder's fsync starts after the rename, so it covers it (promise 1);
-        concurrent ones are merged by the file system's journal as the file fsyncs
-        are (see _COMMIT_THREADS).
-        """
-        os.fsync(fd)
+    def _rename(self, draft: Draft) -> None:
+        """On a commit thread, after the file's fsync; active/'s fsync follows (one for
+        the batch: relay.groupcommit)."""
         draft._close_file()
         os.rename(draft.path, f"{self._active}/{draft.queue_id}")
-        _fsync_dir(self.active)
 
     def close(self) -> None:
-        self._committer.shutdown(wait=True)
+        self._committer.close()
 
     # -- delivery side: a worker claims a message (an exclusive lock) while it delivers it
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import SENDER, Setup, events, wait_until
 
+from relay import groupcommit
 from relay import spool as spool_mod
 from relay.errors import CorruptEntry, SpoolError
 from relay.spool import DeliveryState, Envelope, Spool, new_queue_id, queue_id_time
@@ -55,8 +56,8 @@ def test_a_commit_fsyncs_the_file_then_renames_it_then_fsyncs_the_folder(
         calls.append(f"rename to {Path(dst).parent.name}")
         real_rename(src, dst)
 
-    def fsync_dir(path: Path) -> None:
-        calls.append(f"fsync {path.name}")
+    def fsync_dir(path: str) -> None:
+        calls.append(f"fsync {Path(path).name}")
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             real_fsync(fd)
@@ -65,7 +66,7 @@ def test_a_commit_fsyncs_the_file_then_renames_it_then_fsyncs_the_folder(
 
     monkeypatch.setattr(spool_mod.os, "fsync", fsync)
     monkeypatch.setattr(spool_mod.os, "rename", rename)
-    monkeypatch.setattr(spool_mod, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(groupcommit, "fsync_dir", fsync_dir)
     queue_id = commit(spool, b"Subject: x\r\n\r\nbody\r\n")
     assert calls == ["fsync file", "rename to active", "fsync active"]
     assert (spool.active / queue_id).exists()
@@ -73,10 +74,10 @@ def test_a_commit_fsyncs_the_file_then_renames_it_then_fsyncs_the_folder(
 
 def test_a_failed_folder_fsync_fails_the_commit_and_leaves_no_draft(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fsync_dir(path: Path) -> None:
+    def fsync_dir(path: str) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(spool_mod, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(groupcommit, "fsync_dir", fsync_dir)
     spool = Spool(tmp_path / "queue")
     spool.open()
     with pytest.raises(SpoolError, match="Input/output error"):
