@@ -18,6 +18,7 @@ from conftest import PASSWORD, SENDER, USER, Moto, Setup, wait_until
 from fakeses import Failure, FakeSES
 
 from relay.transports.errors import classify
+from relay.transports.httpbody import Base64Document
 from relay.transports.sesv2http import PATH, Signer, _error_response, _wire
 
 MESSAGE = (b"From: sender@example.com\r\nTo: to@example.net\r\nCc: cc@example.net\r\n"
@@ -106,6 +107,24 @@ def test_the_request_document_is_what_the_sdk_would_send() -> None:
         "Data": base64.b64encode(message).decode()}}}
     assert json.loads(_wire({"Content": {"Raw": {"Data": b""}}})) == {
         "Content": {"Raw": {"Data": ""}}}
+
+
+@pytest.mark.parametrize("size", [256 * 1024 + 1, 3 * 65536 * 4, 3 * 65536 * 4 + 2])
+def test_a_large_document_streamed_is_the_same_document(size: int) -> None:
+    # Above 256 KiB the base64 is made a slice at a time as it is sent: the bytes, their
+    # length (Content-Length) and their digest (the signature) must be those of the
+    # document built whole. Sizes: just over, whole slices, a padded last slice.
+    message = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    params = {"FromEmailAddress": "app@example.com", "Content": {"Raw": {"Data": message}},
+              "Destination": {"ToAddresses": ["to@example.net"]}}
+    body = _wire(params)
+    assert isinstance(body, Base64Document)
+    whole = body.join()
+    assert json.loads(whole) == {**params, "Content": {"Raw": {
+        "Data": base64.b64encode(message).decode()}}}
+    assert len(body) == len(whole)
+    assert body.sha256() == hashlib.sha256(whole).hexdigest()
+    assert b"".join(body.chunks()) == whole  # again: a retry sends the same bytes
 
 
 def test_a_large_message_arrives_whole_and_signed(make_setup, start_relay) -> None:

@@ -23,8 +23,16 @@ import asyncio
 import re
 import ssl
 import urllib.parse
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+
+from relay.transports.http1wire import HTTPError as HTTPError
+from relay.transports.http1wire import Response as Response
+from relay.transports.http1wire import host_header as host_header
+from relay.transports.http1wire import parse_head
+from relay.transports.http1wire import request_target as request_target
+from relay.transports.httpbody import Base64Document
+
+Body = bytes | Base64Document  # a large document is encoded as it is sent: see httpbody
 
 _MAX_HEAD = 64 * 1024  # response status line and header fields
 _MAX_BODY = 4 * 1024 * 1024  # SES answers with a few hundred bytes; a proxy page is more
@@ -33,10 +41,6 @@ _CHUNK = 256 * 1024  # larger ones a slice at a time, waiting while the socket i
 _KEEP_IDLE = 15.0  # seconds an unused connection is kept (aiohttp's default too): a NAT or
 # firewall may drop an idle flow without a word, and a send on it would wait it out
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
-
-
-class HTTPError(ConnectionError):
-    """The answer could not be read as HTTP/1.1, or the connection ended before it did."""
 
 
 class ConnectFailed(HTTPError):
@@ -52,30 +56,6 @@ class _Unanswered(HTTPError):
     closed the connection idle (SES's front end does after some seconds) while the request
     was on its way, and never read it. Pool.post retries such a request once on a new
     connection, as urllib3 and httpcore retry a request on a stale pooled connection."""
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    headers: dict[str, str]  # names lower-cased; a repeated field's values joined by ", "
-    body: bytes
-
-
-def host_header(url: str) -> str:
-    """The Host header for *url*: the port only when it is not the scheme's default, an
-    IPv6 address in brackets (as botocore signs it)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
-        host = f"{host}:{parts.port}"
-    return host
-
-
-def request_target(url: str) -> str:
-    """The path of *url* as it goes on the request line, and as SigV4 signs it."""
-    return urllib.parse.quote(urllib.parse.urlsplit(url).path or "/", safe="/~")
 
 
 class Pool:
@@ -102,7 +82,7 @@ class Pool:
         self._idle: list[tuple[_Connection, float]] = []  # oldest first, with when it went idle
         self._closed = False
 
-    async def post(self, body: bytes, headers: Mapping[str, str]) -> Response:
+    async def post(self, body: Body, headers: Mapping[str, str]) -> Response:
         for name, value in headers.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
                 raise ValueError(f"header field {name!r} holds a line break")  # injection
@@ -248,7 +228,7 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    async def exchange(self, head: bytes, body: bytes, wait: float) -> Response:
+    async def exchange(self, head: bytes, body: Body, wait: float) -> Response:
         """Send one request; its answer. *wait* bounds each wait, in seconds: each one
         for the socket to take more of a large body, then the one for the whole answer
         once the body is sent. (Not a bound on the whole exchange: a large body on a slow
@@ -279,19 +259,18 @@ class _Connection(asyncio.Protocol):
         self.reusable = keep and sent_all and not self._buffer and self._transport is not None
         return response
 
-    async def _send(self, transport: asyncio.Transport, head: bytes, body: bytes,
+    async def _send(self, transport: asyncio.Transport, head: bytes, body: Body,
                     wait: float) -> bool:
         """Write the request, a slice at a time while the socket is full; False if an
         answer came, or the connection went, before the body was all sent."""
-        if len(body) <= _SMALL:
+        if isinstance(body, bytes) and len(body) <= _SMALL:
             transport.write(head + body)
             return True
         transport.write(head)
-        view = memoryview(body)
-        for start in range(0, len(body), _CHUNK):
+        for piece in _slices(body):
             if self._transport is None or self._answer is None or self._answer.done():
                 return False
-            transport.write(view[start:start + _CHUNK])
+            transport.write(piece)
             if self._writable is not None:
                 async with asyncio.timeout(wait):
                     await self._writable
@@ -305,7 +284,7 @@ class _Connection(asyncio.Protocol):
                 if len(self._buffer) > _MAX_HEAD:
                     raise HTTPError("answer head too large")
                 return None
-            status, fields, keep = _parse_head(bytes(self._buffer[:end]))
+            status, fields, keep = parse_head(bytes(self._buffer[:end]))
             del self._buffer[:end + 4]
             if 100 <= status < 200:
                 continue  # an interim answer (100 Continue): the real one follows
@@ -377,27 +356,8 @@ class _Connection(asyncio.Protocol):
             del buffer[:eol + 4 + size]
 
 
-def _parse_head(raw: bytes) -> tuple[int, dict[str, str], bool]:
-    """Status, header fields and whether the connection may be kept, from an answer's
-    head (without its final empty line)."""
-    lines = raw.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code = rest[:3]
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit() \
-            or rest[3:4] not in ("", " "):
-        raise HTTPError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-    fields: dict[str, str] = {}
-    name = ""
-    for line in lines[1:]:
-        if line[:1] in (" ", "\t") and name:  # obsolete line folding
-            fields[name] += " " + line.strip()
-            continue
-        name, colon, value = line.partition(":")
-        name = name.lower()
-        if not colon or not name or name != name.strip():
-            raise HTTPError(f"bad header field: {line[:80]!r}")
-        value = value.strip()
-        fields[name] = f"{fields[name]}, {value}" if name in fields else value
-    tokens = {t.strip().lower() for t in fields.get("connection", "").split(",")}
-    keep = "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens
-    return int(code), fields, keep
+def _slices(body: Body) -> Iterator[bytes | memoryview]:
+    if not isinstance(body, bytes):
+        return body.chunks()
+    view = memoryview(body)
+    return (view[start:start + _CHUNK] for start in range(0, len(body), _CHUNK))

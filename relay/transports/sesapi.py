@@ -26,7 +26,7 @@ class SESAPITransport:
     max_message_size = 0
     max_recipients = 50
     # The message, its base64 and the request document holding that base64: 1 + 4/3 + 4/3
-    # at the peak (relay/transports/sesv2http.py _wire). Charged as raw bytes, ten 10 MB
+    # at the peak (SESv1's SDK request; SESv2 streams: its own). Charged as raw bytes, ten 10 MB
     # sends fitted a 64 MiB budget six at a time and held 220 MB: bench/upload_memory.py
     # --transport sesv2, 274 MB peak RSS against 172 MB on the outbox (bench/RESULTS.md).
     memory_per_byte = 3.7

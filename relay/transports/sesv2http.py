@@ -41,6 +41,7 @@ from botocore.httpsession import DEFAULT_CA_BUNDLE
 
 from relay import __version__
 from relay.transports import http1
+from relay.transports.httpbody import Base64Document
 
 SIGNING_NAME = "ses"  # SESv2 signs as "ses", like SESv1
 OPERATION = "SendEmail"
@@ -59,7 +60,7 @@ class SendEmailClient:
         self._pool: http1.Pool | None = None  # direct to the endpoint
         self._http: aiohttp.ClientSession | None = None  # through a proxy
         self._proxy: str | None = None
-        self._post: Callable[[bytes, dict[str, str]], Awaitable[http1.Response]] | None = None
+        self._post: Callable[[http1.Body, dict[str, str]], Awaitable[http1.Response]] | None = None
 
     async def start(self) -> None:
         # The CA bundle botocore would use, so AWS_CA_BUNDLE means the same thing here.
@@ -106,10 +107,11 @@ class SendEmailClient:
         raise bex.ClientError(_error_response(response.status, error_type,  # type: ignore[arg-type]
                                               response.body), OPERATION)
 
-    async def _post_via_proxy(self, body: bytes, headers: dict[str, str]) -> http1.Response:
+    async def _post_via_proxy(self, body: http1.Body, headers: dict[str, str]) -> http1.Response:
         assert self._http is not None
         # aiohttp warns about bytes over 1 MiB and streams a BytesIO in chunks instead.
-        data = io.BytesIO(body) if len(body) > _AIOHTTP_BYTES_MAX else body
+        whole = body if isinstance(body, bytes) else body.join()  # aiohttp wants bytes
+        data = io.BytesIO(whole) if len(whole) > _AIOHTTP_BYTES_MAX else whole
         async with self._http.post(self._url, data=data, headers=headers,
                                    proxy=self._proxy) as response:
             return http1.Response(response.status,
@@ -183,19 +185,24 @@ def _env_proxy(url: str) -> str | None:
 # SHA-256 alone is about 0.6 ms per MB of document (bench/micro.py), tens of ms for a
 # message near SES's 40 MB limit, that every session would wait.
 _BUILD_IN_THREAD = 1024 * 1024
+# Above this the document is streamed (relay.transports.httpbody); below, one write.
+_STREAM = 256 * 1024
 # aiohttp warns about a bytes body larger than this and wants a file-like one instead.
 _AIOHTTP_BYTES_MAX = 1024 * 1024
 
 
-def _document(params: dict[str, Any]) -> tuple[bytes, str]:
+def _document(params: dict[str, Any]) -> tuple[bytes | Base64Document, str]:
     """The request body, and its SHA-256 for the signature."""
     body = _wire(params)
-    return body, hashlib.sha256(body).hexdigest()
+    if isinstance(body, bytes):
+        return body, hashlib.sha256(body).hexdigest()
+    return body, body.sha256()
 
 
-def _wire(params: dict[str, Any]) -> bytes:
+def _wire(params: dict[str, Any]) -> bytes | Base64Document:
     """The request document as SES reads it: the raw message base64-encoded (the SDK does
-    the same for blob members).
+    the same for blob members); above _STREAM bytes of message, one that is encoded as
+    it is sent (relay.transports.httpbody).
 
     The message goes in as bytes, not through json.dumps: the base64 alphabet needs no
     JSON escaping, and scanning (then re-encoding) a string of the message's size cost the
@@ -206,11 +213,14 @@ def _wire(params: dict[str, Any]) -> bytes:
     (bench/micro.py); binascii was the relay's largest single CPU cost under 1 MB messages
     (perf), and holds the GIL all the while.
     """
-    data = pybase64.b64encode(params["Content"]["Raw"]["Data"])
+    raw = params["Content"]["Raw"]["Data"]
     rest = {k: v for k, v in params.items() if k != "Content"}
     others = json.dumps(rest, separators=(",", ":")).encode()[1:]  # '"...":...}' or '}'
-    return b"".join((b'{"Content":{"Raw":{"Data":"', data, b'"}}', b"," if rest else b"",
-                     others))  # one copy of the message, not one per "+"
+    prefix, suffix = b'{"Content":{"Raw":{"Data":"', b'"}}' + (b"," if rest else b"") + others
+    if len(raw) > _STREAM:
+        return Base64Document(prefix, raw, suffix)
+    # One copy of the message, not one per "+".
+    return b"".join((prefix, pybase64.b64encode(raw), suffix))
 
 
 def _error_response(status: int, error_type: str, payload: bytes) -> dict[str, Any]:
