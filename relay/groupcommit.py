@@ -7,8 +7,8 @@ commit costs two device flushes, a wake-up of a thread and a wake-up of the even
 each a GIL hand-off. Here a thread takes every commit waiting when it wakes: it fsyncs
 each file, renames each, fsyncs the folder once for the batch, and wakes the loop once.
 Under load the batches grow by themselves (what waits while one batch flushes is the
-next batch); a lone commit goes straight through, as before. Postfix and every database
-do the same; no library does it for a folder of files, hence this module.
+next batch); a lone commit goes straight through, as before. Databases do this with
+their logs; no library does it for a folder of files, hence this module.
 
 Why a few threads and not one: a large message's fsync (tens of MB to write back) would
 hold every small commit behind it. With ``THREADS`` of them, one slow batch leaves the

@@ -325,9 +325,9 @@ class Handler:
         maillog.queued(queue_id, record.mail_from, record.rcpt_tos, draft.size,
                        since_connect=server.loop.time() - server.started, user=user)
         # After the 250 is written, not before: telling the delivery process first wakes
-        # it, and on a busy core the kernel lets the woken process run ahead of us while
-        # the client waits (strace: 0.6-0.9 ms between the two sends, 70 us after this
-        # change; bench/RESULTS.md, "the 250 before the wake-up"). The message is durable
-        # either way; the scheduler also finds it by scanning the queue.
+        # it, and on a busy core the woken process may run ahead of us while the client
+        # waits (under strace, 0.6-0.9 ms between the two sends; without it the gain is
+        # within the noise: bench/RESULTS.md, "the 250 before the delivery process is
+        # told"). The message is durable either way, and the queue scan finds it too.
         server.loop.call_soon(self._on_queued, queue_id)
         return replies.QUEUED.format(queue_id=queue_id)

@@ -19,7 +19,9 @@ class SESv2Transport(SESAPITransport):
     max_message_size = MAX_RAW_SIZE
     # The message, and a slice of its base64 at a time (relay.transports.httpbody), plus
     # what the claim and the header fixes hold beside it; was 3.7 while the document was
-    # built whole. Measured with bench/upload_memory.py --transport sesv2 (RESULTS.md).
+    # built whole. With 1.5, four 10 MB sends run at once in the 64 MiB budget, and
+    # bench/upload_memory.py --transport sesv2 peaked at 144-161 MB, as with one at a
+    # time before (bench/RESULTS.md, "Streamed SendEmail").
     memory_per_byte = 1.5
     _sender: SendEmailClient | None = None
 
