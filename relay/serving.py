@@ -61,10 +61,12 @@ async def serve(config: Config, share: Share = ALONE) -> int:
 
 async def _reload(relay: Relay, notifier: systemd.Notifier) -> None:
     notifier.reloading()
+    applied = False
     try:
-        await relay.reload()
+        applied = await relay.reload()
     finally:  # whatever happened, the relay runs on: systemd must not wait on "reloading"
-        notifier.ready("reloaded")
+        # The status is the supervisor's word too: it passes the reload on only if applied.
+        notifier.ready(systemd.RELOADED if applied else systemd.RELOAD_REFUSED)
 
 
 async def _watchdog(notifier: systemd.Notifier, interval: float) -> None:

@@ -26,9 +26,11 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Iterable
 
 from relay import log, queued, systemd
 from relay.config import Config
+from relay.errors import SpoolError
 
 _log = log.get("supervisor")
 _RESTART_DELAY = 1.0
@@ -51,6 +53,7 @@ class Supervisor:
         self.procs: dict[int, asyncio.subprocess.Process] = {}  # worker index: process
         self.ready: set[int] = set()  # pids that said READY=1
         self.hup_pending: set[int] = set()  # pids to reload once ready (HUP while starting)
+        self.reload_lead: int | None = None  # the first worker's pid, while it reloads first
         self.fed: dict[int, float] = {}  # pid: when it last fed its watchdog
         self.announced = False
         self.stopping = asyncio.Event()
@@ -63,7 +66,11 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         shutil.rmtree(self.metrics_dir, ignore_errors=True)  # counts of an earlier life
-        self.metrics_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.metrics_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # the workers would each fail on it: one line, from here
+            raise SpoolError(f"cannot prepare queue directory "
+                             f"{self.config.queue.directory}: {e}") from e
         self._sock = self._notify_socket()
         if self.separate:
             self._queued = queued.channel()
@@ -90,7 +97,9 @@ class Supervisor:
             end.close()
         if self.failed is not None:
             return self.failed
-        return 0 if all(c == 0 for c in codes) else 1
+        # A worker that our SIGTERM reached before it had its own handler (still starting)
+        # dies of the signal: that is the stop we asked for, not a failure.
+        return 0 if all(c in (0, -signal.SIGTERM) for c in codes) else 1
 
     # -- workers
 
@@ -165,15 +174,39 @@ class Supervisor:
                 proc.send_signal(sig)
 
     def _reload(self) -> None:
-        """SIGHUP for every worker; one still starting gets it once it is READY: before its
+        """SIGHUP: the first worker (the one with the HTTP sites: it can refuse a file the
+        others would take, a port already taken) reloads first, and the others only once
+        it has applied the file (_reloaded), so that a refused file is refused whole, not
+        applied by some workers."""
+        lead = self.procs.get(self._first_index())
+        if lead is None or lead.returncode is not None:
+            self._hup(self.procs.values())
+            return
+        self.reload_lead = lead.pid
+        self._hup([lead])
+
+    def _reloaded(self, lead: int, status: str) -> None:
+        self.reload_lead = None
+        if status == f"STATUS={systemd.RELOADED}":
+            self._hup(p for p in self.procs.values() if p.pid != lead)
+        else:
+            _log.error("reload_refused", by_worker=self._first_index(),
+                       hint="no worker applied the file: see the first worker's problems")
+
+    def _hup(self, procs: Iterable[asyncio.subprocess.Process]) -> None:
+        """SIGHUP for *procs*; one still starting gets it once it is READY: before its
         handler is in place, the signal's default action would kill it."""
-        for proc in self.procs.values():
+        for proc in procs:
             if proc.returncode is not None:
                 continue
             if proc.pid in self.ready:
                 proc.send_signal(signal.SIGHUP)
             else:
                 self.hup_pending.add(proc.pid)
+
+    def _first_index(self) -> int:
+        """The worker that runs what runs once (relay.queueshare.Share.first)."""
+        return self.smtp_workers if self.separate else 0
 
     # -- what the workers tell us
 
@@ -198,6 +231,8 @@ class Supervisor:
         if "READY=1" in fields:
             self.ready.add(pid)
             self.fed[pid] = time.monotonic()
+            if pid == self.reload_lead and pid not in self.hup_pending:  # its reload's end
+                self._reloaded(pid, next((f for f in fields if f.startswith("STATUS=")), ""))
             if pid in self.hup_pending:
                 self.hup_pending.discard(pid)
                 workers[pid].send_signal(signal.SIGHUP)
@@ -228,6 +263,12 @@ def _sender_pid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
 
 def run(config: Config) -> int:
     return asyncio.run(Supervisor(config).run())
+
+
+def service_pid() -> int:
+    """The relay's pid as systemd and an operator know it: the supervisor's, in a worker."""
+    parent = os.environ.get(_PARENT, "")
+    return int(parent) if parent.isdigit() else os.getpid()
 
 
 def follow_parent() -> None:

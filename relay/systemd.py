@@ -50,6 +50,11 @@ class Notifier:
         self.notify(f"STATUS={text}")
 
 
+# A worker's STATUS at the end of a reload: its supervisor passes the reload on only if
+# applied (relay.supervisor).
+RELOADED, RELOAD_REFUSED = "reloaded", "reload refused"
+
+
 def _monotonic_usec() -> int:
     import time
 

@@ -235,13 +235,16 @@ def test_no_path_is_our_trouble(setup: Setup, start_relay: Any,
     assert not events(logs, "session_error")
 
 
-def test_unusable_queue_directory_is_a_clear_error(setup: Setup, tmp_path: Any) -> None:
+@pytest.mark.parametrize("process", ["shared", "separate"])
+def test_unusable_queue_directory_is_a_clear_error(setup: Setup, tmp_path: Any,
+                                                   process: str) -> None:
     """A queue directory that cannot be made (its parent is a file; as root no permission
     bits stop us): the relay exits non-zero with one line naming the path, no traceback,
-    and is gone."""
+    and is gone. (separate: the supervisor is the first to meet it.)"""
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     setup.doc["queue"]["directory"] = str(blocker / "queue")
+    setup.doc["delivery"]["process"] = process
     setup.write()
     proc = subprocess.run([ses_relay_exe(), "serve", "--config", str(setup.path)],
                           capture_output=True, text=True, timeout=30)

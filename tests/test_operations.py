@@ -88,7 +88,13 @@ def test_sighup_picks_up_a_renewed_certificate(setup: Setup, tmp_path: Path,
         implicit(setup.implicit_port, setup.certs.ca)  # the old CA no longer matches
 
 
-def test_sigterm_lets_an_upload_finish_then_exits_0(setup: Setup, start_process) -> None:
+@pytest.mark.parametrize("process", ["shared", "separate"])
+def test_sigterm_lets_an_upload_finish_then_exits_0(setup: Setup, start_process,
+                                                    process: str) -> None:
+    """(separate: the SIGTERM may reach the delivery process while it is still starting,
+    before its handler is in place; that is still a clean stop.)"""
+    setup.doc["delivery"]["process"] = process
+    setup.write()
     relay = start_process(setup)
     with logged_in(setup) as d:
         d.cmd(f"MAIL FROM:<{SENDER}>")
