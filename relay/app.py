@@ -7,12 +7,11 @@ stored), signals, and shutdown order (listeners first, then delivery, then the t
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from relay import log, maillog, metrics, queued, running, users
+from relay import log, maillog, metrics, queued, running, supervisor, users
 from relay.authcache import SuccessCache
 from relay.config import Config
 from relay.errors import DeliveryError
@@ -256,11 +255,12 @@ class Relay:
 
     async def record_running(self) -> None:
         """The running configuration, for `ses-relay check-config --running`."""
-        if not self.share.first:
+        if not running.records(self.share):
             return
         try:
             bound = running.bound_keys(self.bound_ports(), self.http_ports())
-            await asyncio.to_thread(running.write, self.config, os.getpid(), bound)
+            await asyncio.to_thread(running.write, self.config, supervisor.service_pid(),
+                                    bound, self.share)
         except OSError as e:
             _log.warning("running_config_not_recorded", error=str(e),
                          hint="`check-config --running` cannot compare with this relay")
@@ -384,7 +384,8 @@ class Relay:
             maillog.attach(None)
             await asyncio.to_thread(self.events.close)
         if self.share.first:  # no record of a relay that is gone
-            await asyncio.to_thread(running.forget, self.config.queue.directory, os.getpid())
+            await asyncio.to_thread(running.forget, self.config.queue.directory,
+                                    supervisor.service_pid())
         _log.info("stopped")
 
 

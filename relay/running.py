@@ -13,19 +13,23 @@ enough to tell whether the file's differs.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import ipaddress
 import json
 import os
 import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from relay.config import Config, load
 from relay.errors import ConfigError
+from relay.queueshare import Share
 
 STATE_FILE = "running-config.json"
+LOCK_FILE = ".running-config.lock"  # its writers' (one per part), never the readers'
 FORMAT = 1
 # Sections and keys SIGHUP applies (relay.app.Relay.reload). Everything else (listeners,
 # queue, delivery but its max_send_rate, suppression, feedback but its listener, workers)
@@ -157,9 +161,50 @@ def bound_keys(smtp: dict[str, int], http: dict[str, int]) -> dict[str, int]:
             **{keys.get(name, f"{name}.port"): port for name, port in http.items()}}
 
 
-def write(cfg: Config, pid: int, bound: dict[str, int] | None = None) -> Path:
+def records(share: Share) -> bool:
+    """Whether this process writes (its part of) the record: the one that runs what runs
+    once, and with delivery.process: separate the first SMTP process too, for the ports
+    its listeners got (the delivery process has none)."""
+    return share.first or (share.role == "smtp" and share.index == 0)
+
+
+def _part(share: Share) -> Callable[[str], bool] | None:
+    """Which bound keys are *share*'s to write (None: all of them, the record is its)."""
+    if share.role == "all":
+        return None
+    smtp = share.role == "smtp"
+    return lambda key: key.startswith("listeners.") == smtp
+
+
+def write(cfg: Config, pid: int, bound: dict[str, int] | None = None,
+          share: Share | None = None) -> Path:
     """Record *cfg* as the running configuration, with the ports it got (*bound*, see
-    bound_keys), atomically: a reader sees the old record or the new one, whole."""
+    bound_keys), atomically: a reader sees the old record or the new one, whole.
+
+    *pid* is the service's (the supervisor's, with workers: what systemd calls MainPID).
+    When processes of one relay each write their part (*share*), the others' bound ports
+    are kept from the record as it is, under a lock, so neither write loses the other."""
+    directory = cfg.queue.directory
+    part = _part(share) if share is not None else None
+    with open(directory / LOCK_FILE, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if part is not None:
+            bound = {**_kept(directory, pid, part), **(bound or {})}
+        return _write(cfg, pid, bound)
+
+
+def _kept(directory: Path, pid: int, mine: Callable[[str], bool]) -> dict[str, int]:
+    try:
+        old = read(directory)
+    except (OSError, ValueError):
+        return {}
+    theirs = old.get("bound")
+    if old.get("pid") != pid or not isinstance(theirs, dict):  # an earlier relay's
+        return {}
+    return {k: v for k, v in theirs.items() if not mine(k)}
+
+
+def _write(cfg: Config, pid: int, bound: dict[str, int] | None) -> Path:
     directory = cfg.queue.directory
     record = {"format": FORMAT, "pid": pid, "source": str(cfg.source) if cfg.source else None,
               "config": redacted(flatten(cfg)), "bound": bound or {}}

@@ -392,6 +392,18 @@ class Process:
             time.sleep(0.05)
         raise AssertionError(f"no {name} event {match} in log:\n{self.log_path.read_text()}")
 
+    def ports(self) -> dict[str, int]:
+        """Once started: the port of each listener and HTTP site (by name) it bound."""
+        self.wait_event("started")  # its listeners are bound (each worker logs it)
+        if any(e.get("event") == "supervisor_started" for e in self.events()):
+            # Workers (delivery.process: separate on this machine, or workers > 1): the
+            # HTTP sites are in the first that delivers, the SMTP listeners in the others.
+            self.wait_event("workers_ready")
+        ports: dict[str, int] = {}
+        for started in (e for e in self.events() if e.get("event") == "started"):
+            ports |= {**started["listeners"], **started["http"]}
+        return ports
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -421,8 +433,7 @@ def start_process(tmp_path: Path) -> Iterator[Callable[[Setup], Process]]:
                                     stdout=log, stderr=subprocess.STDOUT)
         p = Process(proc, log_path)
         running.append(p)
-        started = p.wait_event("started")  # all listeners bound (each worker logs it)
-        setup.ports = {**started["listeners"], **started["http"]}
+        setup.ports = p.ports()
         return p
 
     yield start

@@ -135,10 +135,9 @@ def test_dev_init_and_serve_work_without_aws(tmp_path: Path) -> None:
         proc = subprocess.Popen([ses_relay_exe(), "serve", "--config",
                                  str(dev / "ses-relay.yaml")], stdout=log, stderr=log)
     try:
-        started = Process(proc, log_path).wait_event("started")
-        ports = started["listeners"]
-        assert set(ports) == {"submission", "submissions"}
-        console_port = started["http"]["console"]
+        ports = Process(proc, log_path).ports()
+        assert set(ports) == {"submission", "submissions", "console"}
+        console_port = ports["console"]
         with starttls(ports["submission"], dev / "tls" / "cert.pem", "dev", password.group(1)) as s:
             s.sendmail(SENDER, ["someone@example.net"], DEV_MESSAGE)
         deadline = time.monotonic() + 10
