@@ -9,11 +9,22 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from clients import implicit
-from conftest import PASSWORD, SENDER, USER, NotifySocket, Setup, port_of, wait_until
+from conftest import (
+    PASSWORD,
+    SENDER,
+    USER,
+    NotifySocket,
+    Process,
+    Setup,
+    port_of,
+    ses_relay_exe,
+    wait_until,
+)
 from fakeses import FakeSES
 from test_cli import run
 from test_metrics import get
@@ -27,6 +38,8 @@ def two_workers(setup: Setup, hold: Any, **extra: object) -> None:
     """Two workers; port 0 cannot be shared, so each listener gets a port held (bound, not
     listening, SO_REUSEPORT) for the test, which the workers bind beside it."""
     setup.doc["workers"] = 2
+    # Each worker delivers what it owns (separate delivery has its own tests below).
+    setup.doc["delivery"]["process"] = "shared"
     for listener in setup.doc["listeners"]:
         listener["port"] = port_of(hold(reuse_port=True))
     setup.doc.update(extra)
@@ -211,6 +224,26 @@ def test_a_separate_delivery_process_delivers_what_the_smtp_process_took(
         relay.proc.send_signal(signal.SIGTERM)
         assert relay.proc.wait(30) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def test_a_sigterm_while_the_workers_start_is_a_clean_stop(setup: Setup,
+                                                           tmp_path: Path) -> None:
+    """systemctl stop right after start: the supervisor passes SIGTERM on to workers that
+    have no handler yet, and they die of it. That is the stop it asked for: exit 0, or
+    systemd would call a plain stop a failure."""
+    setup.doc["delivery"]["process"] = "separate"
+    setup.write()
+    log_path = tmp_path / "relay.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([ses_relay_exe(), "serve", "--config", str(setup.path)],
+                                stdout=log, stderr=subprocess.STDOUT)
+    relay = Process(proc, log_path)
+    try:
+        relay.wait_event("supervisor_started")
+        proc.send_signal(signal.SIGTERM)  # before the workers' interpreters are up
+        assert proc.wait(30) == 0, log_path.read_text()
+    finally:
+        relay.kill()
 
 
 def test_the_smtp_process_advertises_each_transports_own_size_limit() -> None:

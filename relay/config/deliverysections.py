@@ -67,7 +67,7 @@ class DeliverySections(FailoverSection):
             outbox_dir=self.get(d, "outbox_dir", path, self.path, DeliveryConfig.outbox_dir),
             concurrency=self.get(d, "concurrency", path, self.positive_int, 10),
             process=self.delivery_process(self.get(d, "process", path,
-                                                   self.choice(DELIVERY_PROCESSES), "shared")),
+                                                   self.choice(DELIVERY_PROCESSES), "auto")),
             timeout=self.get(d, "timeout", path, self.duration, DeliveryConfig.timeout),
             role_arn=self.get(d, "role_arn", path, self.arn, None),
             external_id=self.get(d, "external_id", path, self.string, None),

@@ -105,10 +105,10 @@ class DeliveryConfig:
     concurrency: int = 10
     # Where delivery runs: "separate", a process of its own beside the SMTP process(es),
     # as Postfix's qmgr and smtp are apart from smtpd, so that sending never takes the
-    # event loop from a session; or "shared" (the default), in each SMTP process (one
-    # process in all, with workers: 1). "auto" in the file: separate when there is a
-    # second CPU to run it. (Not yet the default: see bench/RESULTS.md, issue 16.)
-    process: DeliveryProcess = "shared"
+    # event loop from a session; or "shared", in each SMTP process (one process in all,
+    # with workers: 1). "auto" (the default): separate when there is a second CPU to run
+    # it, shared on one CPU, where a second process would only take turns with the first.
+    process: DeliveryProcess = field(default_factory=lambda: auto_delivery_process())
     timeout: float = 30.0
     # Assume this role (refreshed before expiry) instead of using the chain's identity.
     role_arn: str | None = None
