@@ -84,7 +84,9 @@ class Spool:
             self._make_folders()
             for leftover in self.tmp.iterdir():
                 if self._mine(leftover.name):
-                    leftover.unlink()
+                    # missing_ok: a relay that is still stopping (its supervisor killed,
+                    # its workers in their grace) may commit or drop it meanwhile.
+                    leftover.unlink(missing_ok=True)
         except OSError as e:
             raise SpoolError(f"cannot prepare queue directory {self.directory}: {e}") from e
         if self.share.role == "smtp":

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -405,8 +406,17 @@ class Process:
         return ports
 
     def kill(self) -> None:
+        """SIGKILL for the relay and its workers at once, as systemd's KillMode=
+        control-group does: no shutdown code runs anywhere."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            try:
+                leader = os.getpgid(self.proc.pid) == self.proc.pid
+            except ProcessLookupError:
+                leader = False
+            if leader:  # started by start_process, in a session of its own
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                self.proc.kill()
             self.proc.wait(10)
 
     def terminate(self) -> int:
@@ -430,7 +440,8 @@ def start_process(tmp_path: Path) -> Iterator[Callable[[Setup], Process]]:
         log_path = tmp_path / f"relay-{len(running)}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen([ses_relay_exe(), "serve", "--config", str(setup.path)],
-                                    stdout=log, stderr=subprocess.STDOUT)
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # a group of its own: kill()
         p = Process(proc, log_path)
         running.append(p)
         setup.ports = p.ports()

@@ -4,7 +4,6 @@ STARTTLS, one connection per login, as PHPMailer and msmtp do it."""
 from __future__ import annotations
 
 import base64
-import signal
 import smtplib
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 from clients import Dialog, implicit, starttls
 from conftest import PASSWORD, USER, InProcess, Process, Setup, events, wait_until
+from reloadkit import reload
 
 from relay import metrics, users
 from relay.authcache import SuccessCache
@@ -200,8 +200,7 @@ def test_sighup_to_the_relay_process_forgets_what_was_remembered(
     wait_until(lambda: len(cached()) == 2)
     users.save(own_users, users.load(own_users).with_user(
         users.User(USER, users.hash_password(NEW_PASSWORD))))
-    relay.proc.send_signal(signal.SIGHUP)
-    relay.wait_event("reloaded")
+    reload(relay, "reloaded")
     refused(setup, PASSWORD)
     log_in(setup, NEW_PASSWORD)
     log_in(setup, NEW_PASSWORD)

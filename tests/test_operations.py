@@ -14,6 +14,7 @@ import pytest
 import trustme
 from clients import Dialog, implicit, starttls
 from conftest import PASSWORD, SENDER, USER, NotifySocket, Setup, wait_until
+from reloadkit import reload
 from test_cli import run
 
 MESSAGE = (b"From: sender@example.com\r\nSubject: ops\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000"
@@ -43,8 +44,7 @@ def test_sighup_reloads_users_without_dropping_a_session(setup: Setup, tmp_path:
         assert d.cmd("RCPT TO:<a@example.net>").startswith(b"250")
         assert run("user", "add", "newcomer", "--config", str(setup.path),
                    stdin="newcomer-password\n").returncode == 0
-        relay.proc.send_signal(signal.SIGHUP)
-        relay.wait_event("reloaded", users=2)
+        assert reload(relay, "reloaded")["users"] == 2
         assert d.cmd("DATA").startswith(b"354")
         assert d.cmd(MESSAGE + b".").startswith(b"250 2.0.0 Ok: queued as")
     with implicit(setup.implicit_port, setup.certs.ca, "newcomer", "newcomer-password") as s:
@@ -56,8 +56,7 @@ def test_an_invalid_config_on_reload_is_refused_and_the_old_one_stays(
     relay = start_process(setup)
     good = setup.path.read_text()
     setup.path.write_text("hostname: [broken\n")
-    relay.proc.send_signal(signal.SIGHUP)
-    refused = relay.wait_event("reload_refused")
+    refused = reload(relay, "reload_refused")
     assert "not valid YAML" in refused["problems"][0]
     setup.path.write_text(good)
     with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
@@ -77,8 +76,7 @@ def test_sighup_picks_up_a_renewed_certificate(setup: Setup, tmp_path: Path,
     issued = renewed_ca.issue_cert("localhost", "127.0.0.1")
     issued.private_key_pem.write_to_path(str(key))
     issued.cert_chain_pems[0].write_to_path(str(cert))
-    relay.proc.send_signal(signal.SIGHUP)
-    relay.wait_event("reloaded")
+    reload(relay, "reloaded")
     ctx = ssl.create_default_context()
     renewed_ca.configure_trust(ctx)
     with socket.create_connection(("127.0.0.1", setup.implicit_port), timeout=10) as raw, \

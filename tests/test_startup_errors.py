@@ -142,10 +142,9 @@ def test_a_listener_port_already_taken_exits_2_without_a_traceback(setup: Setup)
 
 def test_a_reload_without_the_users_file_is_refused_and_logins_go_on(
         setup: Setup, tmp_path: Path, start_process) -> None:
-    import signal
-
     from clients import implicit
-    from conftest import PASSWORD, USER, wait_until
+    from conftest import PASSWORD, USER
+    from reloadkit import reload
 
     path = tmp_path / "users.yaml"
     path.write_bytes(Path(setup.doc["users_file"]).read_bytes())
@@ -153,9 +152,7 @@ def test_a_reload_without_the_users_file_is_refused_and_logins_go_on(
     setup.write()
     relay = start_process(setup)
     path.unlink()  # e.g. a deploy that has not written it yet
-    relay.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: any(e.get("event") == "reload_refused" for e in relay.events()))
-    [refused] = [e for e in relay.events() if e.get("event") == "reload_refused"]
+    refused = reload(relay, "reload_refused")
     assert str(path) in refused["problems"][0]
     with implicit(setup.implicit_port, setup.certs.ca, USER, PASSWORD) as s:
         assert s.noop()[0] == 250
