@@ -98,8 +98,8 @@ def main() -> None:
         relay = subprocess.Popen([BIN / "ses-relay", "serve", "--config",
                                   str(dev / "ses-relay.yaml")], env=AWS_ENV)
         try:
-            time.sleep(1.5 if args.workers == 1 and args.delivery_process in (None, "shared")
-                       else 4)
+            time.sleep(1.5 if args.workers == 1 and args.delivery_process == "shared"
+                       else 4)  # a supervisor and its workers take longer to start
             if args.preload:
                 preload(dev, plain_port, args.preload, ses_url)
             base = sum(rss_kib(pid, "VmRSS") for pid in tree(relay.pid))
