@@ -102,7 +102,8 @@ def main() -> None:
             wait_port(fake_port)
             config = write_relay_config(home, port, {
                 "transport": "sesv2", "endpoint_url": f"http://127.0.0.1:{fake_port}",
-                "concurrency": 20})
+                "concurrency": 20,
+                "process": "shared"})  # one process: its threads are what is measured
             relay = subprocess.Popen([BIN / "ses-relay", "serve", "--config", str(config)],
                                      env=env, stdout=relay_log)
             wait_port(port)
