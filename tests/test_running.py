@@ -9,6 +9,7 @@ from pathlib import Path
 from conftest import Setup
 
 from relay import running
+from relay.queueshare import Share
 
 
 def test_keys_are_paths_listeners_by_name(setup: Setup) -> None:
@@ -96,3 +97,27 @@ def test_what_a_reload_keeps_is_what_needs_restart_says(setup: Setup, tmp_path: 
     assert running.differences(running.flatten(applied), running.flatten(new)) == restart
     assert set(live) == {"hostname", "limits.max_recipients", "delivery.max_send_rate",
                          "web.max_headers", "log.level"}
+
+
+def test_the_smtp_and_delivery_processes_each_write_their_part_of_the_ports(
+        setup: Setup) -> None:
+    """delivery.process: separate: the SMTP process knows its listeners' ports, the
+    delivery process its HTTP sites'. Whichever writes last, the record has both, under
+    the supervisor's pid; a record of an earlier relay (another pid) is not kept from."""
+    cfg = setup.load()
+    cfg.queue.directory.mkdir(parents=True, exist_ok=True)
+    smtp, delivery = Share(0, 2, "smtp"), Share(1, 2, "delivery")
+    assert running.records(smtp) and running.records(delivery)
+    assert not running.records(Share(1, 3, "smtp"))  # the second SMTP process
+    running.write(cfg, 99, {"listeners.old.port": 1, "metrics.port": 2}, delivery)  # before
+    running.write(cfg, 42, {"listeners.submission.port": 2587}, smtp)
+    running.write(cfg, 42, {"metrics.port": 9100}, delivery)
+    record = running.read(cfg.queue.directory)
+    assert record["pid"] == 42
+    assert record["bound"] == {"listeners.submission.port": 2587, "metrics.port": 9100}
+    running.write(cfg, 42, {"listeners.submission.port": 2588}, smtp)  # after a restart
+    assert running.read(cfg.queue.directory)["bound"] == {
+        "listeners.submission.port": 2588, "metrics.port": 9100}
+    # One process (role all) writes the whole record.
+    running.write(cfg, 7, {"listeners.submission.port": 1}, Share())
+    assert running.read(cfg.queue.directory)["bound"] == {"listeners.submission.port": 1}
