@@ -71,7 +71,8 @@ class Share:
     @property
     def first(self) -> bool:
         """The process that runs what must run once: the HTTP listeners (metrics,
-        feedback, console), feedback and the suppression sync, the running record."""
+        feedback, console), feedback and the suppression sync, the running record (with
+        separate delivery, the first SMTP process adds its ports: relay.running.records)."""
         return self.role == "delivery" or (self.role == "all" and self.index == 0)
 
     @property

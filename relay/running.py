@@ -26,7 +26,7 @@ from typing import Any
 
 from relay.config import Config, load
 from relay.errors import ConfigError
-from relay.queueshare import Share
+from relay.queueshare import ALONE, Share
 
 STATE_FILE = "running-config.json"
 LOCK_FILE = ".running-config.lock"  # its writers' (one per part), never the readers'
@@ -177,7 +177,7 @@ def _part(share: Share) -> Callable[[str], bool] | None:
 
 
 def write(cfg: Config, pid: int, bound: dict[str, int] | None = None,
-          share: Share | None = None) -> Path:
+          share: Share = ALONE) -> Path:
     """Record *cfg* as the running configuration, with the ports it got (*bound*, see
     bound_keys), atomically: a reader sees the old record or the new one, whole.
 
@@ -185,7 +185,7 @@ def write(cfg: Config, pid: int, bound: dict[str, int] | None = None,
     When processes of one relay each write their part (*share*), the others' bound ports
     are kept from the record as it is, under a lock, so neither write loses the other."""
     directory = cfg.queue.directory
-    part = _part(share) if share is not None else None
+    part = _part(share)
     with open(directory / LOCK_FILE, "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if part is not None:
