@@ -190,8 +190,9 @@ class Supervisor:
         if status == f"STATUS={systemd.RELOADED}":
             self._hup(p for p in self.procs.values() if p.pid != lead)
         else:
-            _log.error("reload_refused", by_worker=self._first_index(),
-                       hint="no worker applied the file: see the first worker's problems")
+            # Not a second "reload_refused": the worker logged that, with the problems.
+            _log.warning("reload_not_passed_on", refused_by_worker=self._first_index(),
+                         hint="no worker applied the file: see that worker's problems")
 
     def _hup(self, procs: Iterable[asyncio.subprocess.Process]) -> None:
         """SIGHUP for *procs*; one still starting gets it once it is READY: before its

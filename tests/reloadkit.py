@@ -17,11 +17,13 @@ def reload(relay: Process, outcome: str) -> dict[str, object]:
     def seen() -> list[dict[str, object]]:
         return [e for e in relay.events() if e.get("event") == outcome]
 
-    before = len(seen())
+    def stopped() -> int:  # the supervisor's word that the first worker refused it for all
+        return sum(e.get("event") == "reload_not_passed_on" for e in relay.events())
+
+    before, stopped_before = len(seen()), stopped()
     relay.proc.send_signal(signal.SIGHUP)
-    # Every worker's outcome, or the supervisor's word that the first refused it for all.
     wait_until(lambda: {e.get("worker") for e in seen()[before:]} >= workers
-               or any("by_worker" in e for e in seen()[before:]), timeout=15)
+               or stopped() > stopped_before, timeout=15)
     merged: dict[str, object] = {}
     for event in seen()[before:]:
         for key, value in event.items():
