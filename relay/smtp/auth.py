@@ -10,7 +10,9 @@ passwords than the lockout allows.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +24,17 @@ from relay.limits import LOCKED_OUT, Attempt, AuthGuard
 from relay.smtp import replies
 from relay.smtp.server import RelaySMTP
 from relay.users import UserDB
+
+# Where passwords are hashed: one thread per CPU the process may run on, for the whole
+# process (every listener and the console). scrypt at the users file's n=2**14, r=8 holds
+# 16 MiB while it runs (relay.users), and the lockout lets a client have several checks
+# in progress; on the default executor (six threads on 2 CPUs) a burst of first logins
+# ran five or six at once and made up most of the SMTP process's peak: 118-121 MB under
+# 50 TLS uploads after the small-message load, 50 MB without TLS and AUTH
+# (bench/upload_memory.py, bench/RESULTS.md). scrypt is CPU-bound, so no more checks
+# finish per second with more threads than CPUs. Its threads start on first use.
+_HASHING = concurrent.futures.ThreadPoolExecutor(
+    max_workers=len(os.sched_getaffinity(0)), thread_name_prefix="scrypt")
 
 
 class Outcome(enum.Enum):
@@ -109,7 +122,8 @@ class Authenticator:
         """None if the password is right, else the failure count (for the delay)."""
         try:
             # scrypt takes tens of milliseconds: in a thread, so other sessions keep going.
-            ok = await asyncio.to_thread(db.authenticate, name, password)
+            ok = await asyncio.get_running_loop().run_in_executor(
+                _HASHING, db.authenticate, name, password)
         except BaseException:
             attempt.release()
             raise
