@@ -19,11 +19,12 @@ from typing import Any
 from relay import log, maillog, sendtime
 from relay.errors import CorruptEntry, DeliveryError, SpoolError
 from relay.pacing import Backoff, split
+from relay.queueentry import FileBlob
 from relay.quotawatch import DAILY_QUOTA_PAUSE
 from relay.ratelimit import Limiter
 from relay.spool import Claim, DeliveryState, Envelope, Spool, queue_id_time
 from relay.suppression import SuppressionList
-from relay.transports.base import Transport
+from relay.transports.base import FileSender, Transport
 from relay.transports.regions import Pinnable
 
 _log = log.get("delivery")
@@ -55,8 +56,7 @@ class Attempts:
         it, and settle (done, deferred, failed)."""
         qid = claim.queue_id
         try:
-            envelope, data, state = (claim.read() if fresh and claim.small
-                                     else await asyncio.to_thread(claim.read))
+            envelope, data, state = await self._read(claim, fresh)
         except CorruptEntry as e:
             await asyncio.to_thread(claim.quarantine)
             maillog.quarantined(qid, str(e))
@@ -86,7 +86,17 @@ class Attempts:
             return
         await self._settled(claim, envelope, state)
 
-    async def _send_chunk(self, qid: str, envelope: Envelope, data: bytes,
+    async def _read(self, claim: Claim, fresh: bool
+                    ) -> tuple[Envelope, bytes | FileBlob, DeliveryState]:
+        """The entry: a small one just written from the page cache on the loop, a large one
+        left in its file for a transport that reads it as it sends (FileSender)."""
+        if claim.small:
+            return claim.read() if fresh else await asyncio.to_thread(claim.read)
+        if isinstance(self._transport, FileSender):
+            return await asyncio.to_thread(claim.read_blob)
+        return await asyncio.to_thread(claim.read)
+
+    async def _send_chunk(self, qid: str, envelope: Envelope, data: bytes | FileBlob,
                           state: DeliveryState, rcpts: tuple[str, ...]) -> DeliveryError | None:
         """Send to one chunk of recipients; record who got it; return an error worth a retry.
         """
@@ -106,7 +116,10 @@ class Attempts:
         started = time.monotonic()
         chunk = replace(envelope, rcpt_tos=rcpts)
         try:
-            if state.pin and isinstance(self._transport, Pinnable):
+            if isinstance(data, FileBlob):
+                assert isinstance(self._transport, FileSender)
+                result = await self._transport.send_file(chunk, data)
+            elif state.pin and isinstance(self._transport, Pinnable):
                 result = await self._transport.send_pinned(chunk, data, state.pin)
             else:
                 result = await self._transport.send(chunk, data)

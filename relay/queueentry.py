@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from relay.errors import CorruptEntry
+from relay.errors import CorruptEntry, SpoolError
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 TRAILER_MAGIC = b"\nSESRELAY1 "
@@ -80,6 +80,35 @@ def trailer(envelope: Envelope) -> bytes:
     """What follows the message in its entry: the envelope and the trailer."""
     meta = envelope.to_json()
     return meta + TRAILER_MAGIC + b"%010d\n" % len(meta)
+
+
+class FileBlob:
+    """The message part of an open entry, read a slice at a time with os.pread (no shared
+    file offset), for a transport that encodes the message as it sends it
+    (relay.transports.httpbody): a 10 MB message then costs a slice of memory, not 10 MB.
+    The descriptor stays open as long as the claim that lent it."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, start: int, length: int) -> bytes:
+        """Bytes *start* to *start* + *length* (fewer at the end of the message). A failed
+        read is a SpoolError, ours: as an OSError it would read as a network failure."""
+        length = max(0, min(length, self.size - start))
+        parts = []
+        while length:
+            try:
+                part = os.pread(self.fd, length, start)
+            except OSError as e:
+                raise SpoolError(f"cannot read the message: {e}") from e
+            if not part:  # the file is shorter than its trailer said
+                raise SpoolError(f"the message ends {length} bytes early")
+            parts.append(part)
+            start, length = start + len(part), length - len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def read_entry(f: BinaryIO, queue_id: str) -> tuple[Envelope, bytes]:

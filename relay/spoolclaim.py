@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from relay.errors import SpoolError
-from relay.queueentry import DeliveryState, Envelope, parse_entry, read_entry
+from relay.queueentry import DeliveryState, Envelope, FileBlob, parse_entry, read_entry, read_meta
 
 if TYPE_CHECKING:
     from relay.spool import Spool
@@ -43,6 +43,15 @@ class Claim:
         except OSError as e:
             raise SpoolError(f"cannot read {self.queue_id}: {e}") from e
         return envelope, data, self.spool.read_state(self.queue_id)
+
+    def read_blob(self) -> tuple[Envelope, FileBlob, DeliveryState]:
+        """As ``read``, with the message left in the file, to be read as it is sent."""
+        try:
+            envelope, size = read_meta(self._file, self.queue_id)
+        except OSError as e:
+            raise SpoolError(f"cannot read {self.queue_id}: {e}") from e
+        return envelope, FileBlob(self._file.fileno(), size), self.spool.read_state(
+            self.queue_id)
 
     def remove(self) -> None:
         """Forget a delivered message, and let go of it. Not fsynced: a crash here

@@ -17,6 +17,8 @@ from clients import implicit, starttls
 from conftest import PASSWORD, SENDER, USER, Moto, Setup, wait_until
 from fakeses import Failure, FakeSES
 
+from relay.errors import SpoolError
+from relay.queueentry import FileBlob
 from relay.transports.errors import classify
 from relay.transports.httpbody import Base64Document
 from relay.transports.sesv2http import PATH, Signer, _error_response, _wire
@@ -125,6 +127,39 @@ def test_a_large_document_streamed_is_the_same_document(size: int) -> None:
     assert len(body) == len(whole)
     assert body.sha256() == hashlib.sha256(whole).hexdigest()
     assert b"".join(body.chunks()) == whole  # again: a retry sends the same bytes
+
+
+def test_a_message_read_from_its_queue_file_makes_the_same_document(tmp_path) -> None:
+    # A large message is left in its queue file and read a slice at a time as it is sent
+    # (relay.attempt, FileSender): the document, its length and its digest are those of
+    # the message held in memory. The entry's envelope and trailer after it are not sent.
+    message = bytes(range(256)) * 3000 + b"tail"
+    entry = tmp_path / "entry"
+    entry.write_bytes(message + b"\n{envelope and trailer}")
+    params = {"FromEmailAddress": "app@example.com",
+              "Destination": {"ToAddresses": ["to@example.net"]}}
+    with entry.open("rb") as f:
+        from_file = _wire({**params, "Content": {"Raw": {"Data": FileBlob(f.fileno(),
+                                                                          len(message))}}})
+        in_memory = _wire({**params, "Content": {"Raw": {"Data": message}}})
+        assert isinstance(from_file, Base64Document) and isinstance(in_memory, Base64Document)
+        assert from_file.join() == in_memory.join()
+        assert len(from_file) == len(in_memory)
+        assert from_file.sha256() == in_memory.sha256()
+
+
+def test_a_queue_file_that_cannot_be_read_is_not_a_network_failure(tmp_path) -> None:
+    # Read as the request is sent: a short file (or an I/O error) must not look like an
+    # unreachable SES, which would count against the region and pause delivery.
+    entry = tmp_path / "entry"
+    entry.write_bytes(b"x" * 1000)
+    with entry.open("rb") as f:
+        body = _wire({"Content": {"Raw": {"Data": FileBlob(f.fileno(), 300_000)}}})
+        assert isinstance(body, Base64Document)
+        with pytest.raises(SpoolError) as caught:
+            body.sha256()
+    verdict = classify(caught.value, region="eu-west-1")
+    assert not verdict.permanent and verdict.code not in ("ConnectionError", "Timeout")
 
 
 def test_a_large_message_arrives_whole_and_signed(make_setup, start_relay) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from relay.config import DeliveryConfig
 from relay.errors import DeliveryError
+from relay.queueentry import FileBlob
 from relay.spool import Envelope
 
 
@@ -42,6 +43,16 @@ class Quota:
         return cls(max_send_rate=float(fields["MaxSendRate"]),
                    max_24_hour_send=float(fields.get("Max24HourSend", 0)),
                    sent_last_24_hours=float(fields.get("SentLast24Hours", 0)))
+
+
+@runtime_checkable
+class FileSender(Protocol):
+    """A transport that can read a large message from its queue file as it sends it, so
+    that the message is never whole in memory (SESv2: relay.transports.httpbody). Peak RSS
+    of the delivery process under 50 x 10 MB uploads: 118 MB holding the messages, MB
+    streaming them (bench/upload_memory.py, bench/RESULTS.md)."""
+
+    async def send_file(self, envelope: Envelope, message: FileBlob) -> SendResult: ...
 
 
 class Transport(Protocol):

@@ -5,9 +5,10 @@ Built whole, the document of a 10 MB message held the message, its base64 (13.3 
 the document joining them (13.3 MB more): 3.7 bytes per byte of message, so a delivery of
 one 10 MB message took 37 MB of the in-flight budget and ten of them could not go at
 once (bench/upload_memory.py). Here only the message and one slice of base64 (256 KiB)
-are held. The digest the signature needs is computed by a first pass of the same
-encoding (pybase64 encodes at several GB/s, so the second pass costs about 0.06 ms per
-MB: bench/micro.py), and a retry on a new connection encodes the slices again.
+are held, and a message left in its queue file (FileBlob) is not held at all: it is read
+a slice at a time as it is encoded. The digest the signature needs is computed by a first
+pass of the same encoding (pybase64 encodes at several GB/s, so the second pass costs
+about 0.06 ms per MB: bench/micro.py), and a retry on a new connection encodes the slices again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 
 import pybase64
 
+from relay.queueentry import FileBlob
+
 # A multiple of 3, so each slice encodes without padding except the last: its base64 is
 # http1's 256 KiB write slice.
 _SLICE = 3 * 64 * 1024
@@ -25,8 +28,10 @@ _SLICE = 3 * 64 * 1024
 class Base64Document:
     """*prefix*, the base64 of *blob*, *suffix*: as bytes slices, as often as asked."""
 
-    def __init__(self, prefix: bytes, blob: bytes | memoryview, suffix: bytes) -> None:
-        self._prefix, self._blob, self._suffix = prefix, memoryview(blob), suffix
+    def __init__(self, prefix: bytes, blob: bytes | memoryview | FileBlob,
+                 suffix: bytes) -> None:
+        self._prefix, self._suffix = prefix, suffix
+        self._blob = blob if isinstance(blob, FileBlob) else memoryview(blob)
         self.length = len(prefix) + 4 * ((len(self._blob) + 2) // 3) + len(suffix)
 
     def __len__(self) -> int:
@@ -36,7 +41,9 @@ class Base64Document:
         yield self._prefix
         blob = self._blob
         for start in range(0, len(blob), _SLICE):
-            yield pybase64.b64encode(blob[start:start + _SLICE])
+            piece = (blob.read(start, _SLICE) if isinstance(blob, FileBlob)
+                     else blob[start:start + _SLICE])
+            yield pybase64.b64encode(piece)
         yield self._suffix
 
     def sha256(self) -> str:

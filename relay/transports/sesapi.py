@@ -43,7 +43,7 @@ class SESAPITransport:
             self.service, region_name=self.config.region,
             endpoint_url=self.config.endpoint_url, config=aws.client_config(self.config)))
 
-    def params(self, envelope: Envelope, data: bytes) -> dict[str, Any]:
+    def params(self, envelope: Envelope, data: Any) -> dict[str, Any]:
         raise NotImplementedError
 
     async def _send(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -54,9 +54,12 @@ class SESAPITransport:
         raise NotImplementedError
 
     async def send(self, envelope: Envelope, data: bytes) -> SendResult:
+        return await self._send_params(self.params(envelope, data))
+
+    async def _send_params(self, params: dict[str, Any]) -> SendResult:
         assert self._client is not None, "start() first"
         try:
-            response = await self._send(self.params(envelope, data))
+            response = await self._send(params)
         except Exception as e:  # mapped to ours at the one place that knows botocore
             raise classify(e, region=self.config.region) from e
         message_id = response.get("MessageId")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from relay import aws
+from relay.queueentry import FileBlob
 from relay.spool import Envelope
+from relay.transports.base import SendResult
 from relay.transports.sesapi import SESAPITransport
 from relay.transports.sesv2http import SendEmailClient
 
@@ -25,7 +27,7 @@ class SESv2Transport(SESAPITransport):
     memory_per_byte = 1.5
     _sender: SendEmailClient | None = None
 
-    def params(self, envelope: Envelope, data: bytes) -> dict[str, Any]:
+    def params(self, envelope: Envelope, data: bytes | FileBlob) -> dict[str, Any]:
         params: dict[str, Any] = {
             "FromEmailAddress": envelope.mail_from,
             # All envelope recipients go in ToAddresses: with Raw content SES takes the
@@ -42,6 +44,11 @@ class SESv2Transport(SESAPITransport):
         if self.config.return_path_arn:
             params["FeedbackForwardingEmailAddressIdentityArn"] = self.config.return_path_arn
         return params
+
+    async def send_file(self, envelope: Envelope, message: FileBlob) -> SendResult:
+        """``send``, with the message read from its queue file as it is encoded (a large
+        one: relay.attempt)."""
+        return await self._send_params(self.params(envelope, message))
 
     async def start(self) -> None:
         await super().start()

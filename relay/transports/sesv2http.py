@@ -40,6 +40,7 @@ import pybase64
 from botocore.httpsession import DEFAULT_CA_BUNDLE
 
 from relay import __version__
+from relay.queueentry import FileBlob
 from relay.transports import http1
 from relay.transports.httpbody import Base64Document
 
@@ -217,7 +218,7 @@ def _wire(params: dict[str, Any]) -> bytes | Base64Document:
     rest = {k: v for k, v in params.items() if k != "Content"}
     others = json.dumps(rest, separators=(",", ":")).encode()[1:]  # '"...":...}' or '}'
     prefix, suffix = b'{"Content":{"Raw":{"Data":"', b'"}}' + (b"," if rest else b"") + others
-    if len(raw) > _STREAM:
+    if len(raw) > _STREAM or isinstance(raw, FileBlob):
         return Base64Document(prefix, raw, suffix)
     # One copy of the message, not one per "+".
     return b"".join((prefix, pybase64.b64encode(raw), suffix))
