@@ -49,7 +49,7 @@ class Quota:
 class FileSender(Protocol):
     """A transport that can read a large message from its queue file as it sends it, so
     that the message is never whole in memory (SESv2: relay.transports.httpbody). Peak RSS
-    of the delivery process under 50 x 10 MB uploads: 118 MB holding the messages, MB
+    of the delivery process under 50 x 10 MB uploads: 118 MB holding the messages, 80 MB
     streaming them (bench/upload_memory.py, bench/RESULTS.md)."""
 
     async def send_file(self, envelope: Envelope, message: FileBlob) -> SendResult: ...

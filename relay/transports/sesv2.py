@@ -23,7 +23,9 @@ class SESv2Transport(SESAPITransport):
     # what the claim and the header fixes hold beside it; was 3.7 while the document was
     # built whole. With 1.5, four 10 MB sends run at once in the 64 MiB budget, and
     # bench/upload_memory.py --transport sesv2 peaked at 144-161 MB, as with one at a
-    # time before (bench/RESULTS.md, "Streamed SendEmail").
+    # time before (bench/RESULTS.md, "Streamed SendEmail"). A large message is now read
+    # from its queue file as it is sent (send_file) and holds far less; the charge stays,
+    # because through a proxy the document is still built whole (sesv2http).
     memory_per_byte = 1.5
     _sender: SendEmailClient | None = None
 
