@@ -200,3 +200,34 @@ def test_a_pause_while_the_workers_are_idle_holds_no_message_back_from_an_operat
     spool.close()
     assert len(held) == 3 and transport.calls == []
     assert len(list((tmp_path / "hold").iterdir())) == 3
+
+
+def test_a_large_message_is_copied_from_its_queue_file_whole(tmp_path: Path) -> None:
+    # Over 256 KiB the outbox (like SESv2) reads the message from its queue file a slice
+    # at a time instead of holding it: the .eml must still be the message, byte for byte,
+    # without the entry's envelope and trailer, across slice boundaries.
+    from relay.transports.outbox import OutboxTransport
+
+    spool = Spool(tmp_path / "queue")
+    spool.open()
+    outbox = OutboxTransport(tmp_path / "outbox")
+    line = bytes(range(32, 127)) + b"\r\n"
+    message = b"Subject: big\r\n\r\n" + line * (3 * 1024 * 1024 // len(line)) + b"end\r\n"
+
+    async def main() -> None:
+        draft = spool.draft()
+        draft.write(message)
+        await spool.commit(draft, Envelope("s@example.com", ("a@example.net",)))
+        await outbox.start()
+        scheduler = Scheduler(spool, outbox, QueueConfig(), concurrency=1)
+        scheduler.load_backlog(spool.active_ids())
+        await scheduler.start()
+        try:
+            await asyncio.to_thread(wait_until, lambda: list(outbox.directory.glob("*.eml")), 10)
+        finally:
+            await scheduler.stop()
+
+    asyncio.run(main())
+    spool.close()
+    [eml] = outbox.directory.glob("*.eml")
+    assert eml.read_bytes() == message
