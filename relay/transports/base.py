@@ -48,7 +48,8 @@ class Quota:
 @runtime_checkable
 class FileSender(Protocol):
     """A transport that can read a large message from its queue file as it sends it, so
-    that the message is never whole in memory (SESv2: relay.transports.httpbody). Peak RSS
+    that the message is never whole in memory (SESv2, through relay.transports.httpbody;
+    the outbox). Not yet delivery.failover's RegionFailover, nor SESv1 or SMTP. Peak RSS
     of the delivery process under 50 x 10 MB uploads: 118 MB holding the messages, 80 MB
     streaming them (bench/upload_memory.py, bench/RESULTS.md)."""
 
