@@ -231,3 +231,30 @@ def test_a_large_message_is_copied_from_its_queue_file_whole(tmp_path: Path) -> 
     spool.close()
     [eml] = outbox.directory.glob("*.eml")
     assert eml.read_bytes() == message
+
+
+def test_a_queue_file_the_outbox_cannot_read_is_retried_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    # The queue file is shorter than its trailer said (a disk error, a truncation): a
+    # transient error that names the queue, not the outbox, and nothing left in the outbox
+    # (not the .eml's envelope either: the retry writes both under a new name).
+    from relay.queueentry import FileBlob
+    from relay.transports.outbox import OutboxTransport
+
+    outbox = OutboxTransport(tmp_path / "outbox")
+    entry = tmp_path / "entry"
+    entry.write_bytes(b"x" * (2 * 1024 * 1024))
+
+    async def main() -> DeliveryError:
+        await outbox.start()
+        with entry.open("rb") as f:
+            try:
+                await outbox.send_file(Envelope("s@example.com", ("a@example.net",)),
+                                       FileBlob(f.fileno(), 3 * 1024 * 1024))
+            except DeliveryError as e:
+                return e
+        raise AssertionError("sent from a short file")
+
+    error = asyncio.run(main())
+    assert not error.permanent and error.code == "QueueReadError"
+    assert list(outbox.directory.iterdir()) == []

@@ -85,15 +85,23 @@ class OutboxTransport:
                 "configuration_set": envelope.configuration_set,
                 "tags": dict(envelope.tags)}
         # Envelope first, message last: a reader that sees the .eml sees its .json too.
+        # A failure leaves neither (the retry writes under a new name).
+        done: list[Path] = []
         for suffix, blob in ((".json", json.dumps(meta).encode()), (".eml", data)):
             tmp = self.directory / f".{message_id}{suffix}.tmp"
-            with tmp.open("wb") as f:
-                if isinstance(blob, FileBlob):
-                    for start in range(0, len(blob), _COPY_SLICE):
-                        f.write(blob.read(start, _COPY_SLICE))
-                else:
-                    f.write(blob)
-            os.replace(tmp, self.directory / f"{message_id}{suffix}")
+            try:
+                with tmp.open("wb") as f:
+                    if isinstance(blob, FileBlob):
+                        for start in range(0, len(blob), _COPY_SLICE):
+                            f.write(blob.read(start, _COPY_SLICE))
+                    else:
+                        f.write(blob)
+                done.append(self.directory / f"{message_id}{suffix}")
+                os.replace(tmp, done[-1])
+            except BaseException:
+                for path in (tmp, *done):
+                    path.unlink(missing_ok=True)
+                raise
 
     async def aclose(self) -> None:
         return None
