@@ -96,7 +96,11 @@ class SendEmailClient:
         """POST one SendEmail; the parsed JSON answer, or a botocore exception."""
         if self._post is None:
             raise RuntimeError("SendEmailClient: start() first")
-        if len(params["Content"]["Raw"]["Data"]) > _BUILD_IN_THREAD:
+        raw = params["Content"]["Raw"]["Data"]
+        # A message in its queue file is read in the thread too: one queued for hours may
+        # no longer be in the page cache, and a disk read must not stall the loop. The
+        # send then reads it again from the cache this pass filled.
+        if isinstance(raw, FileBlob) or len(raw) > _BUILD_IN_THREAD:
             body, digest = await asyncio.to_thread(_document, params)
         else:
             body, digest = _document(params)
