@@ -54,6 +54,9 @@ class Supervisor:
         self.ready: set[int] = set()  # pids that said READY=1
         self.hup_pending: set[int] = set()  # pids to reload once ready (HUP while starting)
         self.reload_lead: int | None = None  # the first worker's pid, while it reloads first
+        # The first worker died during its reload: the others reload once its successor,
+        # which reads the file as it starts, is READY.
+        self.reload_on_ready = False
         self.fed: dict[int, float] = {}  # pid: when it last fed its watchdog
         self.announced = False
         self.stopping = asyncio.Event()
@@ -125,6 +128,8 @@ class Supervisor:
             mark_process_dead(proc.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
             if self.stopping.is_set():
                 return
+            if proc.pid == self.reload_lead:
+                self._lead_lost(index)
             if not self.announced:
                 # Could not start (a port taken, a bad file): the others would not either.
                 _log.error("worker_failed_to_start", worker=index, exit_code=code)
@@ -194,6 +199,15 @@ class Supervisor:
             _log.warning("reload_not_passed_on", refused_by_worker=self._first_index(),
                          hint="no worker applied the file: see that worker's problems")
 
+    def _lead_lost(self, index: int) -> None:
+        """The first worker died between its SIGHUP and its word on the file. Without
+        this the others would never hear of the reload: they would keep the old file
+        while the restarted worker runs the new one."""
+        self.reload_lead = None
+        self.reload_on_ready = True
+        _log.warning("reload_lead_died", worker=index,
+                     hint="the other workers reload once it is started again")
+
     def _hup(self, procs: Iterable[asyncio.subprocess.Process]) -> None:
         """SIGHUP for *procs*; one still starting gets it once it is READY: before its
         handler is in place, the signal's default action would kill it."""
@@ -204,6 +218,10 @@ class Supervisor:
                 proc.send_signal(signal.SIGHUP)
             else:
                 self.hup_pending.add(proc.pid)
+
+    def _is_first(self, pid: int) -> bool:
+        first = self.procs.get(self._first_index())
+        return first is not None and first.pid == pid
 
     def _first_index(self) -> int:
         """The worker that runs what runs once (relay.queueshare.Share.first)."""
@@ -234,6 +252,9 @@ class Supervisor:
             self.fed[pid] = time.monotonic()
             if pid == self.reload_lead and pid not in self.hup_pending:  # its reload's end
                 self._reloaded(pid, next((f for f in fields if f.startswith("STATUS=")), ""))
+            elif self.reload_on_ready and self._is_first(pid):  # started on the new file
+                self.reload_on_ready = False
+                self._hup(p for p in self.procs.values() if p.pid != pid)
             if pid in self.hup_pending:
                 self.hup_pending.discard(pid)
                 workers[pid].send_signal(signal.SIGHUP)

@@ -149,6 +149,44 @@ def test_sighup_reaches_every_worker(make_setup, start_process, tmp_path: Path,
             assert s.noop()[0] == 250
 
 
+def worker_pid(relay: Process, index: int) -> int:
+    def number(pid: int) -> bytes:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return args[args.index(b"--worker") + 1]
+    [pid] = [p for p in children(relay.proc.pid) if number(p) == str(index).encode()]
+    return pid
+
+
+def test_a_reload_reaches_every_worker_when_the_first_dies_during_it(
+        make_setup, start_process, tmp_path: Path, hold) -> None:
+    """The first worker reloads first and the others after its word; if it dies before
+    it says anything, its successor starts on the new file and the others must still
+    reload, or each session would meet one file or the other."""
+    setup: Setup = make_setup()
+    users_file = tmp_path / "own-users.yaml"
+    users_file.write_bytes(Path(setup.doc["users_file"]).read_bytes())
+    two_workers(setup, hold, users_file=str(users_file))
+    relay = start_process(setup)
+    relay.wait_event("workers_ready")
+    assert run("user", "add", "newcomer", "--config", str(setup.path),
+               stdin="newcomer-password\n").returncode == 0
+    first = worker_pid(relay, 0)
+    os.kill(first, signal.SIGSTOP)  # the SIGHUP waits, undelivered, until it is killed
+    relay.proc.send_signal(signal.SIGHUP)
+    # The supervisor's SIGHUP reached the stopped worker: pending in its signal mask.
+    wait_until(lambda: int(next(line for line in Path(f"/proc/{first}/status").read_text()
+                                .splitlines() if line.startswith("ShdPnd:")).split()[1], 16)
+               & (1 << (signal.SIGHUP - 1)), timeout=10)
+    os.kill(first, signal.SIGKILL)
+    relay.wait_event("reload_lead_died")
+    wait_until(lambda: any(e["event"] == "reloaded" and e.get("worker") == 1
+                           for e in relay.events()), timeout=20)
+    for _ in range(6):  # whichever worker a session meets knows the new user
+        with implicit(setup.implicit_port, setup.certs.ca, "newcomer",
+                      "newcomer-password") as s:
+            assert s.noop()[0] == 250
+
+
 def test_a_worker_that_cannot_start_stops_the_relay_with_its_exit_code(make_setup,
                                                                         hold) -> None:
     setup: Setup = make_setup()
