@@ -43,6 +43,7 @@ bench: $(BIN)/.installed peers bench-peers
 	$(BIN)/python bench/compare.py --messages 5000 --sessions 50 --size 5120 --rounds 3
 	$(BIN)/python bench/compare.py --messages 200 --sessions 20 --size 1048576 --rounds 3
 	$(BIN)/python bench/perconn.py --messages 300 --clients 1,10,50 --rounds 3
+	$(BIN)/python bench/engine_floor.py --rounds 3
 	$(BIN)/python bench/rate.py
 
 ## fleet: 3 relays, a shared Redis send rate and PostgreSQL event store, one SIGKILL (bench/fleet.py)
