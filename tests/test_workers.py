@@ -29,6 +29,8 @@ from fakeses import FakeSES
 from test_cli import run
 from test_metrics import get
 
+from relay import serving
+from relay.serving import DELIVERY_NICE
 from relay.spool import Share, Spool
 
 MESSAGE = b"From: sender@example.com\r\nTo: to@example.net\r\nSubject: %d\r\n\r\nHello.\r\n"
@@ -149,11 +151,14 @@ def test_sighup_reaches_every_worker(make_setup, start_process, tmp_path: Path,
             assert s.noop()[0] == 250
 
 
+def worker_arg(pid: int, flag: str) -> str:
+    """What follows *flag* on a worker's command line (--worker, --role)."""
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    return args[args.index(flag) + 1]
+
+
 def worker_pid(relay: Process, index: int) -> int:
-    def number(pid: int) -> bytes:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        return args[args.index(b"--worker") + 1]
-    [pid] = [p for p in children(relay.proc.pid) if number(p) == str(index).encode()]
+    [pid] = [p for p in children(relay.proc.pid) if worker_arg(p, "--worker") == str(index)]
     return pid
 
 
@@ -262,6 +267,48 @@ def test_a_separate_delivery_process_delivers_what_the_smtp_process_took(
         relay.proc.send_signal(signal.SIGTERM)
         assert relay.proc.wait(30) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def nice_of_threads(pid: int) -> set[int]:
+    values = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        values.add(int(stat[stat.rindex(")") + 2:].split()[16]))  # field 19, nice
+    return values
+
+
+def test_the_delivery_process_gives_way_to_the_smtp_process(make_setup,
+                                                           start_process) -> None:
+    """A client waits on every reply, a queued message only for its turn: the delivery
+    process, every thread of it, runs at a lower priority than the SMTP process."""
+    with FakeSES() as ses:
+        setup: Setup = make_setup("sesv2", region="us-east-1", endpoint_url=ses.url)
+        setup.doc["delivery"]["process"] = "separate"
+        setup.write()
+        relay = start_process(setup)
+        relay.wait_event("workers_ready")
+        roles = {e["role"]: e for e in relay.events() if e["event"] == "started"}
+        setup.ports = roles["smtp"]["listeners"]
+        send(setup, 3)  # every thread started: the commit threads, the event store's...
+        wait_until(lambda: len(ses.accepted) >= 3, timeout=20)
+        pids = {worker_arg(pid, "--role"): pid for pid in children(relay.proc.pid)}
+        ours = os.nice(0)
+        assert nice_of_threads(pids["smtp"]) == {ours}
+        assert nice_of_threads(pids["delivery"]) == {min(19, ours + DELIVERY_NICE)}
+        assert len(os.listdir(f"/proc/{pids['delivery']}/task")) > 1
+
+
+def test_a_delivery_process_that_may_not_lower_its_priority_says_so_and_goes_on(
+        monkeypatch: Any, logs: list[dict[str, Any]]) -> None:
+    """A seccomp filter of the admin's own that refuses setpriority (EPERM, as the
+    shipped unit answers what it filters) costs the priority, not the process."""
+    def refused(increment: int) -> int:
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "nice", refused)
+    serving.give_way()
+    assert [e for e in logs if e["event"] == "delivery_priority_unchanged"] == [
+        {"event": "delivery_priority_unchanged", "log_level": "warning",
+         "error": "[Errno 1] Operation not permitted"}]
 
 
 def test_a_sigterm_while_the_workers_start_is_a_clean_stop(setup: Setup,
