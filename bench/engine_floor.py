@@ -25,6 +25,7 @@ no faster than Postfix doing everything, no change inside the relay reaches the
 targets while aiosmtpd runs its sessions.
 
     python bench/engine_floor.py [--messages 1500] [--source-messages 6000] [--rounds 2]
+                                 [--relay-nice N]   # a second ses-relay, delivery.nice N
     python bench/engine_floor.py --serve {asyncio-protocol,aiosmtpd}   # one server, alone
 
 Needs root for Postfix and smtp-sink (scripts/install-bench-peers).
@@ -171,6 +172,8 @@ def main() -> None:
     ap.add_argument("--source-messages", type=int, default=6000,
                     help="smtp-source messages per cell")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--relay-nice", type=int, default=None,
+                    help="also run a ses-relay with this delivery.nice (the default is 10)")
     args = ap.parse_args()
     if args.serve:
         asyncio.run(serve(args.serve))
@@ -194,13 +197,20 @@ def main() -> None:
                 targets.append((kind, port, cpu, lambda: None))
             fake = FakeSES()
             stops.append(fake.stop)
-            relay, _ = relay_server(work, cert, key, fake)
-            stops.insert(0, relay.stop)
+            relays = [relay_server(work, cert, key, fake)[0]]
+            if args.relay_nice is not None:
+                (work / "variant").mkdir()
+                variant, _ = relay_server(work / "variant", cert, key, fake,
+                                          delivery={"nice": args.relay_nice})
+                variant.name = f"ses-relay, delivery.nice {args.relay_nice}"
+                relays.append(variant)
+            for relay in relays:
+                stops.insert(0, relay.stop)
             sink = Sink(work)
             stops.append(sink.stop)
             postfix = postfix_target(sink)
             stops.insert(0, postfix.stop)
-            for target in (relay, postfix):
+            for target in (*relays, postfix):
                 sent = [0]
 
                 def settle(target: Any = target, sent: list[int] = sent) -> None:

@@ -76,8 +76,9 @@ from relay.devsetup import write_self_signed  # noqa: E402
 
 
 def relay_server(work: Path, cert: Path, key: Path, fake: FakeSES, *,
-                 workers: int | str = 1, delivery_process: str | None = None
-                 ) -> tuple[Target, Path]:
+                 workers: int | str = 1, delivery_process: str | None = None,
+                 delivery: dict[str, object] | None = None) -> tuple[Target, Path]:
+    """*delivery*: more keys for the delivery section (bench/engine_floor.py's variant)."""
     home = work / "ses-relay"
     home.mkdir()
     ports = {p: free_port() for p in PROFILES}
@@ -103,7 +104,8 @@ def relay_server(work: Path, cert: Path, key: Path, fake: FakeSES, *,
         # next ones open: over the default 50 per IP (Postfix's limit is off as well).
         "limits": {"max_connections_per_ip": 10000},
         "delivery": {"transport": "sesv2", "region": "us-east-1", "endpoint_url": fake.url,
-                     **({"process": delivery_process} if delivery_process else {})},
+                     **({"process": delivery_process} if delivery_process else {}),
+                     **(delivery or {})},
         "workers": workers,
         "log": {"format": "json", "level": "info"}}))
     target = relay_target("ses-relay", config, ports["plain"], fake.count, AWS_ENV,

@@ -15,29 +15,28 @@ from relay.spool import ALONE, Share
 
 _log = log.get(__name__)
 
-# How far the delivery process (delivery.process: separate) stands back for the SMTP
+# Why the delivery process (delivery.process: separate) stands back for the SMTP
 # processes when both want a core: a client waits on every reply, a queued message only
 # for its turn. At 1 client the other processes' wake-ups (delivery, its HTTPS peer)
-# landed in the next session's EHLO, 0.19-0.38 ms instead of 0.11; at nice 10 the median
-# session went from 1.96-2.15 to 1.76-1.83 ms, and 50 sessions delivered as fast as
-# before (bench/RESULTS.md, "The delivery process gives way"). Nice 10 still leaves it a
-# ninth of a contended core, and all of an idle one.
-DELIVERY_NICE = 10
+# landed in the next session's EHLO, 0.19-0.38 ms instead of 0.11; at nice 10 (the
+# default of delivery.nice) the median session went from 1.96-2.15 to 1.76-1.83 ms, and
+# 50 sessions delivered as fast as before (bench/RESULTS.md, "The delivery process gives
+# way"). Nice 10 still leaves it a ninth of a contended core, and all of an idle one.
 
 
 def run(config: Config, share: Share = ALONE) -> int:
     """The process's event loop. (uvloop was measured twice, under bench/compare.py and
     bench/loadprofile.py, and gained nothing, see bench/RESULTS.md; asyncio's loop it is.)"""
-    if share.role == "delivery":
-        give_way()
+    if share.role == "delivery" and config.delivery.nice:
+        give_way(config.delivery.nice)
     return asyncio.run(serve(config, share))
 
 
-def give_way() -> None:
-    """Lower this process's priority. Before any thread starts: Linux keeps a nice value
-    per thread, and a new thread takes its creator's."""
+def give_way(nice: int) -> None:
+    """Lower this process's priority by *nice*. Before any thread starts: Linux keeps a
+    nice value per thread, and a new thread takes its creator's."""
     try:
-        os.nice(DELIVERY_NICE)
+        os.nice(nice)
     except OSError as e:  # a seccomp filter without setpriority (the shipped unit allows it)
         _log.warning("delivery_priority_unchanged", error=str(e))
 

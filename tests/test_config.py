@@ -176,6 +176,21 @@ def test_failover_regions_load_in_order_with_their_endpoints(setup) -> None:
     assert check(setup.path).returncode == 0
 
 
+@pytest.mark.parametrize(("nice", "problem"), [
+    (-1, "delivery.nice: must be between 0 and 19"),
+    (20, "delivery.nice: must be between 0 and 19"),
+    ("low", "delivery.nice: must be an integer"),
+    (True, "delivery.nice: must be an integer"),
+])
+def test_check_config_refuses_a_delivery_nice_out_of_range(setup, nice: object,
+                                                          problem: str) -> None:
+    setup.doc["delivery"]["nice"] = nice
+    setup.write()
+    result = check(setup.path)
+    assert result.returncode == 2
+    assert problem in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize(("delivery", "problem"), [
     ({"transport": "smtp", "failover": [{"region": "eu-west-1"}]},
      "delivery.failover: not supported with transport smtp"),

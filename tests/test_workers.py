@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from clients import implicit
 from conftest import (
     PASSWORD,
@@ -30,7 +31,6 @@ from test_cli import run
 from test_metrics import get
 
 from relay import serving
-from relay.serving import DELIVERY_NICE
 from relay.spool import Share, Spool
 
 MESSAGE = b"From: sender@example.com\r\nTo: to@example.net\r\nSubject: %d\r\n\r\nHello.\r\n"
@@ -277,13 +277,17 @@ def nice_of_threads(pid: int) -> set[int]:
     return values
 
 
-def test_the_delivery_process_gives_way_to_the_smtp_process(make_setup,
-                                                           start_process) -> None:
+@pytest.mark.parametrize("nice", [None, 0, 19])
+def test_the_delivery_process_gives_way_to_the_smtp_process(make_setup, start_process,
+                                                           nice: int | None) -> None:
     """A client waits on every reply, a queued message only for its turn: the delivery
-    process, every thread of it, runs at a lower priority than the SMTP process."""
+    process, every thread of it, runs at a lower priority than the SMTP process
+    (delivery.nice, 10 unless set; 0 keeps them level)."""
     with FakeSES() as ses:
         setup: Setup = make_setup("sesv2", region="us-east-1", endpoint_url=ses.url)
         setup.doc["delivery"]["process"] = "separate"
+        if nice is not None:
+            setup.doc["delivery"]["nice"] = nice
         setup.write()
         relay = start_process(setup)
         relay.wait_event("workers_ready")
@@ -294,7 +298,8 @@ def test_the_delivery_process_gives_way_to_the_smtp_process(make_setup,
         pids = {worker_arg(pid, "--role"): pid for pid in children(relay.proc.pid)}
         ours = os.nice(0)
         assert nice_of_threads(pids["smtp"]) == {ours}
-        assert nice_of_threads(pids["delivery"]) == {min(19, ours + DELIVERY_NICE)}
+        assert nice_of_threads(pids["delivery"]) == {min(19, ours + (10 if nice is None
+                                                                     else nice))}
         assert len(os.listdir(f"/proc/{pids['delivery']}/task")) > 1
 
 
@@ -305,7 +310,7 @@ def test_a_delivery_process_that_may_not_lower_its_priority_says_so_and_goes_on(
     def refused(increment: int) -> int:
         raise PermissionError(1, "Operation not permitted")
     monkeypatch.setattr(os, "nice", refused)
-    serving.give_way()
+    serving.give_way(10)
     assert [e for e in logs if e["event"] == "delivery_priority_unchanged"] == [
         {"event": "delivery_priority_unchanged", "log_level": "warning",
          "error": "[Errno 1] Operation not permitted"}]

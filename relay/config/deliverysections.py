@@ -53,7 +53,7 @@ class DeliverySections(FailoverSection):
                                      "outbox_dir", "concurrency", "timeout", "role_arn",
                                      "external_id", "role_session_name", "from_arn",
                                      "source_arn", "return_path_arn", "max_send_rate",
-                                     "smtp", "bounce_notices", "bounce_from", "process",
+                                     "smtp", "bounce_notices", "bounce_from", "process", "nice",
                                      "rate_limiter", "failover", "failover_after",
                                      "failover_probe"})
         if d is None:
@@ -68,6 +68,7 @@ class DeliverySections(FailoverSection):
             concurrency=self.get(d, "concurrency", path, self.positive_int, 10),
             process=self.delivery_process(self.get(d, "process", path,
                                                    self.choice(DELIVERY_PROCESSES), "auto")),
+            nice=self.get(d, "nice", path, self.niceness, DeliveryConfig.nice),
             timeout=self.get(d, "timeout", path, self.duration, DeliveryConfig.timeout),
             role_arn=self.get(d, "role_arn", path, self.arn, None),
             external_id=self.get(d, "external_id", path, self.string, None),
@@ -99,6 +100,12 @@ class DeliverySections(FailoverSection):
         if value == "auto":
             return auto_delivery_process()
         return cast(DeliveryProcess, value)
+
+    def niceness(self, v: object, p: str) -> int:
+        n = self.integer(v, p)
+        if not 0 <= n <= 19:  # lower only: raising a priority would need CAP_SYS_NICE
+            raise Invalid("must be between 0 and 19")
+        return n
 
     def redis_url(self, v: object, p: str) -> str:
         s = self.string(v, p)

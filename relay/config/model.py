@@ -109,6 +109,9 @@ class DeliveryConfig:
     # with workers: 1). "auto" (the default): separate when there is a second CPU to run
     # it, shared on one CPU, where a second process would only take turns with the first.
     process: DeliveryProcess = field(default_factory=lambda: auto_delivery_process())
+    # With process separate: the delivery process's nice value, so that the SMTP
+    # processes win a core both want (relay/serving.py); 0 keeps it level with them.
+    nice: int = 10
     timeout: float = 30.0
     # Assume this role (refreshed before expiry) instead of using the chain's identity.
     role_arn: str | None = None
