@@ -18,10 +18,11 @@ _log = log.get(__name__)
 # Why the delivery process (delivery.process: separate) stands back for the SMTP
 # processes when both want a core: a client waits on every reply, a queued message only
 # for its turn. At 1 client the other processes' wake-ups (delivery, its HTTPS peer)
-# landed in the next session's EHLO, 0.19-0.38 ms instead of 0.11; at nice 10 (the
-# default of delivery.nice) the median session went from 1.96-2.15 to 1.76-1.83 ms, and
-# 50 sessions delivered as fast as before (bench/RESULTS.md, "The delivery process gives
-# way"). Nice 10 still leaves it a ninth of a contended core, and all of an idle one.
+# landed in the next session's EHLO, 0.19-0.38 ms instead of 0.11. At nice 10 (the
+# default of delivery.nice), `bench/engine_floor.py --relay-nice 0`: 2-23% more sessions
+# a second at 1 client than at nice 0, and 50 sessions level (bench/RESULTS.md, "The
+# delivery process gives way"). Nice 10 still leaves it a ninth of a contended core, and
+# all of an idle one.
 
 
 def run(config: Config, share: Share = ALONE) -> int:
