@@ -128,8 +128,6 @@ class Supervisor:
             mark_process_dead(proc.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
             if self.stopping.is_set():
                 return
-            if proc.pid == self.reload_lead:
-                self._lead_lost(index)
             if not self.announced:
                 # Could not start (a port taken, a bad file): the others would not either.
                 _log.error("worker_failed_to_start", worker=index, exit_code=code)
@@ -146,6 +144,8 @@ class Supervisor:
                 self.stopping.set()
                 return
             _log.error("worker_died", worker=index, exit_code=code, restart_in=_RESTART_DELAY)
+            if proc.pid == self.reload_lead:
+                self._lead_lost(index)
             await asyncio.sleep(_RESTART_DELAY)
 
     def _role(self, index: int) -> str:
