@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -109,6 +110,11 @@ class FileBlob:
             parts.append(part)
             start, length = start + len(part), length - len(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def slices(self, size: int) -> Iterator[bytes]:
+        """The message, *size* bytes at a time."""
+        for start in range(0, self.size, size):
+            yield self.read(start, size)
 
 
 def read_entry(f: BinaryIO, queue_id: str) -> tuple[Envelope, bytes]:

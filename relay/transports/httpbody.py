@@ -40,9 +40,9 @@ class Base64Document:
     def chunks(self) -> Iterator[bytes]:
         yield self._prefix
         blob = self._blob
-        for start in range(0, len(blob), _SLICE):
-            piece = (blob.read(start, _SLICE) if isinstance(blob, FileBlob)
-                     else blob[start:start + _SLICE])
+        pieces = (blob.slices(_SLICE) if isinstance(blob, FileBlob)
+                  else (blob[start:start + _SLICE] for start in range(0, len(blob), _SLICE)))
+        for piece in pieces:
             yield pybase64.b64encode(piece)
         yield self._suffix
 

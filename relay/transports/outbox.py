@@ -91,11 +91,8 @@ class OutboxTransport:
             tmp = self.directory / f".{message_id}{suffix}.tmp"
             try:
                 with tmp.open("wb") as f:
-                    if isinstance(blob, FileBlob):
-                        for start in range(0, len(blob), _COPY_SLICE):
-                            f.write(blob.read(start, _COPY_SLICE))
-                    else:
-                        f.write(blob)
+                    f.writelines(blob.slices(_COPY_SLICE) if isinstance(blob, FileBlob)
+                                 else (blob,))
                 done.append(self.directory / f"{message_id}{suffix}")
                 os.replace(tmp, done[-1])
             except BaseException:
