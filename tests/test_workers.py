@@ -132,8 +132,9 @@ def test_a_worker_that_dies_is_started_again(make_setup, start_process, hold) ->
     assert relay.proc.poll() is None
 
 
-def test_sighup_reaches_every_worker(make_setup, start_process, tmp_path: Path,
-                                     hold) -> None:
+def two_workers_and_a_new_user(make_setup: Any, start_process: Any, tmp_path: Path,
+                               hold: Any) -> tuple[Setup, Process]:
+    """Two workers running; then a user added to the file, which a reload must bring in."""
     setup: Setup = make_setup()
     users_file = tmp_path / "own-users.yaml"
     users_file.write_bytes(Path(setup.doc["users_file"]).read_bytes())
@@ -142,13 +143,23 @@ def test_sighup_reaches_every_worker(make_setup, start_process, tmp_path: Path,
     relay.wait_event("workers_ready")
     assert run("user", "add", "newcomer", "--config", str(setup.path),
                stdin="newcomer-password\n").returncode == 0
-    relay.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: {e.get("worker") for e in relay.events()
-                        if e["event"] == "reloaded"} == {0, 1}, timeout=15)
+    return setup, relay
+
+
+def every_worker_knows_the_new_user(setup: Setup) -> None:
     for _ in range(6):  # whichever worker a session meets knows the new user
         with implicit(setup.implicit_port, setup.certs.ca, "newcomer",
                       "newcomer-password") as s:
             assert s.noop()[0] == 250
+
+
+def test_sighup_reaches_every_worker(make_setup, start_process, tmp_path: Path,
+                                     hold) -> None:
+    setup, relay = two_workers_and_a_new_user(make_setup, start_process, tmp_path, hold)
+    relay.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: {e.get("worker") for e in relay.events()
+                        if e["event"] == "reloaded"} == {0, 1}, timeout=15)
+    every_worker_knows_the_new_user(setup)
 
 
 def worker_arg(pid: int, flag: str) -> str:
@@ -167,29 +178,23 @@ def test_a_reload_reaches_every_worker_when_the_first_dies_during_it(
     """The first worker reloads first and the others after its word; if it dies before
     it says anything, its successor starts on the new file and the others must still
     reload, or each session would meet one file or the other."""
-    setup: Setup = make_setup()
-    users_file = tmp_path / "own-users.yaml"
-    users_file.write_bytes(Path(setup.doc["users_file"]).read_bytes())
-    two_workers(setup, hold, users_file=str(users_file))
-    relay = start_process(setup)
-    relay.wait_event("workers_ready")
-    assert run("user", "add", "newcomer", "--config", str(setup.path),
-               stdin="newcomer-password\n").returncode == 0
+    setup, relay = two_workers_and_a_new_user(make_setup, start_process, tmp_path, hold)
     first = worker_pid(relay, 0)
     os.kill(first, signal.SIGSTOP)  # the SIGHUP waits, undelivered, until it is killed
     relay.proc.send_signal(signal.SIGHUP)
-    # The supervisor's SIGHUP reached the stopped worker: pending in its signal mask.
-    wait_until(lambda: int(next(line for line in Path(f"/proc/{first}/status").read_text()
-                                .splitlines() if line.startswith("ShdPnd:")).split()[1], 16)
-               & (1 << (signal.SIGHUP - 1)), timeout=10)
+    wait_until(lambda: pending(first, signal.SIGHUP), timeout=10)  # the supervisor sent it
     os.kill(first, signal.SIGKILL)
     relay.wait_event("reload_lead_died")
     wait_until(lambda: any(e["event"] == "reloaded" and e.get("worker") == 1
                            for e in relay.events()), timeout=20)
-    for _ in range(6):  # whichever worker a session meets knows the new user
-        with implicit(setup.implicit_port, setup.certs.ca, "newcomer",
-                      "newcomer-password") as s:
-            assert s.noop()[0] == 250
+    every_worker_knows_the_new_user(setup)
+
+
+def pending(pid: int, sig: signal.Signals) -> bool:
+    """Whether *sig* waits in *pid*'s process-wide pending set (/proc's ShdPnd mask)."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    mask = next(line.split()[1] for line in status if line.startswith("ShdPnd:"))
+    return bool(int(mask, 16) & (1 << (sig - 1)))
 
 
 def test_a_worker_that_cannot_start_stops_the_relay_with_its_exit_code(make_setup,
