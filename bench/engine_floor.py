@@ -150,19 +150,62 @@ def fifty(port: int, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def measure(name: str, port: int, cpu: Callable[[], float], args: argparse.Namespace,
-            settle: Callable[[], None]) -> str:
+# A server under test: its name, port, CPU so far, and messages delivered so far (None:
+# it keeps nothing).
+Server = tuple[str, int, Callable[[], float], Callable[[], int] | None]
+
+
+def measure(server: Server, args: argparse.Namespace) -> str:
+    name, port, cpu, delivered = server
+    d0 = delivered() if delivered else 0
+
+    def settle(sent: int) -> None:  # its delivery's CPU counts in its cell
+        deadline = time.monotonic() + 300
+        while delivered and delivered() < d0 + sent and time.monotonic() < deadline:
+            time.sleep(0.05)
     c0 = cpu()
     rate1, p50 = one_client(port, args.messages)
-    settle()
+    settle(args.messages + 1)  # and the warm-up session
     c1 = cpu()
     rate50 = fifty(port, args.source_messages)
-    settle()
+    settle(args.messages + 1 + args.source_messages)
     c2 = cpu()
     per1 = (c1 - c0) * 1000 / (args.messages + 1)
     per50 = (c2 - c1) * 1000 / args.source_messages
     return (f"| {name} | {rate1:.0f} | {p50:.2f} ms | {per1:.2f} | {rate50:.0f} "
             f"| {per50:.2f} |")
+
+
+def start_servers(work: Path, args: argparse.Namespace,
+                  stops: list[Callable[[], None]]) -> list[Server]:
+    from bench.perconn import HOSTNAME, relay_server
+    from bench.targets import FakeSES, Sink, postfix_target
+    from relay.devsetup import write_self_signed
+
+    cert, key = work / "cert.pem", work / "key.pem"
+    write_self_signed(cert, key, HOSTNAME)
+    servers: list[Server] = []
+    for kind in SERVERS:
+        port, cpu, stop = start_floor(kind)
+        stops.append(stop)
+        servers.append((kind, port, cpu, None))
+    fake = FakeSES()
+    stops.append(fake.stop)
+    relays = [relay_server(work, cert, key, fake)[0]]
+    if args.relay_nice is not None:
+        (work / "variant").mkdir()
+        variant, _ = relay_server(work / "variant", cert, key, fake,
+                                  delivery={"nice": args.relay_nice})
+        variant.name = f"ses-relay, delivery.nice {args.relay_nice}"
+        relays.append(variant)
+    sink = Sink(work)
+    stops.append(sink.stop)
+    postfix = postfix_target(sink)
+    for target in (*relays, postfix):
+        stops.insert(0, target.stop)
+        servers.append((target.name, target.ports.get("plain", target.port), target.cpu,
+                        target.delivered))
+    return servers
 
 
 def main() -> None:
@@ -178,66 +221,25 @@ def main() -> None:
     if args.serve:
         asyncio.run(serve(args.serve))
         return
-    from bench.perconn import HOSTNAME, relay_server
-    from bench.targets import FakeSES, Sink, postfix_target
-    from relay.devsetup import write_self_signed
-
     print(f"\nengine floor: 5 KB, plain SMTP on loopback, {os.cpu_count()} CPUs", flush=True)
     stops: list[Callable[[], None]] = []
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         os.chmod(work, 0o755)
-        cert, key = work / "cert.pem", work / "key.pem"
-        write_self_signed(cert, key, HOSTNAME)
         try:
-            targets: list[tuple[str, int, Callable[[], float], Callable[[], None]]] = []
-            for kind in SERVERS:
-                port, cpu, stop = start_floor(kind)
-                stops.append(stop)
-                targets.append((kind, port, cpu, lambda: None))
-            fake = FakeSES()
-            stops.append(fake.stop)
-            relays = [relay_server(work, cert, key, fake)[0]]
-            if args.relay_nice is not None:
-                (work / "variant").mkdir()
-                variant, _ = relay_server(work / "variant", cert, key, fake,
-                                          delivery={"nice": args.relay_nice})
-                variant.name = f"ses-relay, delivery.nice {args.relay_nice}"
-                relays.append(variant)
-            for relay in relays:
-                stops.insert(0, relay.stop)
-            sink = Sink(work)
-            stops.append(sink.stop)
-            postfix = postfix_target(sink)
-            stops.insert(0, postfix.stop)
-            for target in (*relays, postfix):
-                sent = [0]
-
-                def settle(target: Any = target, sent: list[int] = sent) -> None:
-                    # Delivered what it accepted: its delivery's CPU counts in its cell.
-                    sent[0] = target.delivered()
-                    deadline = time.monotonic() + 120
-                    while time.monotonic() < deadline:
-                        time.sleep(0.5)
-                        if target.delivered() == sent[0]:
-                            return
-                        sent[0] = target.delivered()
-                targets.append((target.name, target.ports.get("plain", target.port),
-                                target.cpu, settle))
+            servers = start_servers(work, args, stops)
             for r in range(args.rounds):
-                order = targets if r % 2 == 0 else targets[::-1]
-                rows = {name: measure(name, port, cpu, args, settle)
-                        for name, port, cpu, settle in order}
+                order = servers if r % 2 == 0 else servers[::-1]
+                rows = {server[0]: measure(server, args) for server in order}
                 print(f"\nround {r + 1} of {args.rounds}\n\n| server | 1 client: sessions/s "
                       "| median session | CPU ms / session | 50 sessions: msg/s | "
                       "CPU ms / msg |\n|---|---|---|---|---|---|")
-                for name, *_ in targets:
+                for name, *_ in servers:
                     print(rows[name])
                 sys.stdout.flush()
         finally:
             for stop in stops:
                 stop()
-
 
 if __name__ == "__main__":
     main()
