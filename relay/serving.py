@@ -15,16 +15,6 @@ from relay.spool import ALONE, Share
 
 _log = log.get(__name__)
 
-# Why the delivery process (delivery.process: separate) stands back for the SMTP
-# processes when both want a core: a client waits on every reply, a queued message only
-# for its turn. At 1 client the other processes' wake-ups (delivery, its HTTPS peer)
-# landed in the next session's EHLO, 0.19-0.38 ms instead of 0.11. At nice 10 (the
-# default of delivery.nice), `bench/engine_floor.py --relay-nice 0`: 2-23% more sessions
-# a second at 1 client than at nice 0, and 50 sessions level (bench/RESULTS.md, "The
-# delivery process gives way"). Nice 10 still leaves it a ninth of a contended core, and
-# all of an idle one.
-
-
 def run(config: Config, share: Share = ALONE) -> int:
     """The process's event loop. (uvloop was measured twice, under bench/compare.py and
     bench/loadprofile.py, and gained nothing, see bench/RESULTS.md; asyncio's loop it is.)"""
@@ -35,7 +25,17 @@ def run(config: Config, share: Share = ALONE) -> int:
 
 def give_way(nice: int) -> None:
     """Lower this process's priority by *nice*. Before any thread starts: Linux keeps a
-    nice value per thread, and a new thread takes its creator's."""
+    nice value per thread, and a new thread takes its creator's.
+
+    Why the delivery process (delivery.process: separate) stands back for the SMTP
+    processes when both want a core: a client waits on every reply, a queued message
+    only for its turn. At 1 client the other processes' wake-ups (delivery, its HTTPS
+    peer) landed in the next session's EHLO, 0.19-0.38 ms instead of 0.11. At nice 10
+    (the default of delivery.nice), `bench/engine_floor.py --relay-nice 0`, two runs of
+    three rounds: 2-24% more sessions a second at 1 client than at nice 0 in every
+    round, 50 sessions level (bench/RESULTS.md, "The delivery process gives way"). Nice
+    10 still leaves it a ninth of a contended core, and all of an idle one.
+    """
     try:
         os.nice(nice)
     except OSError as e:  # a seccomp filter without setpriority (the shipped unit allows it)
